@@ -1,0 +1,1 @@
+"""The pure core: snapshot diff, rule matching and message templates (no I/O)."""

@@ -1,0 +1,1 @@
+"""Client for the MetaStudio voice-training job API: request signing, paging, parsing."""

@@ -1,0 +1,296 @@
+"""Plain data shared by every layer: jobs, snapshots, events, alerts and the parsed config.
+
+Only the standard library here; everything is frozen so the core can be pure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+# MetaStudio's states are an open set: the API may add values, so they stay strings.
+CREATING = "CREATING"
+SYSTEM_AUDITING = "SYSTEM_AUDITING"
+AUDITING = "AUDITING"
+WAITING_SPLIT = "WAITING_SPLIT"
+SPLITTING = "SPLITTING"
+SPLIT_FAILED = "SPLIT_FAILED"
+ANNOTATING = "ANNOTATING"
+WAITING = "WAITING"
+PROCESSING = "PROCESSING"
+RESULT_REVIEW = "RESULT_REVIEW"
+AUDIT_FAILED = "AUDIT_FAILED"
+UPLOADING = "UPLOADING"
+FAILED = "FAILED"
+SUCCEED = "SUCCEED"
+USER_RESULT_REVIEW = "USER_RESULT_REVIEW"
+USER_REVIEW_REJECT = "USER_REVIEW_REJECT"
+
+KNOWN_STATES: frozenset[str] = frozenset(
+    {
+        CREATING,
+        SYSTEM_AUDITING,
+        AUDITING,
+        WAITING_SPLIT,
+        SPLITTING,
+        SPLIT_FAILED,
+        ANNOTATING,
+        WAITING,
+        PROCESSING,
+        RESULT_REVIEW,
+        AUDIT_FAILED,
+        UPLOADING,
+        FAILED,
+        SUCCEED,
+        USER_RESULT_REVIEW,
+        USER_REVIEW_REJECT,
+    }
+)
+FAILURE_STATES: frozenset[str] = frozenset({AUDIT_FAILED, SPLIT_FAILED, FAILED})
+SETTLED_STATES: frozenset[str] = frozenset({SUCCEED, FAILED})
+
+# Fields of a job we never keep, log or send: personal data and signed links.
+DROPPED_JOB_FIELDS: frozenset[str] = frozenset({"phone", "voice_authorization_url"})
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One voice-training job as the API last showed it (personal data already dropped)."""
+
+    job_id: str
+    state: str
+    reject_times: int | None = None
+    create_time: datetime | None = None
+    lastupdate_time: datetime | None = None
+    voice_name: str | None = None
+    job_type: str | None = None
+    batch_name: str | None = None
+    job_failed_code: str | None = None
+    job_failed_reason: str | None = None
+    asset_id: str | None = None
+    # Every other field the API sent, as it sent it (forward compatible), minus DROPPED_JOB_FIELDS.
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def field_value(self, name: str) -> Any:
+        """A job field by its API name, for rule `where:` matching and templates."""
+        if name in _JOB_ATTRS:
+            return getattr(self, name)
+        return self.extra.get(name)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The job as the API named its fields (times as datetimes)."""
+        out: dict[str, Any] = dict(self.extra)
+        for name in _JOB_ATTRS:
+            if name != "extra":
+                out[name] = getattr(self, name)
+        return out
+
+
+_JOB_ATTRS = frozenset(Job.__dataclass_fields__) - {"extra"}
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Every job of one source at one moment, from one complete, consistent scan."""
+
+    source: str
+    taken_at: datetime
+    jobs: Mapping[str, Job]
+
+
+class EventKind(StrEnum):
+    TRANSITION = "transition"
+    REJECTED_AGAIN = "rejected_again"
+    NEW = "new"
+    VANISHED = "vanished"
+    REAPPEARED = "reappeared"
+    STUCK = "stuck"
+    RECOVERED = "recovered"
+    BATCH_SETTLED = "batch_settled"
+    SOURCE_UNHEALTHY = "source_unhealthy"
+    SOURCE_RECOVERED = "source_recovered"
+    SUMMARY = "summary"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something a person may want to hear about, with the reason in words."""
+
+    kind: EventKind
+    source: str
+    detected_at: datetime
+    reason: str
+    job: Job | None = None
+    previous_state: str | None = None
+    note: str | None = None
+
+    @property
+    def key(self) -> str:
+        """Stable identity of the change: re-detecting it after a crash gives the same key."""
+        job = self.job
+        if job is None:
+            return f"{self.source}|{self.kind}|{self.detected_at.isoformat()}"
+        marker = ""
+        if job.lastupdate_time is not None:
+            marker = job.lastupdate_time.isoformat()
+        return (
+            f"{self.source}|{job.job_id}|{self.kind}|{self.previous_state}>{job.state}"
+            f"|{job.reject_times}|{marker}"
+        )
+
+
+class NotifyType(StrEnum):
+    INFO = "info"
+    SUCCESS = "success"
+    WARNING = "warning"
+    FAILURE = "failure"
+
+
+class BodyFormat(StrEnum):
+    TEXT = "text"
+    MARKDOWN = "markdown"
+    HTML = "html"
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """A rendered message for one channel, ready for the outbox."""
+
+    event_key: str
+    source: str
+    job_id: str | None
+    rule: str
+    channel: str
+    title: str
+    body: str
+    notify_type: NotifyType
+    body_format: BodyFormat
+    created_at: datetime
+
+    @property
+    def alert_id(self) -> str:
+        """Idempotency key: the same change, rule and channel always give the same id."""
+        raw = f"{self.event_key}|{self.rule}|{self.channel}"
+        return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+class OutboxStatus(StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    DEAD = "dead"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    """An alert as the outbox holds it, with its delivery bookkeeping."""
+
+    id: int
+    alert: Alert
+    status: OutboxStatus
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str | None = None
+    sent_at: datetime | None = None
+
+
+# --- configuration ------------------------------------------------------------------------
+
+
+class Secret:
+    """A credential: its value never shows in repr, str, logs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('****')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """A secret and where it came from ("config", "env CLOUD_SDK_AK", "file /run/...")."""
+
+    secret: Secret
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
+class SourceConfig:
+    name: str
+    endpoint: str  # scheme://host[:port], resolved from region when not given
+    region: str | None
+    project_id: str
+    ak: Credential
+    sk: Credential
+    security_token: Credential | None = None
+    app_user_id: str | None = None
+    poll_interval: timedelta = timedelta(seconds=60)
+    filters: tuple[tuple[str, str], ...] = ()
+    request_timeout: timedelta = timedelta(seconds=30)
+
+
+class FirstRun(StrEnum):
+    BASELINE = "baseline"
+    NOTIFY = "notify"
+    SUMMARY = "summary"
+
+
+@dataclass(frozen=True, slots=True)
+class RuleConfig:
+    name: str
+    on: tuple[str, ...]  # new states; ("*",) matches any
+    notify: tuple[str, ...]  # channel names
+    from_states: tuple[str, ...] | None = None
+    events: tuple[EventKind, ...] | None = None  # None: every kind but stuck and vanished
+    where: tuple[tuple[str, tuple[str, ...]], ...] = ()  # field -> accepted values or globs
+    title: str | None = None  # Jinja2 template; None: the default for the event kind
+    body: str | None = None
+    format: BodyFormat = BodyFormat.TEXT
+    stop: bool = False  # `continue: false` in YAML: later rules do not see the event
+    for_: timedelta | None = None  # stuck rules: how long in `on` states
+    repeat: timedelta | None = None
+    urgent: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryConfig:
+    retry_initial: timedelta = timedelta(seconds=30)
+    retry_max: timedelta = timedelta(minutes=10)
+    give_up_after: timedelta = timedelta(hours=24)
+    send_timeout: timedelta = timedelta(seconds=30)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: str
+    sources: tuple[SourceConfig, ...]
+    channels: Mapping[str, tuple[Secret, ...]]  # apprise URLs carry tokens: kept as secrets
+    rules: tuple[RuleConfig, ...]
+    storage: str
+    first_run: FirstRun = FirstRun.BASELINE
+    delivery: DeliveryConfig = DeliveryConfig()
+    # "rules[2].title" -> line in the file, so later checks can point at the right place.
+    lines: Mapping[str, int] = field(default_factory=dict)
+    # Every secret value seen while loading (credentials, substituted ${VAR} values in URLs,
+    # whole URLs): the log redactor masks each of them wherever it appears.
+    secrets: frozenset[str] = frozenset()
