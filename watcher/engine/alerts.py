@@ -1,0 +1,54 @@
+"""From events to alerts: match rules, render messages, one alert per rule × channel.
+
+Pure. A rendering failure does not drop the alert: the default template is used and the
+problem is returned so the shell can log it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from watcher.engine.rules import matching_rules
+from watcher.engine.templates import render
+from watcher.model import Alert, Event, RuleConfig
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateProblem:
+    rule: str
+    event_key: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    alerts: tuple[Alert, ...]
+    problems: tuple[TemplateProblem, ...]
+
+
+def route(events: Iterable[Event], rules: Sequence[RuleConfig]) -> Routed:
+    """Every alert the events produce under the rules, in event order."""
+    alerts: list[Alert] = []
+    problems: list[TemplateProblem] = []
+    for event in events:
+        for rule in matching_rules(rules, event):
+            rendered = render(event, rule)
+            if rendered.error is not None:
+                problems.append(TemplateProblem(rule.name, event.key, rendered.error))
+            for channel in rule.notify:
+                alerts.append(
+                    Alert(
+                        event_key=event.key,
+                        source=event.source,
+                        job_id=event.job.job_id if event.job is not None else None,
+                        rule=rule.name,
+                        channel=channel,
+                        title=rendered.title,
+                        body=rendered.body,
+                        notify_type=rendered.notify_type,
+                        body_format=rule.format,
+                        created_at=event.detected_at,
+                    )
+                )
+    return Routed(tuple(alerts), tuple(problems))

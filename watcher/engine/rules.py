@@ -1,0 +1,84 @@
+"""Rule matching: which configured rules an event satisfies, and why (or why not).
+
+Pure. Rules are evaluated in order; a matching rule with `continue: false` stops the walk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+from watcher.model import Event, EventKind, RuleConfig
+
+# Kinds a rule sees when it does not list `events:`: the ones that need no extra setting.
+DEFAULT_EVENT_KINDS: frozenset[EventKind] = frozenset(EventKind) - {
+    EventKind.STUCK,
+    EventKind.VANISHED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RuleDecision:
+    """Whether one rule matched one event, with the reason in words (for logs and `route`)."""
+
+    rule: RuleConfig
+    matched: bool
+    reason: str
+
+
+def event_state(event: Event) -> str | None:
+    """The state an event is about: the job's current state, if the event has a job."""
+    return event.job.state if event.job is not None else None
+
+
+def decide(rule: RuleConfig, event: Event) -> RuleDecision:
+    """Does `rule` match `event`? Always says why, like Alertmanager's dedup stage."""
+    kinds = frozenset(rule.events) if rule.events is not None else DEFAULT_EVENT_KINDS
+    if rule.for_ is not None and rule.events is None:
+        kinds = frozenset({EventKind.STUCK})
+    if event.kind not in kinds:
+        return RuleDecision(rule, False, f"event kind {event.kind} not in {sorted(kinds)}")
+    state = event_state(event)
+    if "*" not in rule.on and (state is None or state not in rule.on):
+        return RuleDecision(rule, False, f"state {state} not in on={list(rule.on)}")
+    if rule.from_states is not None and (
+        event.previous_state is None or event.previous_state not in rule.from_states
+    ):
+        return RuleDecision(
+            rule,
+            False,
+            f"previous state {event.previous_state} not in from={list(rule.from_states)}",
+        )
+    for name, patterns in rule.where:
+        value = _field(event, name)
+        if value is None or not any(fnmatchcase(str(value), p) for p in patterns):
+            return RuleDecision(rule, False, f"{name}={value!r} does not match {list(patterns)}")
+    return RuleDecision(rule, True, "matched")
+
+
+def _field(event: Event, name: str) -> object:
+    if name == "source":
+        return event.source
+    if name == "kind":
+        return str(event.kind)
+    if name in ("previous_state", "from"):
+        return event.previous_state
+    if event.job is None:
+        return None
+    return event.job.field_value(name)
+
+
+def match(rules: Sequence[RuleConfig], event: Event) -> list[RuleDecision]:
+    """Every rule's decision in order, stopping after a match whose rule says `continue: false`."""
+    decisions: list[RuleDecision] = []
+    for rule in rules:
+        decision = decide(rule, event)
+        decisions.append(decision)
+        if decision.matched and rule.stop:
+            break
+    return decisions
+
+
+def matching_rules(rules: Sequence[RuleConfig], event: Event) -> list[RuleConfig]:
+    return [d.rule for d in match(rules, event) if d.matched]
