@@ -1,0 +1,178 @@
+"""Parsing the list response: typed fields, personal data dropped, every bad body an ApiError.
+
+Pure functions, no I/O; hypothesis fuzzes bytes and JSON values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from watcher.errors import ApiError
+from watcher.metastudio.parse import parse_job, parse_jobs_page, parse_timestamp
+
+RAW_JOB: dict[str, Any] = {
+    "job_type": "BASIC",
+    "job_id": "abcdefg",
+    "app_user_id": "123qwe",
+    "voice_name": "女声",
+    "sex": "FEMALE",
+    "state": "WAITING",
+    "reject_times": 2,
+    "asset_id": "my_asset_id",
+    "job_failed_code": "MSS.00000000",
+    "job_failed_reason": "error reason",
+    "create_time": 1733990400000,
+    "lastupdate_time": 1733990400,
+    "voice_authorization_url": "https://bucket/data",
+    "phone": "13800138000",
+    "tag": "ECOMMERCE",
+    "allocated_resource": {"resource_id": "r1", "charge_mode": "PERIODIC"},
+}
+DEC_12 = datetime(2024, 12, 12, 8, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (1733990400, DEC_12),
+        (1733990400000, DEC_12),
+        ("1733990400000", DEC_12),
+        (1733990400.0, DEC_12),
+        (" 1733990400 ", DEC_12),
+        (None, None),
+        (True, None),
+        ("soon", None),
+        (float("nan"), None),
+        ("1e400", None),
+        (10**30, None),
+        ([1], None),
+    ],
+)
+def test_timestamps_in_seconds_or_milliseconds_become_utc(value: object, expected: object) -> None:
+    assert parse_timestamp(value) == expected
+
+
+def test_parse_job_types_known_fields_and_drops_personal_data() -> None:
+    job = parse_job(RAW_JOB)
+    assert job.job_id == "abcdefg"
+    assert job.state == "WAITING"
+    assert job.reject_times == 2
+    assert job.create_time == DEC_12
+    assert job.lastupdate_time == DEC_12
+    assert job.voice_name == "女声"
+    assert job.asset_id == "my_asset_id"
+    assert "phone" not in job.extra
+    assert "voice_authorization_url" not in job.extra
+    assert job.extra["allocated_resource"] == {"resource_id": "r1", "charge_mode": "PERIODIC"}
+    assert job.extra["sex"] == "FEMALE"
+    assert "13800138000" not in repr(job)
+
+
+def test_parse_job_keeps_unknown_states_as_strings() -> None:
+    assert parse_job({"job_id": "j", "state": "BRAND_NEW_STATE"}).state == "BRAND_NEW_STATE"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"state": "WAITING"},
+        {"job_id": "", "state": "W"},
+        {"job_id": "j"},
+        {"job_id": 5, "state": "W"},
+    ],
+)
+def test_parse_job_requires_job_id_and_state(raw: dict[str, Any]) -> None:
+    with pytest.raises(ApiError) as info:
+        parse_job(raw)
+    assert info.value.retryable
+
+
+def test_wrongly_typed_known_fields_become_none() -> None:
+    job = parse_job({"job_id": "j", "state": "W", "reject_times": "x", "voice_name": 3})
+    assert job.reject_times is None
+    assert job.voice_name is None
+
+
+def test_page_parses_count_and_jobs() -> None:
+    body = json.dumps({"count": 7, "jobs": [RAW_JOB]}).encode()
+    page = parse_jobs_page(body, "application/json;charset=UTF-8")
+    assert page.count == 7
+    assert [j.job_id for j in page.jobs] == ["abcdefg"]
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "fragment"),
+    [
+        (b"<html><body>502 Bad Gateway</body></html>", "text/html", "not JSON (text/html)"),
+        (b'{"count": 1, "jobs": [{"job_id": "a", "phone": "1380', "application/json", "truncated"),
+        (b"", "application/json", "not JSON"),
+        (b"[1, 2]", "application/json", "expected an object"),
+        (b'{"count": 1}', "application/json", "no 'jobs'"),
+        (b'{"jobs": []}', "application/json", "no 'count'"),
+        (b'{"count": "many", "jobs": []}', "application/json", "'count'"),
+        (b'{"count": 1, "jobs": {"a": 1}}', "application/json", "'jobs' is not a list"),
+        (b'{"count": 1, "jobs": [3]}', None, "jobs[0]"),
+    ],
+)
+def test_bad_pages_raise_retryable_errors_without_quoting_the_body(
+    body: bytes, content_type: str | None, fragment: str
+) -> None:
+    with pytest.raises(ApiError) as info:
+        parse_jobs_page(body, content_type)
+    assert info.value.retryable
+    assert fragment in info.value.message
+    assert "1380" not in info.value.message
+
+
+@settings(max_examples=300)
+@given(body=st.binary(max_size=200), content_type=st.one_of(st.none(), st.text(max_size=30)))
+def test_arbitrary_bytes_never_raise_anything_but_api_error(
+    body: bytes, content_type: str | None
+) -> None:
+    with contextlib.suppress(ApiError):
+        parse_jobs_page(body, content_type)
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+_job_like = st.fixed_dictionaries(
+    {"job_id": _json | st.text(min_size=1, max_size=5), "state": _json | st.just("WAITING")},
+    optional={
+        "reject_times": _json,
+        "create_time": _json | st.integers(),
+        "lastupdate_time": _json | st.floats(),
+        "voice_name": _json,
+        "phone": _json,
+    },
+)
+
+
+@settings(max_examples=300)
+@given(
+    value=_json
+    | st.fixed_dictionaries({"count": _json, "jobs": st.lists(_job_like | _json, max_size=3)})
+)
+def test_arbitrary_json_never_raises_anything_but_api_error(value: object) -> None:
+    try:
+        page = parse_jobs_page(json.dumps(value).encode(), "application/json")
+    except ApiError:
+        return
+    for job in page.jobs:
+        assert "phone" not in job.extra
+
+
+def test_deeply_nested_json_is_an_api_error_not_a_recursion_error() -> None:
+    with pytest.raises(ApiError):
+        parse_jobs_page(b"[" * 100_000 + b"]" * 100_000, "application/json")

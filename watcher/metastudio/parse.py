@@ -1,0 +1,153 @@
+"""Turns the list API's raw JSON into `Job`s, dropping personal data on the way in.
+
+Pure: any malformed input becomes an `ApiError(retryable=True)` whose message never quotes the body.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from watcher.errors import ApiError
+from watcher.model import DROPPED_JOB_FIELDS, Job
+
+# Above this a timestamp is in milliseconds: 10**11 s is the year 5138, 10**11 ms is 1973.
+_MS_THRESHOLD = 10**11
+_STR_FIELDS = (
+    "voice_name",
+    "job_type",
+    "batch_name",
+    "job_failed_code",
+    "job_failed_reason",
+    "asset_id",
+)
+_TIME_FIELDS = ("create_time", "lastupdate_time")
+_TYPED_FIELDS = frozenset({"job_id", "state", "reject_times", *_STR_FIELDS, *_TIME_FIELDS})
+
+
+@dataclass(frozen=True, slots=True)
+class JobsPage:
+    """One page of the listing: `count` is the total matching the query, not the page size."""
+
+    count: int
+    jobs: tuple[Job, ...]
+
+
+def parse_timestamp(value: object) -> datetime | None:
+    """Seconds or milliseconds since the epoch (number or numeric string) as aware UTC."""
+    if isinstance(value, bool):
+        return None
+    number: float
+    if isinstance(value, int | float):
+        number = value
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    if not math.isfinite(number):
+        return None
+    if abs(number) > _MS_THRESHOLD:
+        number = number / 1000
+    try:
+        return datetime.fromtimestamp(number, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _int_or_none(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def parse_job(obj: Mapping[str, Any]) -> Job:
+    """One TrainingJobInfo; unknown fields go to `extra`, personal data is dropped."""
+    job_id = obj.get("job_id")
+    state = obj.get("state")
+    if not isinstance(job_id, str) or not job_id:
+        raise ApiError("a job in the response has no job_id", retryable=True)
+    if not isinstance(state, str) or not state:
+        raise ApiError(f"job {job_id} in the response has no state", retryable=True)
+    extra = {
+        key: value
+        for key, value in obj.items()
+        if key not in _TYPED_FIELDS and key not in DROPPED_JOB_FIELDS
+    }
+    strings = {name: _str_or_none(obj.get(name)) for name in _STR_FIELDS}
+    return Job(
+        job_id=job_id,
+        state=state,
+        reject_times=_int_or_none(obj.get("reject_times")),
+        create_time=parse_timestamp(obj.get("create_time")),
+        lastupdate_time=parse_timestamp(obj.get("lastupdate_time")),
+        voice_name=strings["voice_name"],
+        job_type=strings["job_type"],
+        batch_name=strings["batch_name"],
+        job_failed_code=strings["job_failed_code"],
+        job_failed_reason=strings["job_failed_reason"],
+        asset_id=strings["asset_id"],
+        extra=extra,
+    )
+
+
+def _describe_content_type(content_type: str | None) -> str:
+    if not content_type:
+        return "no content type"
+    # Only the media type: parameters are not useful and keep the message short.
+    return content_type.split(";", 1)[0].strip()[:60] or "no content type"
+
+
+def parse_jobs_page(body: bytes, content_type: str | None) -> JobsPage:
+    """A whole `{"count": N, "jobs": [...]}` response body, or ApiError(retryable=True)."""
+    media = _describe_content_type(content_type)
+    if "html" in media.lower():
+        raise ApiError(f"response is not JSON ({media})", retryable=True)
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        # ValueError covers truncated JSON and bytes that are not UTF-8/16/32 at all.
+        stripped = body.lstrip()[:1]
+        if stripped in (b"{", b"["):
+            raise ApiError(
+                f"response JSON is truncated or invalid ({len(body)} bytes, {media})",
+                retryable=True,
+            ) from None
+        raise ApiError(f"response is not JSON ({media})", retryable=True) from None
+    if not isinstance(data, dict):
+        raise ApiError(
+            f"response JSON is a {type(data).__name__}, expected an object", retryable=True
+        )
+    if "jobs" not in data:
+        raise ApiError("response has no 'jobs' list", retryable=True)
+    if "count" not in data:
+        raise ApiError("response has no 'count'", retryable=True)
+    count = data["count"]
+    jobs = data["jobs"]
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise ApiError("response 'count' is not a non-negative integer", retryable=True)
+    if not isinstance(jobs, list):
+        raise ApiError("response 'jobs' is not a list", retryable=True)
+    parsed: list[Job] = []
+    for index, item in enumerate(jobs):
+        if not isinstance(item, dict):
+            raise ApiError(f"response jobs[{index}] is not an object", retryable=True)
+        parsed.append(parse_job(item))
+    return JobsPage(count=count, jobs=tuple(parsed))
