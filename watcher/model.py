@@ -290,7 +290,7 @@ class Config:
     first_run: FirstRun = FirstRun.BASELINE
     delivery: DeliveryConfig = DeliveryConfig()
     # "rules[2].title" -> line in the file, so later checks can point at the right place.
-    lines: Mapping[str, int] = field(default_factory=dict)
+    lines: Mapping[str, int] = field(default_factory=dict, repr=False)
     # Every secret value seen while loading (credentials, substituted ${VAR} values in URLs,
     # whole URLs): the log redactor masks each of them wherever it appears.
-    secrets: frozenset[str] = frozenset()
+    secrets: frozenset[str] = field(default=frozenset(), repr=False)

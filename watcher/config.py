@@ -1,0 +1,986 @@
+"""YAML file -> `Config`: strict parsing, `${VAR}` expansion and validation.
+
+Every problem is a `ConfigError` pointing at `FILE:LINE: key`, and no secret ever shows in one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import stat
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from types import MappingProxyType
+from typing import Any, NoReturn
+
+import yaml
+from yaml.constructor import ConstructorError
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from watcher.errors import ConfigError
+from watcher.metastudio.regions import REGION_ENDPOINTS
+from watcher.model import (
+    KNOWN_STATES,
+    BodyFormat,
+    Config,
+    Credential,
+    DeliveryConfig,
+    EventKind,
+    FirstRun,
+    RuleConfig,
+    Secret,
+    SourceConfig,
+)
+
+__all__ = [
+    "DEFAULT_STORAGE",
+    "KNOWN_REGIONS",
+    "config_warnings",
+    "describe_credentials",
+    "load_config",
+    "load_config_text",
+    "parse_duration",
+]
+
+KNOWN_REGIONS: Mapping[str, str] = REGION_ENDPOINTS
+DEFAULT_STORAGE = "./metastudio-watcher.db"
+MIN_POLL_INTERVAL = timedelta(seconds=5)
+DURATION_EXPECTED = "expected a duration like 30s, 5m, 1h"
+
+UrlValidator = Callable[[str], str | None]
+
+_TOP_KEYS = ("sources", "channels", "rules", "storage", "first_run", "delivery")
+_SOURCE_KEYS = (
+    "name",
+    "region",
+    "endpoint",
+    "project_id",
+    "ak",
+    "ak_file",
+    "sk",
+    "sk_file",
+    "security_token",
+    "security_token_file",
+    "app_user_id",
+    "poll_interval",
+    "request_timeout",
+    "filters",
+)
+_FILTER_KEYS = (
+    "state",
+    "job_id",
+    "voice_name",
+    "tag",
+    "job_type",
+    "batch_name",
+    "create_since",
+    "create_until",
+)
+_RULE_KEYS = (
+    "name",
+    "on",
+    "from",
+    "events",
+    "where",
+    "notify",
+    "title",
+    "body",
+    "format",
+    "continue",
+    "for",
+    "repeat",
+    "urgent",
+)
+_DELIVERY_KEYS = ("retry_initial", "retry_max", "give_up_after", "send_timeout")
+
+# (config key, environment fallback, words for messages)
+_CREDENTIALS = (
+    ("ak", "CLOUD_SDK_AK", "access key"),
+    ("sk", "CLOUD_SDK_SK", "secret key"),
+    ("security_token", "CLOUD_SDK_SECURITY_TOKEN", "security token"),
+)
+_MAX_CREDENTIAL_FILE = 64 * 1024
+
+_SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_CHANNEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+_VAR_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+_DURATION_UNITS = (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1))
+_DURATION = re.compile(
+    r"(?:(\d{1,9})d)?(?:(\d{1,9})h)?(?:(\d{1,9})m)?(?:(\d{1,9})s)?(?:(\d{1,9})ms)?"
+)
+_BARE_SECONDS = re.compile(r"\d{1,12}")
+
+
+def parse_duration(text: str) -> timedelta:
+    """`30s`, `5m`, `1h30m`, `2d`, `500ms` or bare seconds (`90`) as a timedelta.
+
+    Units go from largest to smallest, each at most once; ValueError says what was expected.
+    """
+    if _BARE_SECONDS.fullmatch(text):
+        return timedelta(seconds=int(text))
+    match = _DURATION.fullmatch(text)
+    if not text or match is None:
+        raise ValueError(f"{DURATION_EXPECTED} (got {_shorten(text)!r})")
+    millis = 0
+    for (_, factor), amount in zip(_DURATION_UNITS, match.groups(), strict=True):
+        if amount is not None:
+            millis += int(amount) * factor
+    try:
+        return timedelta(milliseconds=millis)
+    except OverflowError:
+        raise ValueError(f"duration {_shorten(text)!r} is too long") from None
+
+
+def load_config(
+    path: str,
+    env: Mapping[str, str] | None = None,
+    *,
+    validate_url: UrlValidator | None = None,
+) -> Config:
+    """Read and validate the config file; `validate_url` is apprise's URL checker, if any."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            text = stream.read()
+    except UnicodeDecodeError:
+        raise ConfigError("the configuration file is not UTF-8 text", file=path) from None
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"cannot read the configuration file: {reason}", file=path) from None
+    return load_config_text(text, path, env, validate_url)
+
+
+def load_config_text(
+    text: str,
+    path: str,
+    env: Mapping[str, str] | None = None,
+    validate_url: UrlValidator | None = None,
+) -> Config:
+    """Parse `text` as if read from `path` (relative paths in it resolve against its directory)."""
+    document = _parse_yaml(text, path)
+    lines: dict[str, int] = {}
+    duplicates: list[ConfigError] = []
+    if document is None:
+        raise ConfigError(
+            "the configuration is empty: expected a mapping with at least 'sources'",
+            file=path,
+            line=1,
+        )
+    _index(document, "", path, lines, duplicates, set())
+    if duplicates:
+        raise min(duplicates, key=lambda err: err.line or 0)
+    reader = _Reader(
+        file=path,
+        base_dir=os.path.dirname(os.path.abspath(path)),
+        env=os.environ if env is None else env,
+        lines=lines,
+        validate_url=validate_url,
+    )
+    return reader.config(document)
+
+
+def config_warnings(path: str) -> list[str]:
+    """Things worth telling the operator about the file itself (not errors): loose permissions."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return []  # load_config reports an unreadable file
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        return [
+            f"{path} is readable by other users (mode {stat.S_IMODE(mode):04o}) and may hold "
+            f"credentials: run chmod 600 {path}"
+        ]
+    return []
+
+
+def describe_credentials(config: Config) -> list[str]:
+    """Where each source's credentials come from, for `check` (never the values)."""
+    out = []
+    for source in config.sources:
+        parts = [f"ak from {source.ak.origin}", f"sk from {source.sk.origin}"]
+        if source.security_token is not None:
+            parts.append(f"security token from {source.security_token.origin}")
+        out.append(f"source {source.name}: {', '.join(parts)}")
+    return out
+
+
+# --- YAML ---------------------------------------------------------------------------------
+
+
+class _Map(dict[str, Any]):
+    """A YAML mapping that remembers where it starts, where each key is, and repeated keys."""
+
+    def __init__(self, line: int) -> None:
+        super().__init__()
+        self.line = line
+        self.key_lines: dict[str, int] = {}
+        self.duplicates: list[tuple[str, int, int]] = []  # key, line, first line
+
+
+class _Seq(list[Any]):
+    """A YAML sequence that remembers the line of each item."""
+
+    def __init__(self, line: int) -> None:
+        super().__init__()
+        self.line = line
+        self.item_lines: list[int] = []
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader without YAML 1.1 surprises, keeping the line of every key and item.
+
+    Only `true`/`false` (any case) are booleans and only `~`/`null`/empty are null; everything
+    else plain is a string (so `on`, `no`, `0600`, `1:30` stay as written). Other tags fail.
+    """
+
+
+def _line(node: Node) -> int:
+    return node.start_mark.line + 1
+
+
+def _construct_map(loader: _StrictLoader, node: Node) -> _Map:
+    if not isinstance(node, MappingNode):
+        raise ConstructorError(None, None, "expected a mapping", node.start_mark)
+    mapping = _Map(_line(node))
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key == "<<" and isinstance(key_node, ScalarNode) and key_node.style is None:
+            raise ConstructorError(
+                None, None, "YAML merge keys (<<) are not supported", key_node.start_mark
+            )
+        if not isinstance(key, str):
+            raise ConstructorError(
+                None, None, f"keys must be strings, found {_kind(key)}", key_node.start_mark
+            )
+        value = loader.construct_object(value_node, deep=True)
+        line = _line(key_node)
+        if key in mapping:
+            mapping.duplicates.append((key, line, mapping.key_lines[key]))
+            continue
+        mapping[key] = value
+        mapping.key_lines[key] = line
+    return mapping
+
+
+def _construct_seq(loader: _StrictLoader, node: Node) -> _Seq:
+    if not isinstance(node, SequenceNode):
+        raise ConstructorError(None, None, "expected a sequence", node.start_mark)
+    seq = _Seq(_line(node))
+    for item in node.value:
+        seq.append(loader.construct_object(item, deep=True))
+        seq.item_lines.append(_line(item))
+    return seq
+
+
+def _construct_str(loader: _StrictLoader, node: Node) -> str:
+    if not isinstance(node, ScalarNode):
+        raise ConstructorError(None, None, "expected a scalar", node.start_mark)
+    return loader.construct_scalar(node)
+
+
+def _construct_bool(loader: _StrictLoader, node: Node) -> bool:
+    value = _construct_str(loader, node).lower()
+    if value not in ("true", "false"):
+        raise ConstructorError(None, None, "expected true or false", node.start_mark)
+    return value == "true"
+
+
+def _construct_null(loader: _StrictLoader, node: Node) -> None:
+    if _construct_str(loader, node) not in ("", "~", "null", "Null", "NULL"):
+        raise ConstructorError(None, None, "expected null", node.start_mark)
+
+
+def _construct_other(loader: _StrictLoader, node: Node) -> NoReturn:
+    tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+    raise ConstructorError(None, None, f"unsupported YAML tag {tag!r}", node.start_mark)
+
+
+_StrictLoader.yaml_implicit_resolvers = {}
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:[Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee])$"),
+    list("tTfF"),
+)
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:null", re.compile(r"^(?:~|null|Null|NULL|)$"), ["~", "n", "N", ""]
+)
+_StrictLoader.yaml_constructors = {
+    "tag:yaml.org,2002:map": _construct_map,
+    "tag:yaml.org,2002:seq": _construct_seq,
+    "tag:yaml.org,2002:str": _construct_str,
+    "tag:yaml.org,2002:bool": _construct_bool,
+    "tag:yaml.org,2002:null": _construct_null,
+    None: _construct_other,
+}
+_StrictLoader.yaml_multi_constructors = {}
+
+
+def _parse_yaml(text: str, path: str) -> Any:
+    loader: _StrictLoader | None = None
+    try:
+        loader = _StrictLoader(text)  # the reader checks every character here already
+        return loader.get_single_data()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "invalid YAML"
+        if "'\\t'" in problem:
+            problem = "tab characters are not allowed for indentation in YAML; use spaces"
+        elif exc.context and exc.problem:
+            problem = f"{exc.context}: {exc.problem}"
+        line = mark.line + 1 if mark is not None else None
+        raise ConfigError(f"invalid YAML: {problem}", file=path, line=line) from None
+    except yaml.reader.ReaderError as exc:
+        line = text[: exc.position].count("\n") + 1
+        problem = f"invalid YAML: unacceptable character #x{exc.character:04x}"
+        raise ConfigError(problem, file=path, line=line) from None
+    except yaml.YAMLError:
+        raise ConfigError("invalid YAML", file=path, line=1) from None
+    except RecursionError:
+        raise ConfigError("invalid YAML: nested too deeply", file=path, line=1) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def _child(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _item(path: str, index: int) -> str:
+    return f"{path}[{index}]"
+
+
+def _index(
+    value: Any,
+    path: str,
+    file: str,
+    lines: dict[str, int],
+    duplicates: list[ConfigError],
+    seen: set[int],
+) -> None:
+    """Record the line of every key and item, and every repeated key, walking shared nodes once."""
+    if not isinstance(value, _Map | _Seq) or id(value) in seen:
+        return
+    seen.add(id(value))
+    lines.setdefault(path, value.line)
+    if isinstance(value, _Map):
+        for key, line, first in value.duplicates:
+            problem = f"duplicate key {key!r} (first at line {first})"
+            duplicates.append(ConfigError(problem, file=file, line=line, key=_child(path, key)))
+        for key, child in value.items():
+            lines.setdefault(_child(path, key), value.key_lines[key])
+            _index(child, _child(path, key), file, lines, duplicates, seen)
+    else:
+        for index, child in enumerate(value):
+            lines.setdefault(_item(path, index), value.item_lines[index])
+            _index(child, _item(path, index), file, lines, duplicates, seen)
+
+
+# --- validation ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Text:
+    """A scalar after `${VAR}` expansion, with what was substituted (for secrets and origins)."""
+
+    value: str
+    raw: str
+    substituted: tuple[str, ...] = ()
+    pure_var: str | None = None  # the raw text was exactly `${VAR}` and VAR was set
+
+    @property
+    def shown(self) -> str:
+        """What an error message may quote: never a substituted value."""
+        return _shorten(self.raw if self.substituted else self.value)
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def _suggest(word: str, choices: Sequence[str]) -> str:
+    """` (did you mean 'x'?)` for the closest choice, or nothing."""
+    lowered = {choice.lower(): choice for choice in choices}
+    if word.lower() in lowered:
+        return f" (did you mean {lowered[word.lower()]!r}?)"
+    close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+    return f" (did you mean {lowered[close[0]]!r}?)" if close else ""
+
+
+@dataclass
+class _Reader:
+    """Turns the parsed document into a `Config`, failing at the first problem."""
+
+    file: str
+    base_dir: str
+    env: Mapping[str, str]
+    lines: dict[str, int]
+    validate_url: UrlValidator | None
+    secrets: set[str] = field(default_factory=set)
+
+    # -- plumbing
+
+    def fail(self, path: str, problem: str) -> NoReturn:
+        raise ConfigError(problem, file=self.file, line=self.line(path), key=path or None)
+
+    def line(self, path: str) -> int:
+        probe = path
+        while probe not in self.lines:
+            cut = max(probe.rfind("."), probe.rfind("["))
+            if cut <= 0:
+                return self.lines.get("", 1)
+            probe = probe[:cut]
+        return self.lines[probe]
+
+    def secret(self, value: str) -> None:
+        if value:
+            self.secrets.add(value)
+
+    def expand(self, raw: str, path: str) -> _Text:
+        out: list[str] = []
+        substituted: list[str] = []
+        pure_var: str | None = None
+        pos = 0
+        while (dollar := raw.find("$", pos)) >= 0:
+            out.append(raw[pos:dollar])
+            following = raw[dollar + 1 : dollar + 2]
+            if following == "$":
+                out.append("$")
+                pos = dollar + 2
+                continue
+            if following != "{":
+                out.append("$")
+                pos = dollar + 1
+                continue
+            match = _VAR_REF.match(raw, dollar)
+            if match is None:
+                self.fail(path, "malformed ${...} reference (write $$ for a literal $)")
+            name, default = match.group(1), match.group(2)
+            value = self.env.get(name)
+            if default is not None and not value:
+                out.append(default)
+            elif value is None:
+                self.fail(path, f"environment variable {name} is not set")
+            else:
+                out.append(value)
+                substituted.append(value)
+                if match.group(0) == raw:
+                    pure_var = name
+            pos = match.end()
+        out.append(raw[pos:])
+        return _Text("".join(out), raw, tuple(substituted), pure_var)
+
+    def mapping(self, value: Any, path: str, expected: str, keys: Sequence[str]) -> _Map:
+        if not isinstance(value, _Map):
+            self.fail(path, f"expected {expected} (got {_kind(value)})")
+        for key in value:
+            if key not in keys:
+                hint = _suggest(key, keys)
+                self.fail(
+                    _child(path, key),
+                    f"unknown key {key!r}{hint}; expected one of: {', '.join(keys)}",
+                )
+        return value
+
+    def require(self, mapping: _Map, path: str, key: str, hint: str = "") -> Any:
+        if key not in mapping:
+            self.fail(path, f"missing required key {key!r}{hint}")
+        return mapping[key]
+
+    def text(self, value: Any, path: str, expected: str = "a string") -> _Text:
+        if not isinstance(value, str):
+            self.fail(path, f"expected {expected} (got {_kind(value)})")
+        return self.expand(value, path)
+
+    def nonempty(self, value: Any, path: str, expected: str = "a non-empty string") -> _Text:
+        text = self.text(value, path, expected)
+        if not text.value.strip():
+            self.fail(path, f"expected {expected} (got an empty string)")
+        return text
+
+    def texts(
+        self, value: Any, path: str, expected: str, item: str = "a string"
+    ) -> list[tuple[_Text, str]]:
+        """A list of strings (a single string counts as a one-item list), with item paths."""
+        if isinstance(value, str):
+            return [(self.expand(value, path), path)]
+        if not isinstance(value, _Seq):
+            self.fail(path, f"expected {expected} (got {_kind(value)})")
+        if not value:
+            self.fail(path, f"expected {expected} (got an empty list)")
+        return [
+            (self.text(entry, _item(path, index), item), _item(path, index))
+            for index, entry in enumerate(value)
+        ]
+
+    def duration(self, value: Any, path: str, minimum: timedelta | None = None) -> timedelta:
+        text = self.text(value, path, DURATION_EXPECTED.removeprefix("expected "))
+        try:
+            result = parse_duration(text.value)
+        except ValueError:
+            self.fail(path, f"{DURATION_EXPECTED} (got {text.shown!r})")
+        if minimum is not None and result < minimum:
+            self.fail(path, f"must be at least {_format_duration(minimum)}")
+        if minimum is None and result <= timedelta(0):
+            self.fail(path, "must be longer than 0s")
+        return result
+
+    def boolean(self, value: Any, path: str) -> bool:
+        if isinstance(value, bool):
+            return value
+        text = self.text(value, path, "true or false")
+        if text.value.lower() in ("true", "false"):
+            return text.value.lower() == "true"
+        self.fail(path, f"expected true or false (got {text.shown!r})")
+
+    def choice(self, value: Any, path: str, choices: Sequence[str], what: str) -> str:
+        text = self.text(value, path, f"one of {', '.join(choices)}")
+        if text.value not in choices:
+            hint = _suggest(text.value, choices)
+            self.fail(
+                path, f"unknown {what} {text.shown!r}{hint}; expected one of: {', '.join(choices)}"
+            )
+        return text.value
+
+    def state(self, text: _Text, path: str) -> str:
+        if text.value not in KNOWN_STATES:
+            known = sorted(KNOWN_STATES)
+            hint = _suggest(text.value, known)
+            if not hint:
+                hint = f"; known states: {', '.join(known)}"
+            self.fail(path, f"unknown state {text.shown!r}{hint}")
+        return text.value
+
+    # -- the document
+
+    def config(self, document: Any) -> Config:
+        top = self.mapping(document, "", "a mapping with keys " + ", ".join(_TOP_KEYS), _TOP_KEYS)
+        channels = self.channels(top.get("channels", _Map(top.line)), "channels")
+        sources = self.sources(self.require(top, "", "sources"), "sources")
+        rules: tuple[RuleConfig, ...] = ()
+        if "rules" in top:
+            rules = self.rules(top["rules"], "rules", channels)
+        storage = DEFAULT_STORAGE
+        if "storage" in top:
+            storage = self.nonempty(top["storage"], "storage", "a file path").value
+        if storage != ":memory:":
+            storage = os.path.normpath(os.path.join(self.base_dir, storage))
+        first_run = FirstRun.BASELINE
+        if "first_run" in top:
+            choices = [member.value for member in FirstRun]
+            first_run = FirstRun(self.choice(top["first_run"], "first_run", choices, "mode"))
+        delivery = DeliveryConfig()
+        if "delivery" in top:
+            delivery = self.delivery(top["delivery"], "delivery")
+        return Config(
+            path=self.file,
+            sources=sources,
+            channels=MappingProxyType(channels),
+            rules=rules,
+            storage=storage,
+            first_run=first_run,
+            delivery=delivery,
+            lines=MappingProxyType({k: v for k, v in self.lines.items() if k}),
+            secrets=frozenset(self.secrets),
+        )
+
+    def channels(self, value: Any, path: str) -> dict[str, tuple[Secret, ...]]:
+        if not isinstance(value, _Map):
+            self.fail(
+                path, f"expected a mapping of channel name to apprise URLs (got {_kind(value)})"
+            )
+        out: dict[str, tuple[Secret, ...]] = {}
+        for name, urls in value.items():
+            channel_path = _child(path, name)
+            if not _CHANNEL_NAME.fullmatch(name):
+                self.fail(
+                    channel_path,
+                    "a channel name must be a simple identifier (letters, digits, '_', '-')",
+                )
+            items = self.texts(urls, channel_path, "an apprise URL or a list of them")
+            out[name] = tuple(self.channel_url(text, item_path) for text, item_path in items)
+        return out
+
+    def channel_url(self, text: _Text, path: str) -> Secret:
+        for value in (*text.substituted, text.value):
+            self.secret(value)
+        url = text.value
+        scheme = _URL_SCHEME.match(url)
+        shown = f"{scheme.group(1)}://…" if scheme else "…"
+        problem: str | None = None if scheme else "expected scheme://… (an apprise URL)"
+        if problem is None and self.validate_url is not None:
+            problem = self.validate_url(url)
+        if problem is not None:
+            for secret in sorted(self.secrets, key=len, reverse=True):
+                problem = problem.replace(secret, "****")
+            self.fail(path, f"invalid apprise URL ({shown}): {problem}")
+        return Secret(url)
+
+    def sources(self, value: Any, path: str) -> tuple[SourceConfig, ...]:
+        if not isinstance(value, _Seq):
+            self.fail(path, f"expected a list of sources (got {_kind(value)})")
+        if not value:
+            self.fail(path, "expected at least one source")
+        first_seen: dict[str, int] = {}
+        out = []
+        for index, item in enumerate(value):
+            source = self.source(item, _item(path, index))
+            name_path = _child(_item(path, index), "name")
+            if source.name in first_seen:
+                self.fail(
+                    name_path,
+                    f"duplicate source name {source.name!r} "
+                    f"(first at line {first_seen[source.name]})",
+                )
+            first_seen[source.name] = self.line(name_path)
+            out.append(source)
+        return tuple(out)
+
+    def source(self, value: Any, path: str) -> SourceConfig:
+        source = self.mapping(value, path, "a mapping of source settings", _SOURCE_KEYS)
+        name = self.text(self.require(source, path, "name"), _child(path, "name")).value
+        if not _SOURCE_NAME.fullmatch(name):
+            self.fail(
+                _child(path, "name"),
+                "a source name must be letters, digits, '-', '_' or '.' (and not start with them)",
+            )
+        region, endpoint = self.endpoint(source, path)
+        project_id = self.nonempty(
+            self.require(source, path, "project_id"), _child(path, "project_id")
+        ).value
+        ak, sk, token = self.credentials(source, path)
+        app_user_id = None
+        if "app_user_id" in source:
+            app_user_id = self.nonempty(source["app_user_id"], _child(path, "app_user_id")).value
+        poll_interval = timedelta(seconds=60)
+        if "poll_interval" in source:
+            poll_interval = self.duration(
+                source["poll_interval"], _child(path, "poll_interval"), MIN_POLL_INTERVAL
+            )
+        request_timeout = timedelta(seconds=30)
+        if "request_timeout" in source:
+            request_timeout = self.duration(
+                source["request_timeout"], _child(path, "request_timeout")
+            )
+        filters: tuple[tuple[str, str], ...] = ()
+        if "filters" in source:
+            filters = self.filters(source["filters"], _child(path, "filters"))
+        return SourceConfig(
+            name=name,
+            endpoint=endpoint,
+            region=region,
+            project_id=project_id,
+            ak=ak,
+            sk=sk,
+            security_token=token,
+            app_user_id=app_user_id,
+            poll_interval=poll_interval,
+            filters=filters,
+            request_timeout=request_timeout,
+        )
+
+    def endpoint(self, source: _Map, path: str) -> tuple[str | None, str]:
+        region: str | None = None
+        shown = ""
+        if "region" in source:
+            region_text = self.nonempty(source["region"], _child(path, "region"))
+            region, shown = region_text.value, region_text.shown
+        if "endpoint" in source:
+            endpoint_path = _child(path, "endpoint")
+            endpoint = _normalise_endpoint(self.text(source["endpoint"], endpoint_path).value)
+            if endpoint is None:
+                self.fail(
+                    endpoint_path,
+                    "expected an endpoint like https://metastudio.cn-north-4.myhuaweicloud.com "
+                    "(http(s)://host[:port], no path)",
+                )
+            return region, endpoint
+        if region is None:
+            self.fail(path, "missing required key 'region' (or 'endpoint')")
+        if region not in KNOWN_REGIONS:
+            known = sorted(KNOWN_REGIONS)
+            self.fail(
+                _child(path, "region"),
+                f"unknown region {shown!r}{_suggest(region, known)}; known regions: "
+                f"{', '.join(known)} (for another region set "
+                "endpoint: https://metastudio.REGION.myhuaweicloud.com)",
+            )
+        return region, KNOWN_REGIONS[region]
+
+    def credentials(
+        self, source: _Map, path: str
+    ) -> tuple[Credential, Credential, Credential | None]:
+        found: dict[str, Credential | None] = {}
+        for key, env_name, words in _CREDENTIALS:
+            found[key] = self.credential(source, path, key, env_name, words)
+        ak, sk = found["ak"], found["sk"]
+        if ak is None or sk is None:
+            raise AssertionError("credential() fails when ak or sk is missing")
+        return ak, sk, found["security_token"]
+
+    def credential(
+        self, source: _Map, path: str, key: str, env_name: str, words: str
+    ) -> Credential | None:
+        file_key = f"{key}_file"
+        if key in source and file_key in source:
+            self.fail(_child(path, file_key), f"set either {key!r} or {file_key!r}, not both")
+        if key in source:
+            key_path = _child(path, key)
+            text = self.text(source[key], key_path)
+            origin = f"config ${{{text.pure_var}}}" if text.pure_var else "config"
+            return self.checked_credential(text.value, origin, key_path, words)
+        if file_key in source:
+            file_path = _child(path, file_key)
+            name = self.nonempty(source[file_key], file_path, "a file name").value
+            full = self.credential_path(name)
+            value = self.read_credential(full, file_path)
+            return self.checked_credential(value, f"file {full}", file_path, words)
+        if key == "security_token" and _names_key_pair(source):
+            return None  # a temporary token only pairs with the key pair it was issued with
+        from_env = self.env.get(env_name)
+        if from_env is None:
+            if key == "security_token":
+                return None
+            self.fail(
+                _child(path, key),
+                f"no {words}: set {key!r} or {file_key!r}, or the environment variable {env_name}",
+            )
+        return self.checked_credential(from_env, f"env {env_name}", _child(path, key), words)
+
+    def checked_credential(self, value: str, origin: str, path: str, words: str) -> Credential:
+        self.secret(value)
+        if not value:
+            self.fail(path, f"the {words} from {origin} is empty")
+        if any(char.isspace() or not char.isprintable() for char in value):
+            self.fail(path, f"the {words} from {origin} contains whitespace or control characters")
+        return Credential(Secret(value), origin)
+
+    def credential_path(self, name: str) -> str:
+        if os.path.isabs(name):
+            return name
+        base = self.env.get("CREDENTIALS_DIRECTORY") or self.base_dir
+        return os.path.normpath(os.path.join(base, name))
+
+    def read_credential(self, full: str, path: str) -> str:
+        try:
+            with open(full, encoding="utf-8") as stream:
+                content = stream.read(_MAX_CREDENTIAL_FILE + 1)
+        except UnicodeDecodeError:
+            self.fail(path, f"credential file {full} is not UTF-8 text")
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            self.fail(path, f"cannot read credential file {full}: {reason}")
+        if len(content) > _MAX_CREDENTIAL_FILE:
+            self.fail(path, f"credential file {full} is too large to hold a credential")
+        return content.rstrip("\r\n")
+
+    def filters(self, value: Any, path: str) -> tuple[tuple[str, str], ...]:
+        filters = self.mapping(value, path, "a mapping of API query parameters", _FILTER_KEYS)
+        out = []
+        for key, raw in filters.items():
+            key_path = _child(path, key)
+            if key == "state":
+                items = self.texts(raw, key_path, "a state or a list of states")
+                states = [self.state(text, item_path) for text, item_path in items]
+                out.append((key, ",".join(states)))
+            else:
+                out.append((key, self.nonempty(raw, key_path).value))
+        return tuple(out)
+
+    def rules(
+        self, value: Any, path: str, channels: Mapping[str, object]
+    ) -> tuple[RuleConfig, ...]:
+        if not isinstance(value, _Seq):
+            self.fail(path, f"expected a list of rules (got {_kind(value)})")
+        first_seen: dict[str, int] = {}
+        out = []
+        for index, item in enumerate(value):
+            rule = self.rule(item, _item(path, index), channels)
+            name_path = _child(_item(path, index), "name")
+            if rule.name in first_seen:
+                self.fail(
+                    name_path,
+                    f"duplicate rule name {_shorten(rule.name)!r} "
+                    f"(first at line {first_seen[rule.name]})",
+                )
+            first_seen[rule.name] = self.line(name_path)
+            out.append(rule)
+        return tuple(out)
+
+    def rule(self, value: Any, path: str, channels: Mapping[str, object]) -> RuleConfig:
+        rule = self.mapping(value, path, "a mapping of rule settings", _RULE_KEYS)
+        name_path = _child(path, "name")
+        name = self.nonempty(self.require(rule, path, "name"), name_path).value
+        if not name.isprintable():
+            self.fail(name_path, "a rule name must be one line of printable text")
+        on: tuple[str, ...] = ("*",)
+        if "on" in rule:
+            on = self.states(rule["on"], _child(path, "on"))
+        from_states = None
+        if "from" in rule:
+            from_states = self.states(rule["from"], _child(path, "from"))
+            if from_states == ("*",):
+                from_states = None
+        events = None
+        if "events" in rule:
+            events = self.events(rule["events"], _child(path, "events"))
+        where: tuple[tuple[str, tuple[str, ...]], ...] = ()
+        if "where" in rule:
+            where = self.where(rule["where"], _child(path, "where"))
+        notify = self.notify(self.require(rule, path, "notify"), _child(path, "notify"), channels)
+        title = body = None
+        if "title" in rule:
+            title = self.text(rule["title"], _child(path, "title")).value
+        if "body" in rule:
+            body = self.text(rule["body"], _child(path, "body")).value
+        body_format = BodyFormat.TEXT
+        if "format" in rule:
+            choices = [member.value for member in BodyFormat]
+            body_format = BodyFormat(
+                self.choice(rule["format"], _child(path, "format"), choices, "format")
+            )
+        stop = False
+        if "continue" in rule:
+            stop = not self.boolean(rule["continue"], _child(path, "continue"))
+        for_ = repeat = None
+        if "for" in rule:
+            for_ = self.duration(rule["for"], _child(path, "for"))
+        if "repeat" in rule:
+            repeat = self.duration(rule["repeat"], _child(path, "repeat"))
+        urgent = False
+        if "urgent" in rule:
+            urgent = self.boolean(rule["urgent"], _child(path, "urgent"))
+        return RuleConfig(
+            name=name,
+            on=on,
+            notify=notify,
+            from_states=from_states,
+            events=events,
+            where=where,
+            title=title,
+            body=body,
+            format=body_format,
+            stop=stop,
+            for_=for_,
+            repeat=repeat,
+            urgent=urgent,
+        )
+
+    def states(self, value: Any, path: str) -> tuple[str, ...]:
+        items = self.texts(value, path, "a list of states or '*'")
+        if len(items) == 1 and items[0][0].value == "*":
+            return ("*",)
+        out = []
+        for text, item_path in items:
+            if text.value == "*":
+                self.fail(item_path, "'*' matches every state: use it alone")
+            out.append(self.state(text, item_path))
+        return tuple(out)
+
+    def events(self, value: Any, path: str) -> tuple[EventKind, ...]:
+        kinds = [kind.value for kind in EventKind]
+        out = []
+        for text, item_path in self.texts(value, path, "a list of event kinds"):
+            if text.value not in kinds:
+                self.fail(
+                    item_path,
+                    f"unknown event kind {text.shown!r}{_suggest(text.value, kinds)}; "
+                    f"expected one of: {', '.join(kinds)}",
+                )
+            out.append(EventKind(text.value))
+        return tuple(out)
+
+    def where(self, value: Any, path: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        if not isinstance(value, _Map):
+            self.fail(
+                path, f"expected a mapping of job field to values or globs (got {_kind(value)})"
+            )
+        out = []
+        for field_name, raw in value.items():
+            field_path = _child(path, field_name)
+            if not _FIELD_NAME.fullmatch(field_name):
+                self.fail(field_path, "expected a job field name such as voice_name or tag")
+            items = self.texts(raw, field_path, "a string or a list of strings")
+            out.append((field_name, tuple(text.value for text, _ in items)))
+        return tuple(out)
+
+    def notify(self, value: Any, path: str, channels: Mapping[str, object]) -> tuple[str, ...]:
+        out = []
+        for text, item_path in self.texts(value, path, "a list of channel names"):
+            if text.value not in channels:
+                if not channels:
+                    self.fail(
+                        item_path,
+                        f"unknown channel {text.shown!r}: no channels are defined "
+                        "(add them under channels:)",
+                    )
+                known = sorted(channels)
+                self.fail(
+                    item_path,
+                    f"unknown channel {text.shown!r}{_suggest(text.value, known)}; "
+                    f"defined channels: {', '.join(known)}",
+                )
+            out.append(text.value)
+        return tuple(out)
+
+    def delivery(self, value: Any, path: str) -> DeliveryConfig:
+        delivery = self.mapping(value, path, "a mapping of delivery settings", _DELIVERY_KEYS)
+        values = {key: self.duration(raw, _child(path, key)) for key, raw in delivery.items()}
+        result = DeliveryConfig(**values)
+        if result.retry_initial > result.retry_max:
+            key = "retry_initial" if "retry_initial" in delivery else "retry_max"
+            self.fail(
+                _child(path, key),
+                f"retry_initial ({_format_duration(result.retry_initial)}) must not be longer "
+                f"than retry_max ({_format_duration(result.retry_max)})",
+            )
+        return result
+
+
+def _names_key_pair(source: _Map) -> bool:
+    return any(key in source for key in ("ak", "ak_file", "sk", "sk_file"))
+
+
+def _normalise_endpoint(text: str) -> str | None:
+    """`scheme://host[:port]` when `text` is an http(s) origin without path, else None."""
+    try:
+        parts = urllib.parse.urlsplit(text.strip())
+        _ = parts.port  # raises ValueError on a bad port
+    except ValueError:
+        return None
+    if (
+        parts.scheme.lower() not in ("http", "https")
+        or not parts.hostname
+        or parts.username is not None
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+    ):
+        return None
+    return f"{parts.scheme.lower()}://{parts.netloc}"
+
+
+def _format_duration(value: timedelta) -> str:
+    seconds = value.total_seconds()
+    if seconds == int(seconds):
+        return f"{int(seconds)}s"
+    return f"{seconds}s"
