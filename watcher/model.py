@@ -289,6 +289,7 @@ class Config:
     storage: str
     first_run: FirstRun = FirstRun.BASELINE
     delivery: DeliveryConfig = DeliveryConfig()
+    http_listen: str | None = None  # "127.0.0.1:9464": serve /healthz /readyz /metrics
     # "rules[2].title" -> line in the file, so later checks can point at the right place.
     lines: Mapping[str, int] = field(default_factory=dict, repr=False)
     # Every secret value seen while loading (credentials, substituted ${VAR} values in URLs,

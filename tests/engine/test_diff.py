@@ -118,10 +118,21 @@ def test_rejected_again_when_reject_times_grows_in_same_state() -> None:
     assert "1 → 2" in event.reason
 
 
-def test_transition_with_grown_reject_times_notes_skipped_states() -> None:
-    r = diff({"a": job("a", "UPLOADING", 1)}, snap([job("a", "AUDIT_FAILED", 2)]))
+def test_transition_into_a_repeated_failure_says_how_many_times() -> None:
+    r = diff({"a": job("a", "SYSTEM_AUDITING", 2)}, snap([job("a", "AUDIT_FAILED", 2)]))
     (event,) = r.events
-    assert event.note is not None and "between two polls" in event.note
+    assert event.note == "this job has now been AUDIT_FAILED 2 times"
+
+
+def test_offline_gap_is_noted_on_transitions() -> None:
+    r = diff(
+        {"a": job("a", "AUDITING")},
+        snap([job("a", "PROCESSING")]),
+        offline_gap=timedelta(minutes=90),
+    )
+    assert r.events[0].note == (
+        "the watcher saw no scan for 1h30m; intermediate states may have been missed"
+    )
 
 
 def test_new_job_after_baseline_is_an_event_in_its_state() -> None:

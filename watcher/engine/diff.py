@@ -96,14 +96,12 @@ def diff(
 def _compare(
     old: Job, new: Job, source: str, now: datetime, offline_gap: timedelta | None
 ) -> Event | None:
-    grew = _reject_growth(old, new)
     if old.state != new.state:
         notes = []
-        if grew:
-            notes.append(
-                f"reject_times went from {old.reject_times} to {new.reject_times}: "
-                "the job probably passed through other states between two polls"
-            )
+        # reject_times counts how often the job has been in its *current* state, so across a
+        # transition it says "this is the Nth time", not that states were skipped.
+        if new.state in FAILURE_STATES and (new.reject_times or 0) > 1:
+            notes.append(f"this job has now been {new.state} {new.reject_times} times")
         if offline_gap is not None:
             notes.append(
                 f"the watcher saw no scan for {format_duration(offline_gap)}; "
@@ -118,7 +116,7 @@ def _compare(
             previous_state=old.state,
             note="; ".join(notes) or None,
         )
-    if grew:
+    if _reject_growth(old, new):
         return Event(
             EventKind.REJECTED_AGAIN,
             source,
