@@ -127,19 +127,27 @@ class Event:
     job: Job | None = None
     previous_state: str | None = None
     note: str | None = None
+    # What a job-less event is about (a batch name), and which repetition of a reminder
+    # (`stuck` with `repeat:`) this is: both are part of the event's identity.
+    subject: str | None = None
+    sequence: int = 0
+    # Extra facts for templates (e.g. a settled batch's counts); plain JSON-like values.
+    details: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
         """Stable identity of the change: re-detecting it after a crash gives the same key."""
         job = self.job
+        seq = f"#{self.sequence}" if self.sequence else ""
         if job is None:
-            return f"{self.source}|{self.kind}|{self.detected_at.isoformat()}"
+            subject = self.subject if self.subject is not None else self.detected_at.isoformat()
+            return f"{self.source}|{self.kind}|{subject}{seq}"
         marker = ""
         if job.lastupdate_time is not None:
             marker = job.lastupdate_time.isoformat()
         return (
             f"{self.source}|{job.job_id}|{self.kind}|{self.previous_state}>{job.state}"
-            f"|{job.reject_times}|{marker}"
+            f"|{job.reject_times}|{marker}{seq}" + (f"|{self.subject}" if self.subject else "")
         )
 
 

@@ -159,8 +159,7 @@ def test_first_run_modes() -> None:
     s = snap([job("a", "AUDIT_FAILED"), job("b", "PROCESSING"), job("c", "AUDIT_FAILED")])
     assert first_run_events(s, FirstRun.BASELINE) == ()
     assert [e.kind for e in first_run_events(s, FirstRun.NOTIFY)] == [EventKind.NEW] * 3
-    (summary,) = first_run_events(s, FirstRun.SUMMARY)
-    assert summary.reason == "watching 3 jobs: 2 AUDIT_FAILED, 1 PROCESSING"
+    assert first_run_events(s, FirstRun.SUMMARY) == ()  # the tracker builds the digest
 
 
 def test_format_duration() -> None:

@@ -137,34 +137,19 @@ def _reject_growth(old: Job, new: Job) -> bool:
 
 
 def first_run_events(snapshot: Snapshot, mode: FirstRun) -> tuple[Event, ...]:
-    """What the first complete scan of a source announces, by the configured `first_run`."""
-    if mode is FirstRun.BASELINE:
+    """Job events of a source's first complete scan: none for `baseline` (and `summary`,
+    whose single digest the tracker builds), one `new` per job for `notify`."""
+    if mode is not FirstRun.NOTIFY:
         return ()
-    if mode is FirstRun.NOTIFY:
-        return tuple(
-            Event(
-                EventKind.NEW,
-                snapshot.source,
-                snapshot.taken_at,
-                f"job {job.job_id} is {job.state} (already so when watching started)",
-                job=job,
-            )
-            for job in (snapshot.jobs[k] for k in sorted(snapshot.jobs))
+    return tuple(
+        Event(
+            EventKind.NEW,
+            snapshot.source,
+            snapshot.taken_at,
+            f"job {job.job_id} is {job.state} (already so when watching started)",
+            job=job,
         )
-    return (summary_event(snapshot),)
-
-
-def summary_event(snapshot: Snapshot) -> Event:
-    """One digest of a source's jobs by state, failures first: what on-call wants on day one."""
-    counts = count_by_state(snapshot.jobs.values())
-    ordered = sorted(counts.items(), key=lambda kv: (kv[0] not in FAILURE_STATES, -kv[1], kv[0]))
-    parts = [f"{n} {state}" for state, n in ordered]
-    text = ", ".join(parts) if parts else "no jobs"
-    return Event(
-        EventKind.SUMMARY,
-        snapshot.source,
-        snapshot.taken_at,
-        f"watching {len(snapshot.jobs)} jobs: {text}",
+        for job in (snapshot.jobs[k] for k in sorted(snapshot.jobs))
     )
 
 

@@ -39,6 +39,9 @@ def decide(rule: RuleConfig, event: Event) -> RuleDecision:
         kinds = frozenset({EventKind.STUCK})
     if event.kind not in kinds:
         return RuleDecision(rule, False, f"event kind {event.kind} not in {sorted(kinds)}")
+    if event.kind is EventKind.STUCK and event.subject not in (None, rule.name):
+        # A stuck event is raised by one rule's `for:` threshold and belongs to that rule.
+        return RuleDecision(rule, False, f"stuck event belongs to rule {event.subject!r}")
     state = event_state(event)
     if "*" not in rule.on and (state is None or state not in rule.on):
         return RuleDecision(rule, False, f"state {state} not in on={list(rule.on)}")

@@ -1,0 +1,217 @@
+"""Events that need memory: stuck, recovered, batch_settled, source health, first-run digest."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from watcher.engine.tracker import Tracking, advance, health_step
+from watcher.model import EventKind, FirstRun, Job, RuleConfig, Snapshot
+
+T0 = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
+
+
+def job(job_id: str, state: str, at: datetime | None = T0, **kw: object) -> Job:
+    return Job(job_id=job_id, state=state, lastupdate_time=at, **kw)  # type: ignore[arg-type]
+
+
+def snap(at: datetime, *jobs: Job) -> Snapshot:
+    return Snapshot("prod", at, {j.job_id: j for j in jobs})
+
+
+STUCK = RuleConfig(name="stuck-review", on=("AUDITING",), notify=("ops",), for_=timedelta(hours=24))
+STUCK_REPEAT = RuleConfig(
+    name="still-failed",
+    on=("AUDIT_FAILED",),
+    notify=("ops",),
+    for_=timedelta(days=2),
+    repeat=timedelta(days=1),
+)
+
+
+def run(
+    scans: list[Snapshot], rules: list[RuleConfig], first_run: FirstRun = FirstRun.BASELINE
+) -> list[list[tuple[EventKind, str]]]:
+    previous = None
+    tracking = Tracking()
+    out = []
+    for s in scans:
+        step = advance(previous, tracking, s, rules, first_run=first_run)
+        out.append([(e.kind, e.reason) for e in step.events])
+        previous, tracking = dict(step.jobs), step.tracking
+        # Round-trip the memory as the store does, every time.
+        tracking = Tracking.from_json(tracking.to_json())
+    return out
+
+
+def test_stuck_fires_once_per_stay_without_repeat() -> None:
+    a = job("a", "AUDITING", at=T0)
+    scans = [snap(T0 + timedelta(hours=h), a) for h in (1, 10, 25, 30, 60)]
+    kinds = [[k for k, _ in evs] for evs in run(scans, [STUCK])]
+    assert kinds == [[], [], [EventKind.STUCK], [], []]
+
+
+@given(st.lists(st.integers(1, 200), min_size=1, max_size=30, unique=True))
+def test_stuck_fires_exactly_once_per_stay_whatever_the_poll_times(hours: list[int]) -> None:
+    a = job("a", "AUDITING", at=T0)
+    scans = [snap(T0 + timedelta(hours=h), a) for h in sorted(hours)]
+    fired = sum(1 for evs in run(scans, [STUCK])[1:] for k, _ in evs if k is EventKind.STUCK)
+    # The first scan is the silent baseline; after it, one stuck event if any later scan is
+    # past the threshold and the baseline was not (the baseline absorbs a stay already stuck).
+    later_past = any(h >= 24 for h in sorted(hours)[1:])
+    assert fired == (1 if later_past and sorted(hours)[0] < 24 else 0)
+
+
+def test_stuck_repeats_as_reminders_and_resets_on_a_new_stay() -> None:
+    failed = job("a", "AUDIT_FAILED", at=T0)
+    again = job("a", "AUDIT_FAILED", at=T0 + timedelta(days=5), reject_times=2)
+    scans = [
+        snap(T0 + timedelta(hours=1), failed),
+        snap(T0 + timedelta(days=2, hours=1), failed),
+        snap(T0 + timedelta(days=2, hours=12), failed),
+        snap(T0 + timedelta(days=3, hours=2), failed),
+        snap(T0 + timedelta(days=5, hours=1), again),
+        snap(T0 + timedelta(days=7, hours=1), again),
+    ]
+    events = run(scans, [STUCK_REPEAT])
+    stuck = [[r for k, r in evs if k is EventKind.STUCK] for evs in events]
+    assert stuck[1] == ["job a is AUDIT_FAILED after 2d1h (rule still-failed: for 2d)"]
+    assert stuck[2] == []
+    assert stuck[3] == ["job a is still AUDIT_FAILED after 3d2h (rule still-failed: for 2d)"]
+    assert stuck[4] == []  # re-uploaded and rejected again: a new stay
+    assert stuck[5] == ["job a is AUDIT_FAILED after 2d1h (rule still-failed: for 2d)"]
+
+
+def test_stuck_measures_from_first_seen_without_lastupdate_time() -> None:
+    a = job("a", "AUDITING", at=None)
+    scans = [snap(T0 + timedelta(hours=h), a) for h in (0, 20, 25)]
+    kinds = [[k for k, _ in evs] for evs in run(scans, [STUCK])]
+    assert kinds == [[], [], [EventKind.STUCK]]
+
+
+def test_recovered_refers_back_to_failures() -> None:
+    scans = [
+        snap(T0, job("a", "AUDITING", at=T0)),
+        snap(T0 + timedelta(hours=1), job("a", "AUDIT_FAILED", at=T0 + timedelta(hours=1))),
+        snap(T0 + timedelta(hours=2), job("a", "UPLOADING", at=T0 + timedelta(hours=2))),
+        snap(
+            T0 + timedelta(hours=3),
+            job("a", "AUDIT_FAILED", at=T0 + timedelta(hours=3), reject_times=2),
+        ),
+        snap(
+            T0 + timedelta(hours=4, minutes=12),
+            job("a", "SUCCEED", at=T0 + timedelta(hours=4, minutes=12)),
+        ),
+    ]
+    events = run(scans, [])
+    assert events[-1] == [
+        (EventKind.RECOVERED, "job a succeeded after 2 rejections, 3h12m after the first")
+    ]
+
+
+def test_batch_settled_summarises_once() -> None:
+    def b(job_id: str, state: str, hours: int, **kw: object) -> Job:
+        return Job(
+            job_id=job_id,
+            state=state,
+            batch_name="spring-sale",
+            create_time=T0,
+            lastupdate_time=T0 + timedelta(hours=hours),
+            **kw,  # type: ignore[arg-type]
+        )
+
+    noisy = {"job_failed_code": "MSS.0012", "job_failed_reason": "audio too noisy"}
+    scans = [
+        snap(T0, b("a", "PROCESSING", 0), b("b", "PROCESSING", 0), b("c", "AUDITING", 0)),
+        snap(
+            T0 + timedelta(hours=5),
+            b("a", "SUCCEED", 5),
+            b("b", "FAILED", 4, **noisy),
+            b("c", "PROCESSING", 1),
+        ),
+        snap(
+            T0 + timedelta(hours=7),
+            b("a", "SUCCEED", 5),
+            b("b", "FAILED", 4, **noisy),
+            b("c", "FAILED", 6, **noisy),
+        ),
+        snap(
+            T0 + timedelta(hours=8),
+            b("a", "SUCCEED", 5),
+            b("b", "FAILED", 4, **noisy),
+            b("c", "FAILED", 6, **noisy),
+        ),
+    ]
+    batch = [[r for k, r in evs if k is EventKind.BATCH_SETTLED] for evs in run(scans, [])]
+    assert batch == [
+        [],
+        [],
+        ["batch spring-sale settled: 1 SUCCEED, 2 FAILED (MSS.0012 audio too noisy ×2), took 6h"],
+        [],
+    ]
+
+
+def test_batch_already_settled_at_baseline_is_not_news() -> None:
+    done = Job(job_id="a", state="SUCCEED", batch_name="old")
+    events = run([snap(T0, done), snap(T0 + timedelta(minutes=1), done)], [])
+    assert events == [[], []]
+
+
+def test_first_run_summary_names_failures_and_stuck_jobs() -> None:
+    jobs = [
+        job("f1", "AUDIT_FAILED"),
+        job("f2", "AUDIT_FAILED"),
+        job("f3", "AUDIT_FAILED"),
+        job("s", "AUDITING", at=T0 - timedelta(days=3)),
+        *(job(f"p{i}", "PROCESSING") for i in range(40)),
+    ]
+    (events,) = run([snap(T0, *jobs)], [STUCK], first_run=FirstRun.SUMMARY)
+    assert events == [
+        (
+            EventKind.SUMMARY,
+            "prod: watching 44 jobs: 3 jobs AUDIT_FAILED, 1 stuck in AUDITING for 3d (s), "
+            "41 in progress",
+        )
+    ]
+
+
+def test_baseline_is_silent_even_for_stuck_jobs() -> None:
+    (events,) = run([snap(T0, job("s", "AUDITING", at=T0 - timedelta(days=3)))], [STUCK])
+    assert events == []
+
+
+def test_source_health_is_announced_once_each_way() -> None:
+    tracking = Tracking()
+    seen = []
+    for minute, ok in [(0, False), (1, False), (3, False), (4, False), (5, True), (6, True)]:
+        event, tracking = health_step(
+            tracking,
+            "prod",
+            ok=ok,
+            now=T0 + timedelta(minutes=minute),
+            unhealthy_after=timedelta(minutes=3),
+            error="AK/SK rejected by the API gateway (APIGW.0301)",
+        )
+        seen.append(event.kind if event else None)
+    assert seen == [
+        None,
+        None,
+        EventKind.SOURCE_UNHEALTHY,
+        None,
+        EventKind.SOURCE_RECOVERED,
+        None,
+    ]
+
+
+def test_offline_gap_is_noted() -> None:
+    scans = [snap(T0, job("a", "AUDITING")), snap(T0 + timedelta(hours=2), job("a", "WAITING"))]
+    previous = None
+    tracking = Tracking()
+    notes = []
+    for s in scans:
+        step = advance(previous, tracking, s, [], expected_interval=timedelta(minutes=1))
+        notes.extend(e.note for e in step.events)
+        previous, tracking = dict(step.jobs), step.tracking
+    assert notes == ["the watcher saw no scan for 2h; intermediate states may have been missed"]

@@ -1,0 +1,401 @@
+"""The engine's memory between scans, and one pure step that advances it.
+
+`advance` composes the snapshot diff with what needs history: jobs stuck too long, jobs that
+succeeded after failing, batches that settled, sources that went blind. The shell persists
+`Tracking` in the same transaction as the snapshot, so a crash never replays or loses it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from watcher.engine.diff import count_by_state, diff, first_run_events, format_duration
+from watcher.model import (
+    AUDIT_FAILED,
+    FAILURE_STATES,
+    SETTLED_STATES,
+    SPLIT_FAILED,
+    SUCCEED,
+    Event,
+    EventKind,
+    FirstRun,
+    Job,
+    RuleConfig,
+    Snapshot,
+)
+
+# A job that reaches SUCCEED after one of these is announced as `recovered`.
+RECOVERABLE_STATES = frozenset({AUDIT_FAILED, SPLIT_FAILED})
+
+
+@dataclass(frozen=True, slots=True)
+class FailureMemory:
+    first_failed_at: datetime
+    rejections: int
+    last_state: str
+
+
+@dataclass(frozen=True, slots=True)
+class StuckMemory:
+    stay: str  # identifies one stay in a state; a new stay resets the reminders
+    fired: int  # reminders sent in this stay
+    last_fired_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Tracking:
+    """Everything beyond the snapshot that the engine needs from one scan to the next."""
+
+    missing: Mapping[str, int] = field(default_factory=dict)
+    # job_id -> when the watcher first saw it in its current state (when lastupdate_time is absent)
+    entered: Mapping[str, datetime] = field(default_factory=dict)
+    failures: Mapping[str, FailureMemory] = field(default_factory=dict)
+    stuck: Mapping[str, StuckMemory] = field(default_factory=dict)  # "job_id|rule" -> memory
+    settled_batches: frozenset[str] = frozenset()
+    failing_since: datetime | None = None
+    unhealthy: bool = False
+    last_scan_at: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "missing": dict(self.missing),
+            "entered": {k: v.isoformat() for k, v in self.entered.items()},
+            "failures": {
+                k: [v.first_failed_at.isoformat(), v.rejections, v.last_state]
+                for k, v in self.failures.items()
+            },
+            "stuck": {
+                k: [v.stay, v.fired, v.last_fired_at.isoformat()] for k, v in self.stuck.items()
+            },
+            "settled_batches": sorted(self.settled_batches),
+            "failing_since": self.failing_since.isoformat() if self.failing_since else None,
+            "unhealthy": self.unhealthy,
+            "last_scan_at": self.last_scan_at.isoformat() if self.last_scan_at else None,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Tracking:
+        def dt(value: str | None) -> datetime | None:
+            return datetime.fromisoformat(value) if value else None
+
+        return cls(
+            missing={str(k): int(v) for k, v in data.get("missing", {}).items()},
+            entered={str(k): datetime.fromisoformat(v) for k, v in data.get("entered", {}).items()},
+            failures={
+                str(k): FailureMemory(datetime.fromisoformat(v[0]), int(v[1]), str(v[2]))
+                for k, v in data.get("failures", {}).items()
+            },
+            stuck={
+                str(k): StuckMemory(str(v[0]), int(v[1]), datetime.fromisoformat(v[2]))
+                for k, v in data.get("stuck", {}).items()
+            },
+            settled_batches=frozenset(data.get("settled_batches", [])),
+            failing_since=dt(data.get("failing_since")),
+            unhealthy=bool(data.get("unhealthy", False)),
+            last_scan_at=dt(data.get("last_scan_at")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """The outcome of one complete scan: events, the jobs to store, the memory to keep."""
+
+    events: tuple[Event, ...]
+    jobs: Mapping[str, Job]
+    tracking: Tracking
+
+
+def advance(
+    previous: Mapping[str, Job] | None,
+    tracking: Tracking,
+    snapshot: Snapshot,
+    rules: Sequence[RuleConfig],
+    *,
+    first_run: FirstRun = FirstRun.BASELINE,
+    vanish_after: int = 3,
+    expected_interval: timedelta | None = None,
+) -> Step:
+    """One complete scan's worth of events. `previous` is None on a source's first scan."""
+    now = snapshot.taken_at
+    offline_gap = None
+    if expected_interval is not None and tracking.last_scan_at is not None:
+        gap = now - tracking.last_scan_at
+        if gap > expected_interval * 3:
+            offline_gap = gap
+    if previous is None:
+        events = list(first_run_events(snapshot, first_run))
+        jobs: dict[str, Job] = dict(snapshot.jobs)
+        missing: Mapping[str, int] = {}
+    else:
+        result = diff(
+            previous,
+            snapshot,
+            missing=tracking.missing,
+            vanish_after=vanish_after,
+            offline_gap=offline_gap,
+        )
+        events = list(result.events)
+        jobs = {**result.retained, **snapshot.jobs}
+        missing = result.missing
+
+    entered = _entered(previous or {}, tracking.entered, snapshot)
+    events, failures = _recoveries(events, tracking.failures, snapshot.jobs)
+    stuck_events, stuck = _stuck(snapshot, rules, tracking.stuck, entered, now)
+    batch_events, settled = _batches(previous, snapshot, tracking.settled_batches)
+    if previous is not None or first_run is FirstRun.NOTIFY:
+        events.extend(stuck_events)
+    elif first_run is FirstRun.SUMMARY:
+        # Day one: one digest that also names what is already stuck.
+        events = [summary(snapshot, stuck_events)]
+    events.extend(batch_events)
+    new_tracking = replace(
+        tracking,
+        missing=missing,
+        entered=entered,
+        failures=failures,
+        stuck=stuck,
+        settled_batches=settled,
+        last_scan_at=now,
+    )
+    return Step(tuple(events), jobs, new_tracking)
+
+
+def _entered(
+    previous: Mapping[str, Job], entered: Mapping[str, datetime], snapshot: Snapshot
+) -> dict[str, datetime]:
+    """When each job entered its current state, as far as the watcher knows."""
+    out: dict[str, datetime] = {}
+    for job_id, job in snapshot.jobs.items():
+        old = previous.get(job_id)
+        if old is not None and old.state == job.state and job_id in entered:
+            out[job_id] = entered[job_id]
+        else:
+            out[job_id] = snapshot.taken_at
+    return out
+
+
+def _recoveries(
+    events: list[Event], failures: Mapping[str, FailureMemory], jobs: Mapping[str, Job]
+) -> tuple[list[Event], dict[str, FailureMemory]]:
+    """Remember failures; a later SUCCEED becomes `recovered`, referring back to them."""
+    memory = {k: v for k, v in failures.items() if k in jobs}
+    out: list[Event] = []
+    for event in events:
+        job = event.job
+        if job is None or event.kind not in (
+            EventKind.TRANSITION,
+            EventKind.NEW,
+            EventKind.REJECTED_AGAIN,
+        ):
+            out.append(event)
+            continue
+        seen = memory.get(job.job_id)
+        if job.state in RECOVERABLE_STATES:
+            when = job.lastupdate_time or event.detected_at
+            if seen is None:
+                memory[job.job_id] = FailureMemory(when, 1, job.state)
+            else:
+                memory[job.job_id] = FailureMemory(
+                    seen.first_failed_at, seen.rejections + 1, job.state
+                )
+            out.append(event)
+        elif job.state == SUCCEED and seen is not None and event.kind is EventKind.TRANSITION:
+            took = (job.lastupdate_time or event.detected_at) - seen.first_failed_at
+            plural = "s" if seen.rejections != 1 else ""
+            out.append(
+                replace(
+                    event,
+                    kind=EventKind.RECOVERED,
+                    reason=(
+                        f"job {job.job_id} succeeded after {seen.rejections} "
+                        f"{_failure_word(seen.last_state)}{plural}, "
+                        f"{format_duration(took)} after the first"
+                    ),
+                )
+            )
+            del memory[job.job_id]
+        else:
+            if job.state in SETTLED_STATES:
+                memory.pop(job.job_id, None)
+            out.append(event)
+    return out, memory
+
+
+def _failure_word(state: str) -> str:
+    return "rejection" if state == AUDIT_FAILED else "failure"
+
+
+def _stuck(
+    snapshot: Snapshot,
+    rules: Sequence[RuleConfig],
+    memory: Mapping[str, StuckMemory],
+    entered: Mapping[str, datetime],
+    now: datetime,
+) -> tuple[list[Event], dict[str, StuckMemory]]:
+    """`stuck` fires once per stay past a rule's `for:`, then every `repeat:` if set."""
+    stuck_rules = [r for r in rules if r.for_ is not None]
+    out: list[Event] = []
+    kept: dict[str, StuckMemory] = {}
+    if not stuck_rules:
+        return out, kept
+    for job_id in sorted(snapshot.jobs):
+        job = snapshot.jobs[job_id]
+        since = job.lastupdate_time or entered.get(job_id, now)
+        stay = f"{job.state}|{since.isoformat()}"
+        for rule in stuck_rules:
+            if "*" not in rule.on and job.state not in rule.on:
+                continue
+            assert rule.for_ is not None
+            key = f"{job_id}|{rule.name}"
+            mem = memory.get(key)
+            if mem is not None and mem.stay != stay:
+                mem = None  # a new stay: start over
+            stayed = now - since
+            due = False
+            if mem is None:
+                due = stayed >= rule.for_
+            elif rule.repeat is not None:
+                due = now - mem.last_fired_at >= rule.repeat
+            if due:
+                fired = 0 if mem is None else mem.fired
+                still = "still " if fired else ""
+                out.append(
+                    Event(
+                        EventKind.STUCK,
+                        snapshot.source,
+                        now,
+                        f"job {job_id} is {still}{job.state} after {format_duration(stayed)}"
+                        f" (rule {rule.name}: for {format_duration(rule.for_)})",
+                        job=job,
+                        previous_state=job.state,
+                        subject=rule.name,
+                        sequence=fired,
+                        details={"stayed_seconds": int(stayed.total_seconds())},
+                    )
+                )
+                kept[key] = StuckMemory(stay, fired + 1, now)
+            elif mem is not None:
+                kept[key] = mem
+    return out, kept
+
+
+def _batches(
+    previous: Mapping[str, Job] | None, snapshot: Snapshot, announced: frozenset[str]
+) -> tuple[list[Event], frozenset[str]]:
+    """One summary when every job of a batch has settled (SUCCEED or FAILED)."""
+    by_batch: dict[str, list[Job]] = {}
+    for job in snapshot.jobs.values():
+        if job.batch_name:
+            by_batch.setdefault(job.batch_name, []).append(job)
+    settled_now = {
+        name for name, jobs in by_batch.items() if all(j.state in SETTLED_STATES for j in jobs)
+    }
+    if previous is None:
+        # Batches already settled when watching started are history, not news.
+        return [], frozenset(settled_now)
+    out: list[Event] = []
+    for name in sorted(settled_now - announced):
+        jobs = by_batch[name]
+        out.append(batch_event(snapshot.source, name, jobs, snapshot.taken_at))
+    return out, frozenset(settled_now)
+
+
+def batch_event(source: str, name: str, jobs: Iterable[Job], now: datetime) -> Event:
+    """The settled-batch summary: counts by state, failure reasons, how long it took."""
+    jobs = list(jobs)
+    counts: dict[str, int] = {}
+    reasons: dict[str, int] = {}
+    for job in jobs:
+        counts[job.state] = counts.get(job.state, 0) + 1
+        if job.state in FAILURE_STATES:
+            why = " ".join(p for p in (job.job_failed_code, job.job_failed_reason) if p)
+            reasons[why or "no reason given"] = reasons.get(why or "no reason given", 0) + 1
+    parts = [f"{counts[s]} {s}" for s in sorted(counts, key=lambda s: (s != SUCCEED, s))]
+    text = ", ".join(parts)
+    if reasons:
+        why = ", ".join(
+            f"{r} ×{n}" for r, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+        )
+        text += f" ({why})"
+    starts = [j.create_time for j in jobs if j.create_time is not None]
+    ends = [j.lastupdate_time for j in jobs if j.lastupdate_time is not None]
+    if starts and ends:
+        text += f", took {format_duration(max(ends) - min(starts))}"
+    last = max(ends).isoformat() if ends else now.isoformat()
+    return Event(
+        EventKind.BATCH_SETTLED,
+        source,
+        now,
+        f"batch {name} settled: {text}",
+        subject=f"{name}|{len(jobs)}|{last}",
+        details={"batch_name": name, "counts": counts, "failure_reasons": reasons},
+    )
+
+
+def health_step(
+    tracking: Tracking,
+    source: str,
+    *,
+    ok: bool,
+    now: datetime,
+    unhealthy_after: timedelta,
+    error: str | None = None,
+) -> tuple[Event | None, Tracking]:
+    """A source that fails longer than `unhealthy_after` is announced once; so is its return."""
+    if ok:
+        if tracking.unhealthy:
+            down = now - (tracking.failing_since or now)
+            event = Event(
+                EventKind.SOURCE_RECOVERED,
+                source,
+                now,
+                f"source {source} is polled successfully again after {format_duration(down)}",
+                subject=f"recovered|{(tracking.failing_since or now).isoformat()}",
+            )
+            return event, replace(tracking, unhealthy=False, failing_since=None)
+        return None, replace(tracking, failing_since=None)
+    since = tracking.failing_since or now
+    tracking = replace(tracking, failing_since=since)
+    if not tracking.unhealthy and now - since >= unhealthy_after:
+        event = Event(
+            EventKind.SOURCE_UNHEALTHY,
+            source,
+            now,
+            f"source {source} has failed to poll for {format_duration(now - since)}: "
+            f"{error or 'unknown error'}",
+            subject=f"unhealthy|{since.isoformat()}",
+        )
+        return event, replace(tracking, unhealthy=True)
+    return None, tracking
+
+
+def summary(snapshot: Snapshot, stuck: Sequence[Event] = ()) -> Event:
+    """One digest of a source for day one: failures first, then stuck jobs, then the rest."""
+    counts = count_by_state(snapshot.jobs.values())
+    parts = [
+        f"{n} job{'s' if n != 1 else ''} {state}"
+        for state, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        if state in FAILURE_STATES
+    ]
+    seen: set[str] = set()
+    for event in stuck:
+        job = event.job
+        if job is None or job.job_id in seen:
+            continue
+        seen.add(job.job_id)
+        stayed = timedelta(seconds=int(event.details.get("stayed_seconds", 0)))
+        parts.append(f"1 stuck in {job.state} for {format_duration(stayed)} ({job.job_id})")
+    active = sum(n for s, n in counts.items() if s not in FAILURE_STATES | SETTLED_STATES)
+    parts.append(f"{active} in progress")
+    if counts.get(SUCCEED):
+        parts.append(f"{counts[SUCCEED]} SUCCEED")
+    return Event(
+        EventKind.SUMMARY,
+        snapshot.source,
+        snapshot.taken_at,
+        f"{snapshot.source}: watching {len(snapshot.jobs)} jobs: " + ", ".join(parts),
+        subject=f"summary|{snapshot.taken_at.isoformat()}",
+    )
