@@ -203,6 +203,8 @@ class OutboxItem:
     next_attempt_at: datetime
     last_error: str | None = None
     sent_at: datetime | None = None
+    # When it was queued (again, after `outbox retry`): `give_up_after` counts from here.
+    queued_at: datetime | None = None
 
 
 # --- configuration ------------------------------------------------------------------------

@@ -45,7 +45,7 @@ def after_failure(
 ) -> AfterFailure:
     """Exponential backoff with full jitter, capped; dead-letter once `give_up_after` passed."""
     attempts = item.attempts + 1
-    age = now - item.alert.created_at
+    age = now - (item.queued_at or item.alert.created_at)
     if age >= policy.give_up_after:
         return AfterFailure(True, None, f"gave up after {attempts} attempts over {age}")
     ceiling = min(

@@ -1,0 +1,654 @@
+"""The state database against real SQLite files in tmp_path."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+import textwrap
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from watcher import store as store_module
+from watcher.errors import StoreError
+from watcher.model import (
+    Alert,
+    BodyFormat,
+    Event,
+    EventKind,
+    Job,
+    NotifyType,
+    OutboxStatus,
+    Snapshot,
+)
+from watcher.store import SCHEMA_VERSION, Store
+
+T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
+
+
+def job(job_id: str = "job-1", state: str = "PROCESSING", **kw: Any) -> Job:
+    return Job(job_id=job_id, state=state, **kw)
+
+
+def snapshot(*jobs: Job, source: str = "cn", at: datetime = T0) -> Snapshot:
+    return Snapshot(source=source, taken_at=at, jobs={j.job_id: j for j in jobs})
+
+
+def event(j: Job, previous: str | None = "WAITING", at: datetime = T0, source: str = "cn") -> Event:
+    return Event(
+        kind=EventKind.TRANSITION,
+        source=source,
+        detected_at=at,
+        reason=f"{previous} -> {j.state}",
+        job=j,
+        previous_state=previous,
+    )
+
+
+def alert(ev: Event, channel: str = "ops", rule: str = "all", at: datetime = T0) -> Alert:
+    return Alert(
+        event_key=ev.key,
+        source=ev.source,
+        job_id=ev.job.job_id if ev.job else None,
+        rule=rule,
+        channel=channel,
+        title=f"{ev.job.job_id if ev.job else ev.source}: {ev.reason}",
+        body="body",
+        notify_type=NotifyType.INFO,
+        body_format=BodyFormat.TEXT,
+        created_at=at,
+    )
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> str:
+    return str(tmp_path / "state" / "watcher.db")
+
+
+@pytest.fixture
+def store(db_path: str) -> Any:
+    with Store.open(db_path) as s:
+        yield s
+
+
+# --- jobs ----------------------------------------------------------------------------------
+
+
+def test_jobs_round_trip_exactly_with_extra_and_utc_times(store: Store) -> None:
+    full = Job(
+        job_id="j1",
+        state="USER_REVIEW_REJECT",
+        reject_times=2,
+        create_time=datetime(2024, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
+        lastupdate_time=datetime(2024, 1, 3, 11, 0, tzinfo=timezone(timedelta(hours=8))),
+        voice_name="小明",
+        job_type="BASIC",
+        batch_name="batch-7",
+        job_failed_code="MSS.001",
+        job_failed_reason="noise",
+        asset_id="a-1",
+        extra={"tags": ["a", "b"], "nested": {"x": 1.5, "y": None}, "flag": True, "n": 3},
+    )
+    bare = job("j2", "CREATING")
+    store.commit_cycle("cn", snapshot(full, bare), [], [], now=T0)
+
+    loaded = store.load_jobs("cn")
+
+    assert loaded == {"j1": full, "j2": bare}
+    assert loaded["j1"].lastupdate_time is not None
+    assert loaded["j1"].lastupdate_time.utcoffset() == timedelta(0)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=8,
+)
+aware_times = st.datetimes(
+    min_value=datetime(1970, 1, 1),
+    max_value=datetime(2100, 1, 1),
+    timezones=st.sampled_from([UTC, timezone(timedelta(hours=8)), timezone(timedelta(hours=-5))]),
+)
+
+
+@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    state=st.text(min_size=1, max_size=12),
+    reject_times=st.none() | st.integers(0, 10**6),
+    lastupdate=st.none() | aware_times,
+    extra=st.dictionaries(st.text(max_size=6), json_values, max_size=4),
+)
+def test_any_job_round_trips(
+    store: Store,
+    state: str,
+    reject_times: int | None,
+    lastupdate: datetime | None,
+    extra: dict[str, Any],
+) -> None:
+    original = Job(
+        job_id="j", state=state, reject_times=reject_times, lastupdate_time=lastupdate, extra=extra
+    )
+    store.commit_cycle("cn", snapshot(original), [], [], now=T0)
+    assert store.load_jobs("cn") == {"j": original}
+
+
+def test_store_has_a_column_for_every_job_field(store: Store) -> None:
+    # A new Job field needs a column and a migration, or it would silently not round-trip.
+    columns = {row[1] for row in store._conn.execute("PRAGMA table_info(jobs)")}
+    assert set(Job.__dataclass_fields__) <= columns
+
+
+def test_source_without_a_completed_scan_has_no_baseline(store: Store) -> None:
+    store.record_source_poll("cn", ok=False, now=T0, error="timeout")
+
+    assert store.has_baseline("cn") is False
+    assert store.load_jobs("cn") is None
+
+
+def test_empty_scan_is_a_baseline_with_no_jobs(store: Store) -> None:
+    store.commit_cycle("cn", snapshot(), [], [], now=T0)
+
+    assert store.has_baseline("cn") is True
+    assert store.load_jobs("cn") == {}
+
+
+def test_commit_replaces_the_snapshot_of_one_source_only(store: Store) -> None:
+    store.commit_cycle("cn", snapshot(job("a"), job("b")), [], [], now=T0)
+    store.commit_cycle("eu", snapshot(job("x"), source="eu"), [], [], now=T0)
+
+    changed = job("b", "SUCCEED")
+    store.commit_cycle("cn", snapshot(changed, job("c")), [], [], now=T0 + timedelta(minutes=1))
+
+    assert store.load_jobs("cn") == {"b": changed, "c": job("c")}
+    assert store.load_jobs("eu") == {"x": job("x")}
+
+
+def test_commit_of_a_snapshot_from_another_source_is_refused(store: Store) -> None:
+    with pytest.raises(ValueError, match="snapshot"):
+        store.commit_cycle("cn", snapshot(job(), source="eu"), [], [], now=T0)
+
+
+# --- atomicity and idempotency -------------------------------------------------------------
+
+
+def test_failing_alert_rolls_back_the_whole_cycle(store: Store) -> None:
+    store.commit_cycle("cn", snapshot(job("a")), [], [], now=T0)
+    moved = job("a", "SUCCEED")
+    ev = event(moved, "PROCESSING")
+    good = alert(ev, channel="ops")
+    # sqlite cannot bind an arbitrary object: the failure happens after jobs and events were
+    # written inside the transaction.
+    broken = dataclasses.replace(alert(ev, channel="mail"), title=object())  # type: ignore[arg-type]
+
+    with pytest.raises(StoreError, match="save the poll cycle"):
+        store.commit_cycle("cn", snapshot(moved, job("new")), [ev], [good, broken], now=T0)
+
+    assert store.load_jobs("cn") == {"a": job("a")}
+    assert store.job_history("a") == []
+    assert store.outbox_counts()[OutboxStatus.PENDING] == 0
+    assert store.source_status()[0].last_cycle_at == T0
+
+
+def test_naive_datetime_rolls_back_and_says_why(store: Store) -> None:
+    ev = event(job("a"))
+    naive = dataclasses.replace(alert(ev), created_at=datetime(2024, 1, 1))
+
+    with pytest.raises(ValueError, match="naive"):
+        store.commit_cycle("cn", snapshot(job("a")), [ev], [naive], now=T0)
+
+    assert store.has_baseline("cn") is False
+
+
+def test_same_alert_twice_is_queued_once(store: Store) -> None:
+    ev = event(job("a", "SUCCEED"))
+    first = alert(ev)
+    again = dataclasses.replace(first, created_at=T0 + timedelta(minutes=5), body="re-rendered")
+
+    assert store.commit_cycle("cn", snapshot(job("a", "SUCCEED")), [ev], [first], now=T0) == 1
+    assert store.commit_cycle("cn", snapshot(job("a", "SUCCEED")), [ev], [again], now=T0) == 0
+
+    (item,) = store.list_outbox([OutboxStatus.PENDING])
+    assert item.alert == first
+
+
+def test_one_event_to_two_channels_queues_two_alerts(store: Store) -> None:
+    ev = event(job("a", "SUCCEED"))
+    queued = store.commit_cycle(
+        "cn", snapshot(job("a", "SUCCEED")), [ev], [alert(ev, "ops"), alert(ev, "mail")], now=T0
+    )
+    assert queued == 2
+
+
+# --- outbox --------------------------------------------------------------------------------
+
+
+def queue(store: Store, *jobs_states: tuple[str, str], channel: str = "ops") -> list[int]:
+    """Queue one alert per (job, state), each a separate cycle; return outbox ids."""
+    for n, (job_id, state) in enumerate(jobs_states):
+        at = T0 + timedelta(seconds=n)
+        j = job(job_id, state)
+        ev = event(j, at=at)
+        store.commit_cycle("cn", snapshot(j), [ev], [alert(ev, channel, at=at)], now=at)
+    return [item.id for item in store.list_outbox([OutboxStatus.PENDING])]
+
+
+def test_due_alerts_come_in_detection_order(store: Store) -> None:
+    ids = queue(store, ("a", "WAITING"), ("b", "WAITING"), ("a", "PROCESSING"), ("a", "SUCCEED"))
+
+    due = store.due_alerts(T0 + timedelta(minutes=1))
+
+    assert [item.id for item in due] == ids
+    assert [item.alert.title.split(":")[0] for item in due] == ["a", "b", "a", "a"]
+    assert [item.id for item in store.due_alerts(T0 + timedelta(minutes=1), limit=2)] == ids[:2]
+
+
+def test_new_alert_is_due_at_creation_not_before(store: Store) -> None:
+    queue(store, ("a", "SUCCEED"))
+
+    assert store.due_alerts(T0 - timedelta(seconds=1)) == []
+    assert len(store.due_alerts(T0)) == 1
+
+
+def test_failed_alert_backs_off_with_attempts_and_error(store: Store) -> None:
+    (item_id,) = queue(store, ("a", "SUCCEED"))
+    retry_at = T0 + timedelta(seconds=30)
+
+    store.mark_failed(item_id, T0, "channel 'ops': delivery failed", retry_at)
+
+    assert store.due_alerts(T0 + timedelta(seconds=29)) == []
+    (item,) = store.due_alerts(retry_at)
+    assert (item.attempts, item.last_error, item.next_attempt_at) == (
+        1,
+        "channel 'ops': delivery failed",
+        retry_at,
+    )
+    store.mark_failed(item_id, retry_at, "again", retry_at + timedelta(minutes=1))
+    assert store.list_outbox([OutboxStatus.PENDING])[0].attempts == 2
+
+
+def test_later_alert_about_a_job_waits_for_an_earlier_one_backing_off(store: Store) -> None:
+    first, other_job, second = queue(store, ("a", "PROCESSING"), ("b", "FAILED"), ("a", "SUCCEED"))
+    store.mark_failed(first, T0, "down", T0 + timedelta(minutes=5))
+
+    due = store.due_alerts(T0 + timedelta(minutes=1))
+
+    assert [item.id for item in due] == [other_job]
+    later = store.due_alerts(T0 + timedelta(minutes=5))
+    assert [item.id for item in later] == [first, other_job, second]
+
+
+def test_sent_alert_is_never_due_again(store: Store) -> None:
+    (item_id,) = queue(store, ("a", "SUCCEED"))
+    sent_at = T0 + timedelta(seconds=3)
+
+    store.mark_sent(item_id, sent_at)
+
+    assert store.due_alerts(T0 + timedelta(days=1)) == []
+    (item,) = store.list_outbox([OutboxStatus.SENT])
+    assert (item.status, item.sent_at, item.attempts) == (OutboxStatus.SENT, sent_at, 1)
+
+
+def test_dead_alerts_stay_until_retried(store: Store) -> None:
+    a, b, c = queue(store, ("a", "SUCCEED"), ("b", "SUCCEED"), ("c", "SUCCEED"))
+    for item_id in (a, b, c):
+        store.mark_failed(item_id, T0, "down", T0)
+        store.mark_dead(item_id, T0, "gave up after 24h")
+    later = T0 + timedelta(hours=1)
+
+    assert store.due_alerts(later) == []
+    assert store.outbox_counts() == {
+        OutboxStatus.PENDING: 0,
+        OutboxStatus.SENT: 0,
+        OutboxStatus.DEAD: 3,
+    }
+    assert store.list_outbox([OutboxStatus.DEAD])[0].attempts == 2
+
+    assert store.retry_dead(b, later) == 1
+    (revived,) = store.due_alerts(later)
+    assert (revived.id, revived.attempts, revived.last_error) == (b, 0, "gave up after 24h")
+
+    assert store.retry_dead(None, later) == 2
+    assert store.retry_dead(None, later) == 0
+    assert [i.id for i in store.due_alerts(later)] == [a, b, c]
+
+
+def test_marking_an_unknown_item_is_an_error(store: Store) -> None:
+    with pytest.raises(StoreError, match="outbox item 42 does not exist"):
+        store.mark_sent(42, T0)
+
+
+def test_list_outbox_filters_by_status(store: Store) -> None:
+    a, b = queue(store, ("a", "SUCCEED"), ("b", "SUCCEED"))
+    store.mark_sent(a, T0)
+
+    assert [i.id for i in store.list_outbox([OutboxStatus.SENT, OutboxStatus.PENDING])] == [a, b]
+    assert store.list_outbox([]) == []
+
+
+def test_prune_forgets_old_events_and_sent_alerts_but_keeps_dead_ones(store: Store) -> None:
+    old_sent, old_dead, recent = queue(store, ("a", "SUCCEED"), ("b", "FAILED"), ("c", "SUCCEED"))
+    store.mark_sent(old_sent, T0)
+    store.mark_dead(old_dead, T0, "gave up")
+    cutoff = T0 + timedelta(seconds=2)  # after the first two events, before the third
+
+    assert store.prune(cutoff) == 3  # two events, one sent alert
+
+    assert [i.id for i in store.list_outbox(list(OutboxStatus))] == [old_dead, recent]
+    assert store.job_history("a") == []
+    assert len(store.job_history("c")) == 1
+
+
+# --- sources and history -------------------------------------------------------------------
+
+
+def test_source_status_tracks_polls_and_failures(store: Store) -> None:
+    store.commit_cycle("cn", snapshot(job("a"), job("b")), [], [], now=T0)
+    store.record_source_poll("cn", ok=True, now=T0)
+    t1, t2 = T0 + timedelta(minutes=1), T0 + timedelta(minutes=2)
+    store.record_source_poll("cn", ok=False, now=t1, error="HTTP 503")
+    store.record_source_poll("cn", ok=False, now=t2, error="timeout")
+    store.record_source_poll("eu", ok=False, now=t2, error="auth")
+
+    cn, eu = store.source_status()
+
+    assert (cn.name, cn.baseline_at, cn.last_ok_at, cn.last_poll_at) == ("cn", T0, T0, t2)
+    assert (cn.last_error, cn.last_error_at, cn.consecutive_failures, cn.job_count) == (
+        "timeout",
+        t2,
+        2,
+        2,
+    )
+    assert (eu.baseline_at, eu.job_count, eu.consecutive_failures) == (None, 0, 1)
+
+    store.record_source_poll("cn", ok=True, now=t2)
+    assert store.source_status()[0].consecutive_failures == 0
+
+
+def test_job_history_links_events_to_their_alerts(store: Store) -> None:
+    j1 = job("a", "PROCESSING")
+    ev1 = event(j1, "WAITING", at=T0)
+    store.commit_cycle("cn", snapshot(j1), [ev1], [alert(ev1, "ops")], now=T0)
+    j2 = job("a", "SUCCEED")
+    t1 = T0 + timedelta(minutes=1)
+    ev2 = event(j2, "PROCESSING", at=t1)
+    store.commit_cycle("cn", snapshot(j2), [ev2], [alert(ev2, "ops"), alert(ev2, "mail")], now=t1)
+    ops_item = store.list_outbox([OutboxStatus.PENDING])[1]
+    store.mark_sent(ops_item.id, t1)
+
+    first, second = store.job_history("a")
+
+    assert (first.previous_state, first.state, first.kind, first.detected_at) == (
+        "WAITING",
+        "PROCESSING",
+        "transition",
+        T0,
+    )
+    assert [(d.channel, d.status) for d in first.alerts] == [("ops", OutboxStatus.PENDING)]
+    assert [(d.channel, d.status) for d in second.alerts] == [
+        ("ops", OutboxStatus.SENT),
+        ("mail", OutboxStatus.PENDING),
+    ]
+    assert second.event_key == ev2.key
+    assert store.job_history("a", source="eu") == []
+    assert store.job_history("missing") == []
+
+
+def test_event_subject_sequence_and_details_are_kept_in_history(store: Store) -> None:
+    j = job("a", "PROCESSING")
+    reminders = [
+        dataclasses.replace(
+            event(j), kind=EventKind.STUCK, sequence=n, details={"for": "2h", "at": T0}
+        )
+        for n in (1, 2)
+    ]
+    queued = store.commit_cycle(
+        "cn", snapshot(j), reminders, [alert(ev) for ev in reminders], now=T0
+    )
+
+    first, second = store.job_history("a")
+    assert queued == 2  # each repetition of a reminder is its own alert
+    assert (first.sequence, second.sequence) == (1, 2)
+    assert first.details == {"for": "2h", "at": str(T0)}
+    assert len(first.alerts) == len(second.alerts) == 1
+
+
+def test_source_event_without_job_is_recorded(store: Store) -> None:
+    ev = Event(kind=EventKind.SOURCE_UNHEALTHY, source="cn", detected_at=T0, reason="5 failures")
+    assert store.commit_cycle("cn", snapshot(), [ev], [alert(ev)], now=T0) == 1
+    assert store.list_outbox([OutboxStatus.PENDING])[0].alert.job_id is None
+
+
+# --- the file ------------------------------------------------------------------------------
+
+
+def test_reopened_store_continues_where_it_stopped(db_path: str) -> None:
+    with Store.open(db_path) as s:
+        (a, b) = queue(s, ("a", "PROCESSING"), ("b", "SUCCEED"))
+        s.mark_sent(a, T0)
+    with Store.open(db_path) as s:
+        assert s.has_baseline("cn")
+        assert s.load_jobs("cn") == {"b": job("b", "SUCCEED")}
+        assert [i.id for i in s.due_alerts(T0 + timedelta(minutes=1))] == [b]
+        # Re-detecting the already queued change after a restart queues nothing new.
+        j = job("b", "SUCCEED")
+        ev = event(j, at=T0 + timedelta(seconds=1))
+        assert s.commit_cycle("cn", snapshot(j), [ev], [alert(ev, at=ev.detected_at)], now=T0) == 0
+
+
+def test_new_file_is_private_and_in_wal_mode(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "deeper" / "watcher.db"
+    with Store.open(str(path)) as s:
+        queue(s, ("a", "SUCCEED"))
+        assert s._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert s._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        wal = Path(f"{path}-wal")
+        assert stat.S_IMODE(wal.stat().st_mode) == 0o600
+
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.parent.parent.stat().st_mode) == 0o700
+
+
+def test_existing_directory_permissions_are_left_alone(tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)
+    with Store.open(str(tmp_path / "watcher.db")):
+        pass
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o755
+
+
+def test_garbage_file_is_reported_with_path_and_hint(tmp_path: Path) -> None:
+    path = tmp_path / "watcher.db"
+    path.write_bytes(b"this is not sqlite at all\n" * 200)
+
+    with pytest.raises(StoreError) as info:
+        Store.open(str(path))
+
+    assert str(path) in str(info.value)
+    assert "not a SQLite database" in str(info.value)
+    assert "move it aside or restore a backup" in str(info.value)
+
+
+def test_truncated_database_is_reported_as_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "watcher.db"
+    with Store.open(str(path)) as s:
+        for n in range(30):
+            queue(s, (f"job-{n}", "SUCCEED"))
+        s._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = path.read_bytes()
+    assert len(data) > 4 * 4096
+    path.write_bytes(data[: len(data) // 2])
+
+    with pytest.raises(StoreError) as info:
+        Store.open(str(path))
+
+    assert str(path) in str(info.value)
+    assert "move it aside or restore a backup" in str(info.value)
+
+
+def test_parent_that_is_a_file_is_reported(tmp_path: Path) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+
+    blocker.chmod(0o644)
+
+    for path in (blocker / "watcher.db", blocker / "sub" / "watcher.db"):
+        with pytest.raises(StoreError, match=f"{blocker} is a file, not a directory"):
+            Store.open(str(path))
+    assert stat.S_IMODE(blocker.stat().st_mode) == 0o644
+
+
+def test_directory_as_database_path_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="not a regular file"):
+        Store.open(str(tmp_path))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_read_only_directory_is_reported(tmp_path: Path) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        with pytest.raises(StoreError, match="directory is read-only") as info:
+            Store.open(str(ro / "watcher.db"))
+        assert str(ro / "watcher.db") in str(info.value)
+    finally:
+        ro.chmod(0o700)
+
+
+def test_directory_that_refuses_files_is_reported_even_for_root() -> None:
+    # sysfs refuses new files even for root, so this runs where chmod tricks cannot.
+    path = "/sys/metastudio-watcher-test.db"
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError:
+        pass
+    else:
+        os.unlink(path)
+        pytest.skip("/sys accepts files here")
+
+    with pytest.raises(StoreError, match="directory is read-only") as info:
+        Store.open(path)
+
+    assert path in str(info.value)
+
+
+def test_database_from_a_newer_version_is_refused(db_path: str) -> None:
+    with Store.open(db_path) as s:
+        s._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+
+    with pytest.raises(StoreError, match="newer metastudio-watcher"):
+        Store.open(db_path)
+
+
+# --- migrations ----------------------------------------------------------------------------
+
+
+def test_empty_sqlite_file_is_migrated_from_v0(tmp_path: Path) -> None:
+    path = tmp_path / "watcher.db"
+    sqlite3.connect(path).close()
+
+    with Store.open(str(path)) as s:
+        assert s.schema_version == SCHEMA_VERSION
+        assert s.outbox_counts()[OutboxStatus.PENDING] == 0
+
+
+def test_v1_file_is_upgraded_keeping_its_data(tmp_path: Path) -> None:
+    # A file exactly as version 1 of this module left it, with a queued alert in it.
+    path = tmp_path / "watcher.db"
+    conn = sqlite3.connect(path)
+    for statement in store_module._MIGRATIONS[0]:
+        conn.execute(statement)
+    conn.execute(
+        "INSERT INTO outbox (alert_id, event_key, source, job_id, rule, channel, title, body, "
+        "notify_type, body_format, created_at, next_attempt_at, updated_at) VALUES "
+        "('id1', 'k', 'cn', 'a', 'r', 'ops', 't', 'b', 'info', 'text', ?, ?, ?)",
+        (T0.isoformat(),) * 3,
+    )
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+
+    with Store.open(str(path)) as s:
+        assert s.schema_version == SCHEMA_VERSION == 3
+        indexes = {row[0] for row in s._conn.execute("SELECT name FROM sqlite_master")}
+        assert {"events_by_job", "outbox_by_event", "outbox_by_job"} <= indexes
+        (item,) = s.due_alerts(T0)
+        assert item.alert.title == "t"
+        # v3 backfills queued_at so give_up_after still has a start for old alerts.
+        assert item.queued_at == T0
+
+
+def test_failed_migration_leaves_the_old_version(tmp_path: Path, monkeypatch: Any) -> None:
+    path = tmp_path / "watcher.db"
+    broken = (*store_module._MIGRATIONS, ("CREATE TABLE events (x)",))
+    monkeypatch.setattr(store_module, "_MIGRATIONS", broken)
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", len(broken))
+
+    with pytest.raises(StoreError, match=f"migrate the schema to v{len(broken)}"):
+        Store.open(str(path))
+
+    monkeypatch.undo()
+    with Store.open(str(path)) as s:
+        assert s.schema_version == SCHEMA_VERSION
+
+
+# --- the daemon lock -----------------------------------------------------------------------
+
+
+def test_second_exclusive_open_is_refused_with_the_holders_pid(db_path: str) -> None:
+    with Store.open(db_path, exclusive=True):
+        with pytest.raises(StoreError) as info:
+            Store.open(db_path, exclusive=True)
+        assert f"another metastudio-watcher is already using {db_path}" in str(info.value)
+        assert f"(pid {os.getpid()})" in str(info.value)
+        # Readers such as `status` do not need the lock.
+        with Store.open(db_path) as reader:
+            assert reader.outbox_counts()[OutboxStatus.DEAD] == 0
+
+    with Store.open(db_path, exclusive=True):
+        pass  # released on close
+    assert stat.S_IMODE(os.stat(f"{db_path}.lock").st_mode) == 0o600
+
+
+def test_lock_is_held_against_another_process(db_path: str) -> None:
+    script = textwrap.dedent(
+        """
+        import sys
+        from watcher.errors import StoreError
+        from watcher.store import Store
+        try:
+            Store.open(sys.argv[1], exclusive=True)
+        except StoreError as err:
+            print(err)
+            sys.exit(3)
+        """
+    )
+    with Store.open(db_path, exclusive=True):
+        refused = subprocess.run(  # noqa: S603
+            [sys.executable, "-c", script, db_path],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=Path(__file__).resolve().parent.parent,
+            check=False,
+        )
+    allowed = subprocess.run(  # noqa: S603
+        [sys.executable, "-c", script, db_path],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=Path(__file__).resolve().parent.parent,
+        check=False,
+    )
+
+    assert refused.returncode == 3, refused.stderr
+    assert f"(pid {os.getpid()})" in refused.stdout
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr

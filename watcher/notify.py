@@ -1,0 +1,312 @@
+"""Delivery through apprise: one apprise object per channel, sends bounded in time and threads.
+
+The only module that imports apprise. Apprise never retries here (the outbox does), and no URL
+leaves this module unmasked: errors and logs carry `mask_url` forms only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+import apprise
+import structlog
+
+from watcher.errors import DeliveryError
+from watcher.model import BodyFormat, NotifyType, Secret
+
+log = structlog.get_logger()
+
+# Generic webhooks put their secret in the path, which apprise's privacy mode prints as is.
+_PATH_SECRET_SCHEMES = frozenset({"json", "jsons", "xml", "xmls", "form", "forms"})
+# Query arguments whose values are credentials whatever the service: `+` headers, `-` params.
+_SECRET_ARG = re.compile(
+    r"^[+\-:]|token|secret|pass|key|auth|sig|session|cookie|credential", re.IGNORECASE
+)
+_MIN_SECRET_LEN = 4  # shorter URL parts are too common to scrub from error texts
+_MAX_DETAIL = 300
+_url_to_dict: Any = apprise.plugins.url_to_dict  # untyped in apprise
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """How one send went; `error` is safe to log and store (no URL secrets)."""
+
+    ok: bool
+    error: str | None = None
+
+
+# --- URL checks and masking ----------------------------------------------------------------
+
+
+def check_url(url: str) -> str | None:
+    """None when apprise can use `url`, else a short problem (without the URL's secrets)."""
+    scheme = _scheme(url)
+    if scheme is None:
+        return "not an apprise URL: expected scheme://…"
+    if _url_to_dict(url, secure_logging=True) is None:
+        return f"{scheme}:// is not a service apprise knows, or the URL is malformed"
+    try:
+        plugin = apprise.Apprise.instantiate(url, asset=_asset(), suppress_exceptions=False)
+    except Exception as err:  # plugins raise TypeError, ValueError, their own exceptions
+        problem = _Scrubber([url]).clean(str(err)) or type(err).__name__
+        return f"invalid {scheme}:// URL: {problem}"
+    if plugin is None:
+        return f"{scheme}:// is disabled on this system (a dependency may be missing)"
+    return None
+
+
+def mask_url(url: str) -> str:
+    """The URL for display: passwords, tokens and webhook path secrets masked."""
+    plugin: Any = apprise.Apprise.instantiate(url, asset=_asset())
+    shown = str(plugin.url(privacy=True)) if plugin is not None else url
+    return _mask_leftovers(shown, mask_userinfo=plugin is None, mask_path=plugin is None)
+
+
+def _mask_leftovers(url: str, *, mask_userinfo: bool, mask_path: bool) -> str:
+    """Mask what apprise's privacy form leaves: webhook paths, header and key arguments."""
+    scheme = _scheme(url)
+    if scheme is None:
+        return "****"
+    rest = url[len(scheme) + 3 :]
+    cut = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    netloc, tail = rest[:cut], rest[cut:]
+    path, _, query = tail.partition("?")
+    path, _, fragment = path.partition("#")
+    if mask_userinfo:
+        user, at, host = netloc.rpartition("@")
+        if not _looks_like_host(host):
+            host = _mask(host)  # slack://TOKEN/… and the like carry a token where a host goes
+        netloc = (("****:****@" if ":" in user else "****@") if at else "") + host
+    if mask_path or scheme in _PATH_SECRET_SCHEMES:
+        path = "/".join(_mask(unquote(part)) for part in path.split("/"))
+    args = [
+        (key, _mask(value) if _SECRET_ARG.search(key) or mask_path else value)
+        for key, value in parse_qsl(query, keep_blank_values=True)
+    ]
+    out = f"{scheme}://{netloc}{path}"
+    if fragment:
+        out += "#****"
+    if args:
+        out += "?" + "&".join(f"{quote(k, safe='+-:')}={quote(v, safe='.*')}" for k, v in args)
+    return out
+
+
+def _mask(value: str) -> str:
+    """apprise's style: first and last character of a long token, stars for short ones."""
+    if not value:
+        return value
+    if "..." in value or set(value) == {"*"}:
+        return value  # apprise masked it already
+    return f"{value[0]}...{value[-1]}" if len(value) >= 8 else "****"
+
+
+def _looks_like_host(text: str) -> bool:
+    name = text.rpartition(":")[0] if text.count(":") == 1 else text
+    return name == "localhost" or "." in name or name.startswith("[")
+
+
+def _scheme(url: str) -> str | None:
+    match = re.match(r"^\s*([a-zA-Z][a-zA-Z0-9+.\-]*)://", url)
+    return match.group(1).lower() if match else None
+
+
+class _Scrubber:
+    """Removes every credential-looking part of some URLs from a text (errors, log lines)."""
+
+    def __init__(self, urls: Iterable[str]) -> None:
+        parts: set[str] = set()
+        for url in urls:
+            parts.add(url)
+            parts.update(_url_parts(url))
+        self._parts = sorted((p for p in parts if len(p) >= _MIN_SECRET_LEN), key=len, reverse=True)
+
+    def clean(self, text: str) -> str:
+        for part in self._parts:
+            text = text.replace(part, "****")
+        return text[:_MAX_DETAIL]
+
+
+def _url_parts(url: str) -> set[str]:
+    """Userinfo, path segments, query values and fragment of `url`, raw and decoded."""
+    try:
+        split = urlsplit(url.replace("/#", "/%23"))
+    except ValueError:
+        return set()
+    raw: set[str] = set()
+    if "@" in split.netloc:
+        userinfo = split.netloc.rpartition("@")[0]
+        raw.update(userinfo.split(":", 1))
+        raw.add(userinfo)
+    raw.update(part for part in split.path.split("/") if part)
+    raw.update(value for _, value in parse_qsl(split.query, keep_blank_values=True))
+    if split.fragment:
+        raw.add(split.fragment)
+    # Slack-style hosts are tokens too (slack://T0/B0/XXX puts T0 in the host).
+    if split.scheme.lower() not in ("json", "jsons", "xml", "xmls", "form", "forms", "mailto"):
+        raw.add(split.netloc.rpartition("@")[2])
+    return raw | {unquote(part) for part in raw} | {quote(part, safe="") for part in raw}
+
+
+# --- sending -------------------------------------------------------------------------------
+
+
+def _asset() -> Any:
+    return apprise.AppriseAsset(
+        # Services of one channel go one after another in the calling thread (our executor),
+        # never in apprise's own shared pool.
+        async_mode=False,
+        # 0: no apprise deadline, so apprise does not move the call to its pool; our
+        # wait_for and the socket timeouts bound it instead.
+        service_timeout=0,
+        default_service_retry=0,
+        storage_mode="memory",
+        secure_logging=True,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Channel:
+    name: str
+    apprise: Any  # apprise.Apprise
+    masked: tuple[str, ...]
+    scrubber: _Scrubber
+
+
+def _load_service(url: str, asset: Any, send_timeout: float) -> Any:
+    """One apprise service set up for the outbox: no retries, bounded sockets, split overflow."""
+    plugin = apprise.Apprise.instantiate(url, asset=asset)
+    if plugin is None:
+        return None
+    # The outbox owns retries: an apprise retry would be invisible to it and double-count.
+    plugin.retry = 0
+    # A hung endpoint frees its worker thread once a socket timeout fires.
+    plugin.socket_connect_timeout = min(float(plugin.socket_connect_timeout), send_timeout)
+    plugin.socket_read_timeout = min(float(plugin.socket_read_timeout), send_timeout)
+    if "overflow=" not in url.lower():
+        # Small-limit services (SMS, chat) get several messages rather than a cut one.
+        plugin.overflow_mode = apprise.OverflowMode.SPLIT
+    return plugin
+
+
+class Notifier:
+    """Sends rendered alerts to named channels; one call is one attempt, never retried here."""
+
+    def __init__(
+        self,
+        channels: Mapping[str, Sequence[Secret]],
+        *,
+        send_timeout: float = 30.0,
+        max_workers: int = 4,
+    ) -> None:
+        if send_timeout <= 0:
+            raise ValueError("send_timeout must be positive")
+        self._send_timeout = send_timeout
+        self._channels: dict[str, _Channel] = {}
+        asset = _asset()
+        for name, secrets in channels.items():
+            urls = [secret.reveal() for secret in secrets]
+            if not urls:
+                raise DeliveryError(f"channel {name!r} has no URLs; give it at least one")
+            apprise_obj = apprise.Apprise(asset=asset)
+            for url in urls:
+                plugin = _load_service(url, asset, send_timeout)
+                if plugin is None or not apprise_obj.add(plugin):
+                    problem = check_url(url) or "apprise rejected it"
+                    raise DeliveryError(f"channel {name!r}: {mask_url(url)}: {problem}")
+            self._channels[name] = _Channel(
+                name=name,
+                apprise=apprise_obj,
+                masked=tuple(mask_url(url) for url in urls),
+                scrubber=_Scrubber(urls),
+            )
+            log.debug("channel_loaded", channel=name, urls=list(self._channels[name].masked))
+        # Our own bounded pool: a send that hangs holds one of these threads until its socket
+        # timeout, never the event loop, and never more than max_workers threads in total.
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max_workers, thread_name_prefix="notify"
+        )
+        self._closed = False
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return tuple(self._channels)
+
+    def masked_urls(self, channel: str) -> tuple[str, ...]:
+        """The channel's URLs for display (`check-config`, `status`)."""
+        return self._channels[channel].masked
+
+    async def send(
+        self,
+        channel: str,
+        title: str,
+        body: str,
+        notify_type: NotifyType,
+        body_format: BodyFormat,
+    ) -> SendResult:
+        """Deliver one message to every URL of `channel`; ok only if all of them accepted it.
+
+        Returns within about `send_timeout`. A send that timed out may still complete in its
+        thread afterwards, so the outbox's delivery is at-least-once across timeouts.
+        """
+        target = self._channels.get(channel)
+        if target is None:
+            return SendResult(False, f"channel {channel!r} is not configured")
+        call = functools.partial(
+            target.apprise.notify,
+            body=body,
+            title=title,
+            notify_type=apprise.NotifyType(notify_type.value),
+            body_format=apprise.NotifyFormat(body_format.value),
+        )
+        loop = asyncio.get_running_loop()
+        try:
+            outcome = await asyncio.wait_for(
+                loop.run_in_executor(self._executor, call), self._send_timeout
+            )
+        except TimeoutError:
+            return self._failed(target, f"no answer within {self._send_timeout:g}s")
+        except Exception as err:
+            if self._closed:
+                return SendResult(False, f"channel {channel!r}: notifier is closed")
+            return self._failed(target, f"delivery crashed: {target.scrubber.clean(str(err))}")
+        try:
+            if outcome:
+                return SendResult(True, None)
+            details = _failure_details(outcome, target.scrubber)
+        finally:
+            outcome.close()  # releases the captured logs
+        return self._failed(target, "delivery failed" + (f": {details}" if details else ""))
+
+    def _failed(self, target: _Channel, problem: str) -> SendResult:
+        error = f"channel {target.name!r}: {problem}"
+        log.debug("notify_failed", channel=target.name, error=error)
+        return SendResult(False, error)
+
+    def close(self) -> None:
+        """Stop taking sends; threads stuck in a send end with their socket timeout."""
+        self._closed = True
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _failure_details(outcome: Any, scrubber: _Scrubber) -> str:
+    """The last warning of each failed service, e.g. `JSON: … error=500.`, scrubbed."""
+    details = []
+    for service in outcome:
+        if service:
+            continue
+        status = getattr(getattr(service, "status", None), "name", "FAILURE").lower()
+        warnings = [
+            entry.message
+            for entry in service.logs()
+            if entry.level in ("WARNING", "ERROR", "CRITICAL")
+        ]
+        text = warnings[-1] if warnings else status
+        details.append(f"{service.name}: {scrubber.clean(str(text))}")
+    return "; ".join(details)[:_MAX_DETAIL]

@@ -1,0 +1,890 @@
+"""The state database: last snapshot per source, event history and the durable alert outbox.
+
+One SQLite file in WAL mode; every change a cycle makes is one transaction, so a crash either
+keeps the whole cycle (snapshot, events, alerts) or none of it, and no alert is lost or doubled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any
+
+import structlog
+
+from watcher.errors import StoreError
+from watcher.model import (
+    Alert,
+    BodyFormat,
+    Event,
+    Job,
+    NotifyType,
+    OutboxItem,
+    OutboxStatus,
+    Snapshot,
+)
+
+log = structlog.get_logger()
+
+# Each entry migrates the schema from version i to i + 1; never edit a released entry, append.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # v1: the whole schema.
+    (
+        """
+        CREATE TABLE sources (
+            name TEXT PRIMARY KEY,
+            baseline_at TEXT,
+            last_cycle_at TEXT,
+            last_poll_at TEXT,
+            last_ok_at TEXT,
+            last_error_at TEXT,
+            last_error TEXT,
+            consecutive_failures INTEGER NOT NULL DEFAULT 0
+        )
+        """,
+        """
+        CREATE TABLE jobs (
+            source TEXT NOT NULL,
+            job_id TEXT NOT NULL,
+            state TEXT NOT NULL,
+            reject_times INTEGER,
+            create_time TEXT,
+            lastupdate_time TEXT,
+            voice_name TEXT,
+            job_type TEXT,
+            batch_name TEXT,
+            job_failed_code TEXT,
+            job_failed_reason TEXT,
+            asset_id TEXT,
+            extra TEXT NOT NULL DEFAULT '{}',
+            PRIMARY KEY (source, job_id)
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            event_key TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            source TEXT NOT NULL,
+            job_id TEXT,
+            previous_state TEXT,
+            state TEXT,
+            reason TEXT NOT NULL,
+            note TEXT,
+            detected_at TEXT NOT NULL,
+            subject TEXT,
+            sequence INTEGER NOT NULL DEFAULT 0,
+            details TEXT NOT NULL DEFAULT '{}'
+        )
+        """,
+        """
+        CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY,
+            alert_id TEXT NOT NULL UNIQUE,
+            event_key TEXT NOT NULL,
+            source TEXT NOT NULL,
+            job_id TEXT,
+            rule TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            title TEXT NOT NULL,
+            body TEXT NOT NULL,
+            notify_type TEXT NOT NULL,
+            body_format TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            status TEXT NOT NULL DEFAULT 'pending'
+                CHECK (status IN ('pending', 'sent', 'dead')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at TEXT NOT NULL,
+            last_error TEXT,
+            sent_at TEXT,
+            updated_at TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX outbox_due ON outbox (status, next_attempt_at, id)",
+    ),
+    # v2: lookups by job and by event for `history`, and per-job ordering in due_alerts.
+    (
+        "CREATE INDEX events_by_job ON events (job_id, id)",
+        "CREATE INDEX outbox_by_event ON outbox (event_key)",
+        "CREATE INDEX outbox_by_job ON outbox (channel, source, job_id, id) "
+        "WHERE status = 'pending'",
+    ),
+    # v3: the engine's memory per source (stuck reminders, failures, batches, health), and
+    # when an alert was (re)queued, so `outbox retry` gives it a fresh `give_up_after`.
+    (
+        "ALTER TABLE sources ADD COLUMN tracking TEXT",
+        "ALTER TABLE outbox ADD COLUMN queued_at TEXT",
+        "UPDATE outbox SET queued_at = created_at",
+    ),
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+_SELECT_JOBS = """
+    SELECT job_id, state, reject_times, create_time, lastupdate_time, voice_name, job_type,
+           batch_name, job_failed_code, job_failed_reason, asset_id, extra
+    FROM jobs WHERE source = ? ORDER BY job_id
+"""
+# Rewrites a job row only when something changed, so an idle cycle writes almost nothing.
+_UPSERT_JOB = """
+    INSERT INTO jobs (source, job_id, state, reject_times, create_time, lastupdate_time,
+                      voice_name, job_type, batch_name, job_failed_code, job_failed_reason,
+                      asset_id, extra)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (source, job_id) DO UPDATE SET
+        state = excluded.state, reject_times = excluded.reject_times,
+        create_time = excluded.create_time, lastupdate_time = excluded.lastupdate_time,
+        voice_name = excluded.voice_name, job_type = excluded.job_type,
+        batch_name = excluded.batch_name, job_failed_code = excluded.job_failed_code,
+        job_failed_reason = excluded.job_failed_reason, asset_id = excluded.asset_id,
+        extra = excluded.extra
+    WHERE state IS NOT excluded.state OR reject_times IS NOT excluded.reject_times
+        OR create_time IS NOT excluded.create_time
+        OR lastupdate_time IS NOT excluded.lastupdate_time
+        OR voice_name IS NOT excluded.voice_name OR job_type IS NOT excluded.job_type
+        OR batch_name IS NOT excluded.batch_name
+        OR job_failed_code IS NOT excluded.job_failed_code
+        OR job_failed_reason IS NOT excluded.job_failed_reason
+        OR asset_id IS NOT excluded.asset_id OR extra IS NOT excluded.extra
+"""
+_INSERT_EVENT = """
+    INSERT INTO events (event_key, kind, source, job_id, previous_state, state, reason, note,
+                        detected_at, subject, sequence, details)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+_INSERT_ALERT = """
+    INSERT OR IGNORE INTO outbox (alert_id, event_key, source, job_id, rule, channel, title,
+                                  body, notify_type, body_format, created_at, next_attempt_at,
+                                  updated_at, queued_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+# An alert waits while an older alert about the same job for the same channel is backing off.
+_SELECT_DUE = """
+    SELECT id, event_key, source, job_id, rule, channel, title, body, notify_type, body_format,
+           created_at, status, attempts, next_attempt_at, last_error, sent_at, queued_at
+    FROM outbox o
+    WHERE status = 'pending' AND next_attempt_at <= :now
+      AND NOT (job_id IS NOT NULL AND EXISTS (
+          SELECT 1 FROM outbox e
+          WHERE e.status = 'pending' AND e.channel = o.channel AND e.source = o.source
+            AND e.job_id = o.job_id AND e.id < o.id AND e.next_attempt_at > :now))
+    ORDER BY id LIMIT :limit
+"""
+_SELECT_OUTBOX = """
+    SELECT id, event_key, source, job_id, rule, channel, title, body, notify_type, body_format,
+           created_at, status, attempts, next_attempt_at, last_error, sent_at, queued_at
+    FROM outbox WHERE status IN (SELECT value FROM json_each(?)) ORDER BY id
+"""
+_SELECT_HISTORY = """
+    SELECT event_key, kind, source, job_id, previous_state, state, reason, note, detected_at,
+           subject, sequence, details
+    FROM events WHERE job_id = :job_id AND (:source IS NULL OR source = :source) ORDER BY id
+"""
+_SELECT_HISTORY_ALERTS = """
+    SELECT event_key, rule, channel, status, attempts, sent_at, last_error
+    FROM outbox WHERE event_key IN (
+        SELECT event_key FROM events
+        WHERE job_id = :job_id AND (:source IS NULL OR source = :source))
+    ORDER BY id
+"""
+_CORRUPT_HINT = "move it aside or restore a backup"
+
+
+@dataclass(frozen=True, slots=True)
+class SourceStatus:
+    """What the store knows about one source's polling, for `status` and health checks."""
+
+    name: str
+    baseline_at: datetime | None
+    last_cycle_at: datetime | None
+    last_poll_at: datetime | None
+    last_ok_at: datetime | None
+    last_error_at: datetime | None
+    last_error: str | None
+    consecutive_failures: int
+    job_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class AlertDelivery:
+    """One alert an event produced, and how its delivery went."""
+
+    rule: str
+    channel: str
+    status: OutboxStatus
+    attempts: int
+    sent_at: datetime | None
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One recorded event about a job, with the alerts it caused."""
+
+    event_key: str
+    kind: str
+    source: str
+    job_id: str | None
+    previous_state: str | None
+    state: str | None
+    reason: str
+    note: str | None
+    detected_at: datetime
+    subject: str | None
+    sequence: int
+    details: Mapping[str, Any]
+    alerts: tuple[AlertDelivery, ...]
+
+
+class Store:
+    """The SQLite state file. Synchronous: every operation is a few small statements."""
+
+    def __init__(self, path: str, conn: sqlite3.Connection, lock_fd: int | None) -> None:
+        # Use Store.open(): it prepares the file, the lock and the schema.
+        self.path = path
+        self._conn = conn
+        self._lock_fd = lock_fd
+        self._mutex = threading.RLock()
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str, *, exclusive: bool = False) -> Store:
+        """Open (creating if needed) the state file and bring its schema up to date.
+
+        `exclusive=True` is for the daemon: a second daemon on the same file is refused.
+        """
+        if path != ":memory:":
+            _prepare_file(path)
+        lock_fd = _take_lock(path) if exclusive and path != ":memory:" else None
+        try:
+            conn = _connect(path)
+        except BaseException:
+            if lock_fd is not None:
+                os.close(lock_fd)
+            raise
+        store = cls(path, conn, lock_fd)
+        try:
+            store._migrate()
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def close(self) -> None:
+        """Close the database and release the daemon lock. Safe to call twice."""
+        with self._mutex:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # closing the descriptor releases the flock
+                self._lock_fd = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._query_one("read the schema version", "PRAGMA user_version")[0])
+
+    def _migrate(self) -> None:
+        found = self.schema_version
+        if found > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path}: written by a newer metastudio-watcher (schema v{found}, this "
+                f"version knows up to v{SCHEMA_VERSION}); upgrade, or point storage elsewhere"
+            )
+        for version in range(found, SCHEMA_VERSION):
+            with self._transaction(f"migrate the schema to v{version + 1}") as conn:
+                for statement in _MIGRATIONS[version]:
+                    conn.execute(statement)
+                # PRAGMA takes no parameters; the value is our own integer.
+                conn.execute(f"PRAGMA user_version = {version + 1}")
+            log.info("store_migrated", path=self.path, schema_version=version + 1)
+
+    # --- jobs --------------------------------------------------------------------------------
+
+    def has_baseline(self, source: str) -> bool:
+        """Whether `source` ever completed a scan, so changes against it are real changes."""
+        row = self._query_one(
+            "read the source", "SELECT baseline_at FROM sources WHERE name = ?", (source,)
+        )
+        return row is not None and row[0] is not None
+
+    def load_jobs(self, source: str) -> dict[str, Job] | None:
+        """The last committed snapshot of `source`; None before its first complete scan."""
+        if not self.has_baseline(source):
+            return None
+        rows = self._query_all("read the jobs", _SELECT_JOBS, (source,))
+        return {row[0]: _row_to_job(row) for row in rows}
+
+    def load_tracking(self, source: str) -> dict[str, Any] | None:
+        """The engine's memory for `source` as last committed (None if never stored)."""
+        row = self._query_one(
+            "read the source", "SELECT tracking FROM sources WHERE name = ?", (source,)
+        )
+        if row is None or row[0] is None:
+            return None
+        value = json.loads(row[0])
+        return value if isinstance(value, dict) else None
+
+    def commit_events(
+        self,
+        source: str,
+        events: Sequence[Event],
+        alerts: Sequence[Alert],
+        *,
+        now: datetime,
+        tracking: Mapping[str, Any],
+    ) -> int:
+        """Store events that come without a snapshot (source health) and their alerts,
+        with the engine's memory, in one transaction; return how many alerts were queued."""
+        stamp = _ts(now)
+        with self._transaction(f"save the events of source {source!r}") as conn:
+            conn.execute("INSERT OR IGNORE INTO sources (name) VALUES (?)", (source,))
+            conn.executemany(
+                _INSERT_EVENT,
+                [_event_to_row(event) for event in events],
+            )
+            before = conn.total_changes
+            conn.executemany(
+                _INSERT_ALERT, [(*_alert_to_row(alert), stamp, stamp) for alert in alerts]
+            )
+            queued = conn.total_changes - before
+            conn.execute(
+                "UPDATE sources SET tracking = ? WHERE name = ?",
+                (json.dumps(dict(tracking), sort_keys=True), source),
+            )
+        return queued
+
+    def commit_cycle(
+        self,
+        source: str,
+        snapshot: Snapshot,
+        events: Sequence[Event],
+        alerts: Sequence[Alert],
+        *,
+        now: datetime,
+        tracking: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Store one poll cycle in one transaction; return how many alerts were newly queued.
+
+        Either all of it lands (snapshot, events, alerts) or none of it: the next cycle then
+        re-detects the same changes, and alert ids make sure nothing is queued twice.
+        """
+        if snapshot.source != source:
+            raise ValueError(f"snapshot of {snapshot.source!r} committed as {source!r}")
+        stamp = _ts(now)
+        job_rows = [(source, *_job_to_row(job)) for job in snapshot.jobs.values()]
+        with self._transaction(f"save the poll cycle of source {source!r}") as conn:
+            stored = {
+                row[0]
+                for row in conn.execute("SELECT job_id FROM jobs WHERE source = ?", (source,))
+            }
+            conn.executemany(
+                "DELETE FROM jobs WHERE source = ? AND job_id = ?",
+                [(source, job_id) for job_id in stored - snapshot.jobs.keys()],
+            )
+            conn.executemany(_UPSERT_JOB, job_rows)
+            conn.execute(
+                "INSERT INTO sources (name, baseline_at, last_cycle_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET "
+                "baseline_at = coalesce(baseline_at, excluded.baseline_at), "
+                "last_cycle_at = excluded.last_cycle_at",
+                (source, stamp, stamp),
+            )
+            conn.executemany(
+                _INSERT_EVENT,
+                [_event_to_row(event) for event in events],
+            )
+            before = conn.total_changes
+            conn.executemany(
+                _INSERT_ALERT, [(*_alert_to_row(alert), stamp, stamp) for alert in alerts]
+            )
+            queued = conn.total_changes - before
+            if tracking is not None:
+                conn.execute(
+                    "UPDATE sources SET tracking = ? WHERE name = ?",
+                    (json.dumps(dict(tracking), sort_keys=True), source),
+                )
+        log.debug(
+            "cycle_committed",
+            source=source,
+            jobs=len(job_rows),
+            events=len(events),
+            alerts_queued=queued,
+            alerts_duplicate=len(alerts) - queued,
+        )
+        return queued
+
+    # --- sources -----------------------------------------------------------------------------
+
+    def record_source_poll(
+        self, source: str, ok: bool, now: datetime, error: str | None = None
+    ) -> None:
+        """Remember how the last poll of `source` went (the error text must hold no secret)."""
+        stamp = _ts(now)
+        with self._transaction(f"record the poll of source {source!r}") as conn:
+            conn.execute("INSERT OR IGNORE INTO sources (name) VALUES (?)", (source,))
+            if ok:
+                conn.execute(
+                    "UPDATE sources SET last_poll_at = ?, last_ok_at = ?, "
+                    "consecutive_failures = 0 WHERE name = ?",
+                    (stamp, stamp, source),
+                )
+            else:
+                conn.execute(
+                    "UPDATE sources SET last_poll_at = ?, last_error_at = ?, last_error = ?, "
+                    "consecutive_failures = consecutive_failures + 1 WHERE name = ?",
+                    (stamp, stamp, error or "poll failed", source),
+                )
+
+    def source_status(self) -> list[SourceStatus]:
+        """Every source the store has heard of, by name."""
+        rows = self._query_all(
+            "read the sources",
+            "SELECT s.name, s.baseline_at, s.last_cycle_at, s.last_poll_at, s.last_ok_at, "
+            "s.last_error_at, s.last_error, s.consecutive_failures, "
+            "(SELECT count(*) FROM jobs j WHERE j.source = s.name) "
+            "FROM sources s ORDER BY s.name",
+        )
+        return [
+            SourceStatus(
+                name=row[0],
+                baseline_at=_dt_or_none(row[1]),
+                last_cycle_at=_dt_or_none(row[2]),
+                last_poll_at=_dt_or_none(row[3]),
+                last_ok_at=_dt_or_none(row[4]),
+                last_error_at=_dt_or_none(row[5]),
+                last_error=row[6],
+                consecutive_failures=row[7],
+                job_count=row[8],
+            )
+            for row in rows
+        ]
+
+    # --- history -----------------------------------------------------------------------------
+
+    def job_history(self, job_id: str, source: str | None = None) -> list[HistoryEntry]:
+        """Every event recorded about `job_id`, oldest first, each with its alerts."""
+        args = {"job_id": job_id, "source": source}
+        events = self._query_all("read the job history", _SELECT_HISTORY, args)
+        deliveries: dict[str, list[AlertDelivery]] = {}
+        for row in self._query_all("read the job history", _SELECT_HISTORY_ALERTS, args):
+            deliveries.setdefault(row[0], []).append(
+                AlertDelivery(
+                    rule=row[1],
+                    channel=row[2],
+                    status=OutboxStatus(row[3]),
+                    attempts=row[4],
+                    sent_at=_dt_or_none(row[5]),
+                    last_error=row[6],
+                )
+            )
+        return [
+            HistoryEntry(
+                event_key=row[0],
+                kind=row[1],
+                source=row[2],
+                job_id=row[3],
+                previous_state=row[4],
+                state=row[5],
+                reason=row[6],
+                note=row[7],
+                detected_at=_dt(row[8]),
+                subject=row[9],
+                sequence=row[10],
+                details=json.loads(row[11]),
+                alerts=tuple(deliveries.get(row[0], ())),
+            )
+            for row in events
+        ]
+
+    # --- outbox ------------------------------------------------------------------------------
+
+    def due_alerts(self, now: datetime, limit: int = 100) -> list[OutboxItem]:
+        """Pending alerts whose time has come, oldest first.
+
+        An alert waits while an older alert about the same job for the same channel is still
+        backing off, so one job's alerts always arrive in the order they were detected.
+        """
+        rows = self._query_all("read the outbox", _SELECT_DUE, {"now": _ts(now), "limit": limit})
+        return [_row_to_item(row) for row in rows]
+
+    def mark_sent(self, item_id: int, now: datetime) -> None:
+        """The channel accepted the alert: never send it again."""
+        stamp = _ts(now)
+        self._update_item(
+            item_id,
+            "mark the alert sent",
+            "UPDATE outbox SET status = 'sent', attempts = attempts + 1, sent_at = ?, "
+            "last_error = NULL, updated_at = ? WHERE id = ?",
+            (stamp, stamp),
+        )
+
+    def mark_failed(
+        self, item_id: int, now: datetime, error: str, next_attempt_at: datetime
+    ) -> None:
+        """A delivery attempt failed; try again at `next_attempt_at` (the caller's backoff)."""
+        self._update_item(
+            item_id,
+            "record the failed delivery",
+            "UPDATE outbox SET status = 'pending', attempts = attempts + 1, last_error = ?, "
+            "next_attempt_at = ?, updated_at = ? WHERE id = ?",
+            (error, _ts(next_attempt_at), _ts(now)),
+        )
+
+    def mark_dead(self, item_id: int, now: datetime, error: str, *, attempted: bool = True) -> None:
+        """Give up on the alert; `attempted=False` when no delivery was tried this time."""
+        self._update_item(
+            item_id,
+            "give up on the alert",
+            "UPDATE outbox SET status = 'dead', attempts = attempts + ?, last_error = ?, "
+            "updated_at = ? WHERE id = ?",
+            (1 if attempted else 0, error, _ts(now)),
+        )
+
+    def retry_dead(self, item_id: int | None, now: datetime) -> int:
+        """Queue dead alerts again (one, or all with None), due at once with a fresh backoff."""
+        stamp = _ts(now)
+        with self._transaction("requeue dead alerts") as conn:
+            cursor = conn.execute(
+                "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = :now, "
+                "updated_at = :now, queued_at = :now "
+                "WHERE status = 'dead' AND (:id IS NULL OR id = :id)",
+                {"now": stamp, "id": item_id},
+            )
+            return cursor.rowcount
+
+    def list_outbox(self, statuses: Collection[OutboxStatus]) -> list[OutboxItem]:
+        """Every alert with one of `statuses`, oldest first."""
+        wanted = json.dumps([OutboxStatus(status).value for status in statuses])
+        rows = self._query_all("read the outbox", _SELECT_OUTBOX, (wanted,))
+        return [_row_to_item(row) for row in rows]
+
+    def outbox_counts(self) -> dict[OutboxStatus, int]:
+        """How many alerts are in each status (every status present, zero included)."""
+        counts = dict.fromkeys(OutboxStatus, 0)
+        for status, count in self._query_all(
+            "read the outbox", "SELECT status, count(*) FROM outbox GROUP BY status"
+        ):
+            counts[OutboxStatus(status)] = count
+        return counts
+
+    def prune(self, before: datetime) -> int:
+        """Forget history older than `before`: events and sent alerts. Dead alerts stay."""
+        stamp = _ts(before)
+        with self._transaction("prune old history") as conn:
+            events = conn.execute("DELETE FROM events WHERE detected_at < ?", (stamp,)).rowcount
+            sent = conn.execute(
+                "DELETE FROM outbox WHERE status = 'sent' AND updated_at < ?", (stamp,)
+            ).rowcount
+        return int(events + sent)
+
+    # --- plumbing ----------------------------------------------------------------------------
+
+    def _update_item(self, item_id: int, what: str, sql: str, args: tuple[Any, ...]) -> None:
+        with self._transaction(what) as conn:
+            cursor = conn.execute(sql, (*args, item_id))
+            if cursor.rowcount == 0:
+                raise StoreError(
+                    f"{self.path}: cannot {what}: outbox item {item_id} does not exist"
+                )
+
+    @contextlib.contextmanager
+    def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE … COMMIT; anything raised inside rolls the whole thing back."""
+        with self._mutex:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as err:
+                raise _store_error(self.path, what, err) from err
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as err:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                if isinstance(err, sqlite3.Error):
+                    raise _store_error(self.path, what, err) from err
+                raise
+
+    def _query_all(self, what: str, sql: str, args: Any = ()) -> list[Any]:
+        with self._mutex:
+            try:
+                return self._conn.execute(sql, args).fetchall()
+            except sqlite3.Error as err:
+                raise _store_error(self.path, what, err) from err
+
+    def _query_one(self, what: str, sql: str, args: Any = ()) -> Any:
+        with self._mutex:
+            try:
+                return self._conn.execute(sql, args).fetchone()
+            except sqlite3.Error as err:
+                raise _store_error(self.path, what, err) from err
+
+
+# --- opening -------------------------------------------------------------------------------
+
+
+def _prepare_file(path: str) -> None:
+    """Create the parent directory (0700) and the file (0600) so no one else can read state."""
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        _make_private_dirs(parent)
+        if os.path.exists(path) and not os.path.isfile(path):
+            raise StoreError(f"{path}: not a regular file; point storage at a file path")
+        with contextlib.suppress(FileExistsError):  # someone else just created it: fine
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as err:
+        raise StoreError(f"cannot create {path}: {_os_hint(err, parent)}") from err
+
+
+def _make_private_dirs(directory: str) -> None:
+    """Create `directory` and any missing parents as 0700; existing ones are left alone."""
+    missing: list[str] = []
+    while not os.path.isdir(directory):
+        if os.path.lexists(directory):
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory", directory)
+        missing.append(directory)
+        directory = os.path.dirname(directory)
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o700)
+        os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
+
+
+def _os_hint(err: OSError, parent: str) -> str:
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"directory is read-only or not ours ({parent}); fix its permissions or move storage"
+    if err.errno == errno.ENOTDIR:
+        return f"{err.filename or parent} is a file, not a directory"
+    if err.errno == errno.ENOSPC:
+        return "disk is full"
+    return err.strerror or str(err)
+
+
+def _take_lock(path: str) -> int:
+    """flock `<path>.lock` so a second daemon on the same file refuses to start."""
+    lock_path = f"{path}.lock"
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as err:
+        raise StoreError(
+            f"cannot create {lock_path}: {_os_hint(err, os.path.dirname(lock_path))}"
+        ) from err
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise StoreError(
+                f"another metastudio-watcher is already using {path} (pid {holder}); "
+                "stop it first or give this one a different storage path"
+            ) from err
+        raise StoreError(f"cannot lock {lock_path}: {err.strerror}") from err
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    try:
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves (see Store._transaction).
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as err:
+        raise _store_error(path, "open the database", err) from err
+    try:
+        conn.execute("PRAGMA busy_timeout = 5000")  # a `status` reader must not fail the daemon
+        row = conn.execute("PRAGMA quick_check").fetchone()
+        if row is None or row[0] != "ok":
+            raise StoreError(
+                f"{path}: database is corrupt ({row[0] if row else 'no answer'}) — {_CORRUPT_HINT}"
+            )
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal" and path != ":memory:":
+            log.warning("store_not_wal", path=path, journal_mode=mode)
+        # FULL: in WAL mode this syncs the log on every commit, so a sent mark or a queued alert
+        # survives power loss, not just a crash of the process.
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+    except BaseException as err:
+        conn.close()
+        if isinstance(err, sqlite3.Error):
+            raise _store_error(path, "open the database", err) from err
+        raise
+    return conn
+
+
+def _store_error(path: str, what: str, err: sqlite3.Error) -> StoreError:
+    text = str(err)
+    code = getattr(err, "sqlite_errorcode", None)
+    lowered = text.lower()
+    if "not a database" in lowered or code == sqlite3.SQLITE_NOTADB:
+        hint = f"not a SQLite database — {_CORRUPT_HINT}"
+    elif "malformed" in lowered or "corrupt" in lowered or code == sqlite3.SQLITE_CORRUPT:
+        hint = f"database is corrupt ({text}) — {_CORRUPT_HINT}"
+    elif "readonly" in lowered or code == sqlite3.SQLITE_READONLY:
+        hint = _permission_hint(path) or "database is read-only; fix permissions"
+    elif "unable to open" in lowered or code == sqlite3.SQLITE_CANTOPEN:
+        hint = _permission_hint(path) or f"cannot open the file ({text})"
+    elif "locked" in lowered or "busy" in lowered:
+        hint = "database is busy: another process holds a write lock"
+    elif "full" in lowered:
+        hint = "disk is full"
+    else:
+        hint = text
+    return StoreError(f"{path}: cannot {what}: {hint}")
+
+
+def _permission_hint(path: str) -> str | None:
+    """Why this process cannot use the file, when the file system says so."""
+    if path == ":memory:":
+        return None
+    if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
+        return "file is not readable and writable by this user; fix its owner or mode"
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        # WAL mode creates <file>-wal and <file>-shm next to the database.
+        return f"directory is read-only ({parent}); fix its permissions or move storage"
+    return None
+
+
+# --- rows <-> model ------------------------------------------------------------------------
+
+
+def _ts(value: datetime) -> str:
+    """UTC ISO text of fixed width, so text order is time order in SQL comparisons."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"naive datetime {value.isoformat()} given to the store; use UTC")
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _ts_or_none(value: datetime | None) -> str | None:
+    return None if value is None else _ts(value)
+
+
+def _dt(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def _dt_or_none(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def _job_to_row(job: Job) -> tuple[Any, ...]:
+    try:
+        extra = json.dumps(dict(job.extra), sort_keys=True, ensure_ascii=False)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"job {job.job_id}: extra is not JSON-compatible: {err}") from err
+    return (
+        job.job_id,
+        job.state,
+        job.reject_times,
+        _ts_or_none(job.create_time),
+        _ts_or_none(job.lastupdate_time),
+        job.voice_name,
+        job.job_type,
+        job.batch_name,
+        job.job_failed_code,
+        job.job_failed_reason,
+        job.asset_id,
+        extra,
+    )
+
+
+def _row_to_job(row: Sequence[Any]) -> Job:
+    return Job(
+        job_id=row[0],
+        state=row[1],
+        reject_times=row[2],
+        create_time=_dt_or_none(row[3]),
+        lastupdate_time=_dt_or_none(row[4]),
+        voice_name=row[5],
+        job_type=row[6],
+        batch_name=row[7],
+        job_failed_code=row[8],
+        job_failed_reason=row[9],
+        asset_id=row[10],
+        extra=json.loads(row[11]),
+    )
+
+
+def _event_to_row(event: Event) -> tuple[Any, ...]:
+    job = event.job
+    return (
+        event.key,
+        str(event.kind),
+        event.source,
+        None if job is None else job.job_id,
+        event.previous_state,
+        None if job is None else job.state,
+        event.reason,
+        event.note,
+        _ts(event.detected_at),
+        event.subject,
+        event.sequence,
+        # History only: an odd value must not fail the cycle, so it is kept as its str().
+        json.dumps(dict(event.details), sort_keys=True, ensure_ascii=False, default=str),
+    )
+
+
+def _alert_to_row(alert: Alert) -> tuple[Any, ...]:
+    created = _ts(alert.created_at)
+    return (
+        alert.alert_id,
+        alert.event_key,
+        alert.source,
+        alert.job_id,
+        alert.rule,
+        alert.channel,
+        alert.title,
+        alert.body,
+        str(alert.notify_type),
+        str(alert.body_format),
+        created,
+        created,  # due as soon as it is queued
+    )
+
+
+def _row_to_item(row: Sequence[Any]) -> OutboxItem:
+    alert = Alert(
+        event_key=row[1],
+        source=row[2],
+        job_id=row[3],
+        rule=row[4],
+        channel=row[5],
+        title=row[6],
+        body=row[7],
+        notify_type=NotifyType(row[8]),
+        body_format=BodyFormat(row[9]),
+        created_at=_dt(row[10]),
+    )
+    return OutboxItem(
+        id=row[0],
+        alert=alert,
+        status=OutboxStatus(row[11]),
+        attempts=row[12],
+        next_attempt_at=_dt(row[13]),
+        last_error=row[14],
+        sent_at=_dt_or_none(row[15]),
+        queued_at=_dt_or_none(row[16]),
+    )
