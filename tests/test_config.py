@@ -19,6 +19,7 @@ from watcher.config import (
     load_config,
     load_config_text,
     parse_duration,
+    parse_listen,
 )
 from watcher.errors import ConfigError
 from watcher.model import BodyFormat, Config, EventKind, FirstRun, Secret
@@ -292,7 +293,7 @@ KNOWN = (
     "SPLIT_FAILED, SUCCEED, SYSTEM_AUDITING, UPLOADING, USER_RESULT_REVIEW, USER_REVIEW_REJECT, "
     "WAITING, WAITING_SPLIT"
 )
-TOP_KEYS = "sources, channels, rules, storage, first_run, delivery"
+TOP_KEYS = "sources, channels, rules, storage, first_run, delivery, http"
 SOURCE_KEYS = (
     "name, region, endpoint, project_id, ak, ak_file, sk, sk_file, security_token, "
     "security_token_file, app_user_id, poll_interval, request_timeout, filters"
@@ -816,3 +817,97 @@ def test_billion_laughs_is_cheap() -> None:
     lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
     with pytest.raises(ConfigError, match="unknown key 'a0'"):
         load("\n".join(lines) + "\n")
+
+
+# --- http: ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("listen", "expected"),
+    [
+        ("127.0.0.1:9464", ("127.0.0.1", 9464)),
+        ("'[::1]:9464'", ("::1", 9464)),
+        ("0.0.0.0:0", ("0.0.0.0", 0)),
+        ("localhost:65535", ("localhost", 65535)),
+    ],
+)
+def test_http_listen_fills_config(listen: str, expected: tuple[str, int]) -> None:
+    config = load(SRC + f"http:\n  listen: {listen}\n")
+    assert config.http_listen == listen.strip("'")
+    assert parse_listen(listen.strip("'")) == expected
+    assert config.lines["http.listen"] == 6
+
+
+def test_http_listen_defaults_to_off() -> None:
+    assert load(SRC).http_listen is None
+
+
+def test_http_listen_from_environment() -> None:
+    config = load(SRC + "http:\n  listen: ${LISTEN:-127.0.0.1:9464}\n")
+    assert config.http_listen == "127.0.0.1:9464"
+
+
+BAD_HTTP: list[tuple[str, str, str]] = [
+    (
+        "port_out_of_range",
+        "http:\n  listen: 127.0.0.1:70000\n",
+        "w.yaml:6: http.listen: the port must be a number from 0 to 65535 (got '70000')",
+    ),
+    (
+        "port_not_a_number",
+        "http:\n  listen: 'localhost:http'\n",
+        "w.yaml:6: http.listen: the port must be a number from 0 to 65535 (got 'http')",
+    ),
+    (
+        "empty_host",
+        "http:\n  listen: ':9464'\n",
+        "w.yaml:6: http.listen: the host is empty: write 127.0.0.1:PORT for this machine only, "
+        "or 0.0.0.0:PORT for every interface",
+    ),
+    (
+        "no_port",
+        "http:\n  listen: 127.0.0.1\n",
+        "w.yaml:6: http.listen: expected HOST:PORT like 127.0.0.1:9464 or [::1]:9464 "
+        "(got '127.0.0.1')",
+    ),
+    (
+        "ipv6_without_brackets",
+        "http:\n  listen: '::1:9464'\n",
+        "w.yaml:6: http.listen: an IPv6 address needs brackets, as in [::1]:9464 (got '::1:9464')",
+    ),
+    (
+        "not_ipv6_in_brackets",
+        "http:\n  listen: '[localhost]:9464'\n",
+        "w.yaml:6: http.listen: expected an IPv6 address inside [] (got 'localhost')",
+    ),
+    (
+        "listen_a_number",
+        "http:\n  listen: [9464]\n",
+        "w.yaml:6: http.listen: expected HOST:PORT (got a list)",
+    ),
+    (
+        "unknown_key",
+        "http:\n  listen_on: 127.0.0.1:9464\n",
+        "w.yaml:6: http.listen_on: unknown key 'listen_on' (did you mean 'listen'?); "
+        "expected one of: listen",
+    ),
+    (
+        "missing_listen",
+        "http: {}\n",
+        "w.yaml:5: http: missing required key 'listen'",
+    ),
+    (
+        "not_a_mapping",
+        "http: 127.0.0.1:9464\n",
+        "w.yaml:5: http: expected a mapping of HTTP settings (got a string)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [c[1:] for c in BAD_HTTP], ids=[c[0] for c in BAD_HTTP]
+)
+def test_bad_http_message(text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(SRC + text)
+    assert str(info.value) == expected

@@ -6,6 +6,7 @@ Every problem is a `ConfigError` pointing at `FILE:LINE: key`, and no secret eve
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import stat
@@ -43,16 +44,18 @@ __all__ = [
     "load_config",
     "load_config_text",
     "parse_duration",
+    "parse_listen",
 ]
 
 KNOWN_REGIONS: Mapping[str, str] = REGION_ENDPOINTS
 DEFAULT_STORAGE = "./metastudio-watcher.db"
 MIN_POLL_INTERVAL = timedelta(seconds=5)
 DURATION_EXPECTED = "expected a duration like 30s, 5m, 1h"
+LISTEN_EXPECTED = "expected HOST:PORT like 127.0.0.1:9464 or [::1]:9464"
 
 UrlValidator = Callable[[str], str | None]
 
-_TOP_KEYS = ("sources", "channels", "rules", "storage", "first_run", "delivery")
+_TOP_KEYS = ("sources", "channels", "rules", "storage", "first_run", "delivery", "http")
 _SOURCE_KEYS = (
     "name",
     "region",
@@ -95,6 +98,7 @@ _RULE_KEYS = (
     "urgent",
 )
 _DELIVERY_KEYS = ("retry_initial", "retry_max", "give_up_after", "send_timeout")
+_HTTP_KEYS = ("listen",)
 
 # (config key, environment fallback, words for messages)
 _CREDENTIALS = (
@@ -115,6 +119,7 @@ _DURATION = re.compile(
     r"(?:(\d{1,9})d)?(?:(\d{1,9})h)?(?:(\d{1,9})m)?(?:(\d{1,9})s)?(?:(\d{1,9})ms)?"
 )
 _BARE_SECONDS = re.compile(r"\d{1,12}")
+_LISTEN = re.compile(r"(?:\[(?P<ipv6>[^\]]*)\]|(?P<host>[^\[\]:]*)):(?P<port>[^:]*)")
 
 
 def parse_duration(text: str) -> timedelta:
@@ -135,6 +140,40 @@ def parse_duration(text: str) -> timedelta:
         return timedelta(milliseconds=millis)
     except OverflowError:
         raise ValueError(f"duration {_shorten(text)!r} is too long") from None
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`HOST:PORT` or `[IPV6]:PORT` as (host, port); port 0 asks the kernel for a free one.
+
+    ValueError says what was expected.
+    """
+    match = _LISTEN.fullmatch(text)
+    if match is None and text.count(":") > 1 and "[" not in text:
+        raise ValueError(
+            f"an IPv6 address needs brackets, as in [::1]:9464 (got {_shorten(text)!r})"
+        )
+    if match is None:
+        raise ValueError(f"{LISTEN_EXPECTED} (got {_shorten(text)!r})")
+    port_text = match.group("port")
+    if not (port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:
+        raise ValueError(f"the port must be a number from 0 to 65535 (got {_shorten(port_text)!r})")
+    host = match.group("host")
+    if host is None:
+        host = match.group("ipv6")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(
+                f"expected an IPv6 address inside [] (got {_shorten(host)!r})"
+            ) from None
+    elif not host.strip():
+        raise ValueError(
+            "the host is empty: write 127.0.0.1:PORT for this machine only, "
+            "or 0.0.0.0:PORT for every interface"
+        )
+    elif any(char.isspace() or not char.isprintable() or char == "/" for char in host):
+        raise ValueError(f"expected a host name or IP address (got {_shorten(host)!r})")
+    return host, int(port_text)
 
 
 def load_config(
@@ -591,6 +630,9 @@ class _Reader:
         delivery = DeliveryConfig()
         if "delivery" in top:
             delivery = self.delivery(top["delivery"], "delivery")
+        http_listen = None
+        if "http" in top:
+            http_listen = self.http(top["http"], "http")
         return Config(
             path=self.file,
             sources=sources,
@@ -599,6 +641,7 @@ class _Reader:
             storage=storage,
             first_run=first_run,
             delivery=delivery,
+            http_listen=http_listen,
             lines=MappingProxyType({k: v for k, v in self.lines.items() if k}),
             secrets=frozenset(self.secrets),
         )
@@ -954,6 +997,16 @@ class _Reader:
                 f"than retry_max ({_format_duration(result.retry_max)})",
             )
         return result
+
+    def http(self, value: Any, path: str) -> str:
+        http = self.mapping(value, path, "a mapping of HTTP settings", _HTTP_KEYS)
+        listen_path = _child(path, "listen")
+        text = self.nonempty(self.require(http, path, "listen"), listen_path, "HOST:PORT")
+        try:
+            parse_listen(text.value)
+        except ValueError as exc:
+            self.fail(listen_path, str(exc))
+        return text.value
 
 
 def _names_key_pair(source: _Map) -> bool:

@@ -1,0 +1,102 @@
+"""The operator's HTTP endpoints: /healthz (process up), /readyz (sources fresh), /metrics.
+
+`readiness()` decides, purely, from times passed in; `start_http()` only serves the answer.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from aiohttp import web
+
+from watcher.config import parse_listen
+from watcher.errors import ConfigError
+from watcher.metrics import Metrics
+
+__all__ = ["Readiness", "bound_port", "readiness", "start_http"]
+
+ReadinessProbe = Callable[[], "Readiness"]
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """Ready when no source is stale; `stale` names the ones that are, in config order."""
+
+    ready: bool
+    stale: tuple[str, ...]
+
+
+_METRICS = web.AppKey("metrics", Metrics)
+_READY: web.AppKey[ReadinessProbe] = web.AppKey("ready")
+
+
+def readiness(
+    last_ok: Mapping[str, datetime | None],
+    intervals: Mapping[str, timedelta],
+    now: datetime,
+    factor: float = 3.0,
+) -> Readiness:
+    """Each source in `intervals` is stale if it never succeeded or not within factor × interval.
+
+    Several intervals of grace, so one slow or failed poll does not flap the probe.
+    """
+    stale = tuple(
+        source
+        for source, interval in intervals.items()
+        if (last := last_ok.get(source)) is None or now - last > interval * factor
+    )
+    return Readiness(ready=not stale, stale=stale)
+
+
+async def start_http(listen: str, metrics: Metrics, ready: ReadinessProbe) -> web.AppRunner:
+    """Serve the endpoints on `listen` (`HOST:PORT`, `[::1]:PORT`; port 0 picks a free one).
+
+    Stop with `await runner.cleanup()`; `bound_port(runner)` tells which port was taken.
+    """
+    try:
+        host, port = parse_listen(listen)
+    except ValueError as exc:
+        raise ConfigError(str(exc), key="http.listen") from None
+    app = web.Application()
+    app[_METRICS] = metrics
+    app[_READY] = ready
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
+    # No access log: probes every few seconds would drown the watcher's own lines.
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"cannot listen on {listen}: {reason}", key="http.listen") from None
+    return runner
+
+
+def bound_port(runner: web.AppRunner) -> int:
+    """The port the server listens on (useful after asking for port 0)."""
+    address = runner.addresses[0]
+    port: int = address[1]
+    return port
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    state = request.app[_READY]()
+    body = json.dumps({"ready": state.ready, "stale": list(state.stale)})
+    return web.Response(
+        text=body + "\n", status=200 if state.ready else 503, content_type="application/json"
+    )
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    metrics = request.app[_METRICS]
+    return web.Response(body=metrics.render(), headers={"Content-Type": metrics.content_type})

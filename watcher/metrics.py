@@ -1,0 +1,128 @@
+"""Prometheus metrics of the watcher: polls, API errors, jobs by state, events, alerts, outbox.
+
+Each `Metrics` owns its own registry, so tests (and a reload) can make as many as they like.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.process_collector import ProcessCollector
+
+from watcher.model import OutboxStatus
+
+__all__ = ["ALERT_OUTCOMES", "CONTENT_TYPE", "Metrics"]
+
+# The classic text format: every name here is a legal legacy name, and every Prometheus
+# version accepts it without negotiation.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+ALERT_OUTCOMES = frozenset({"sent", "failed", "dead"})
+# Polls page through the whole job list: seconds to minutes, not milliseconds.
+_POLL_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class Metrics:
+    """What the daemon reports, in plain arguments; `render()` gives the text exposition."""
+
+    content_type = CONTENT_TYPE
+
+    def __init__(self, *, process: bool = True) -> None:
+        """`process` adds the standard process_* metrics (memory, CPU, open files)."""
+        self.registry = CollectorRegistry(auto_describe=True)
+        if process:
+            ProcessCollector(registry=self.registry)
+        r = self.registry
+        self._polls = Counter(
+            "watcher_polls", "Completed polls of a source", ["source", "outcome"], registry=r
+        )
+        self._poll_seconds = Histogram(
+            "watcher_poll_duration_seconds",
+            "Time one poll of a source took, successful or not",
+            ["source"],
+            buckets=_POLL_BUCKETS,
+            registry=r,
+        )
+        self._api_errors = Counter(
+            "watcher_api_errors",
+            "Failed MetaStudio API reads, by error code ('none' when the API gave none)",
+            ["source", "code"],
+            registry=r,
+        )
+        self._jobs = Gauge(
+            "watcher_jobs", "Jobs seen in the last successful poll", ["source", "state"], registry=r
+        )
+        self._events = Counter("watcher_events", "Events detected", ["source", "kind"], registry=r)
+        self._alerts = Counter(
+            "watcher_alerts",
+            "Alert delivery attempts, by outcome (sent, failed, dead)",
+            ["channel", "outcome"],
+            registry=r,
+        )
+        self._outbox = Gauge(
+            "watcher_outbox_depth", "Alerts in the outbox, by status", ["status"], registry=r
+        )
+        self._last_ok = Gauge(
+            "watcher_last_successful_poll_timestamp_seconds",
+            "Unix time of the last successful poll of a source",
+            ["source"],
+            registry=r,
+        )
+        self._incremental_misses = Counter(
+            "watcher_incremental_misses",
+            "Incremental polls that had to fall back to a full scan",
+            ["source"],
+            registry=r,
+        )
+        self._states_seen: dict[str, set[str]] = {}
+        self._statuses_seen = {status.value for status in OutboxStatus}
+        for status in self._statuses_seen:
+            self._outbox.labels(status=status).set(0)
+
+    def add_sources(self, sources: Iterable[str]) -> None:
+        """Create each source's counters at 0, so rates work from the first poll on."""
+        for source in sources:
+            for outcome in ("ok", "error"):
+                self._polls.labels(source=source, outcome=outcome)
+            self._incremental_misses.labels(source=source)
+
+    def poll_finished(self, source: str, ok: bool, seconds: float, now: datetime) -> None:
+        self._polls.labels(source=source, outcome="ok" if ok else "error").inc()
+        self._poll_seconds.labels(source=source).observe(seconds)
+        if ok:
+            self._last_ok.labels(source=source).set(now.timestamp())
+
+    def api_error(self, source: str, code: str | None) -> None:
+        self._api_errors.labels(source=source, code=code or "none").inc()
+
+    def jobs_by_state(self, source: str, counts: Mapping[str, int]) -> None:
+        """Replace the source's counts; a state that emptied reads 0 rather than vanishing."""
+        seen = self._states_seen.setdefault(source, set())
+        for state in seen - counts.keys():
+            self._jobs.labels(source=source, state=state).set(0)
+        for state, count in counts.items():
+            self._jobs.labels(source=source, state=state).set(count)
+        seen.update(counts)
+
+    def event(self, source: str, kind: str) -> None:
+        self._events.labels(source=source, kind=str(kind)).inc()
+
+    def alert(self, channel: str, outcome: str) -> None:
+        if outcome not in ALERT_OUTCOMES:
+            raise ValueError(f"alert outcome must be one of sent, failed, dead (got {outcome!r})")
+        self._alerts.labels(channel=channel, outcome=outcome).inc()
+
+    def outbox_depth(self, counts: Mapping[str, int]) -> None:
+        """Replace the outbox counts; statuses not in `counts` read 0."""
+        for status in self._statuses_seen - counts.keys():
+            self._outbox.labels(status=status).set(0)
+        for status, count in counts.items():
+            self._outbox.labels(status=str(status)).set(count)
+        self._statuses_seen.update(str(status) for status in counts)
+
+    def incremental_miss(self, source: str) -> None:
+        self._incremental_misses.labels(source=source).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
