@@ -1,0 +1,288 @@
+"""End to end: the daemon's cycle against the simulator, a webhook and an SMTP server.
+
+Real parts on loopback only: the simulator checks signatures and pages like the API, apprise
+posts to an aiohttp receiver (json://) and mails an aiosmtpd server (mailto://), state lives
+in a SQLite file. The tests assert on what arrived.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.receivers import SmtpReceiver, WebhookReceiver, json_url, mailto_url
+from watcher.config import load_config_text
+from watcher.daemon import Watcher
+from watcher.metastudio.client import RetryPolicy
+from watcher.model import Config
+from watcher.notify import Notifier, check_url
+from watcher.simulator.app import create_app
+from watcher.simulator.runner import serve_app
+from watcher.simulator.state import SimulatorState
+from watcher.store import Store
+
+AK, SK, PROJECT = "TESTAKTESTAKTESTAK01", "test-secret-key-0123456789abcdef", "proj-e2e"
+FAST = RetryPolicy(attempts=3, initial_backoff=0.01, max_backoff=0.02, max_retry_after=0.05)
+
+CONFIG = """
+sources:
+  - name: prod
+    endpoint: {endpoint}
+    project_id: {project}
+    ak: ${{TEST_AK}}
+    sk: ${{TEST_SK}}
+    poll_interval: 60s
+    request_timeout: 2s
+channels:
+  hook: ["{hook}"]
+  mail: ["{mail}"]
+rules:
+  - name: failures
+    on: [AUDIT_FAILED, SPLIT_FAILED, FAILED]
+    notify: [hook, mail]
+  - name: done
+    on: [SUCCEED]
+    notify: [hook]
+storage: {storage}
+delivery:
+  retry_initial: 1s
+  retry_max: 2s
+  send_timeout: 3s
+"""
+
+
+@dataclass
+class World:
+    sim: SimulatorState
+    hook: WebhookReceiver
+    smtp: SmtpReceiver
+    config: Config
+    session: aiohttp.ClientSession
+    now: datetime
+
+    def watcher(self) -> Watcher:
+        store = Store.open(self.config.storage)
+        notifier = Notifier(self.config.channels, send_timeout=3.0)
+        self._opened.append((store, notifier))
+        return Watcher(
+            self.config,
+            store,
+            notifier,
+            self.session,
+            clock=lambda: self.now,
+            rng=random.Random(1),
+            retry=FAST,
+        )
+
+    def close(self) -> None:
+        for store, notifier in self._opened:
+            notifier.close()
+            store.close()
+
+    def __post_init__(self) -> None:
+        self._opened: list[tuple[Store, Notifier]] = []
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpReceiver]:
+    with SmtpReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture
+async def world(tmp_path: Path, smtp: SmtpReceiver) -> AsyncIterator[World]:
+    sim = SimulatorState(seed=3)
+    start = datetime.now(UTC)
+    runner: web.AppRunner
+    runner, endpoint = await serve_app(create_app(sim, project_id=PROJECT, ak=AK, sk=SK))
+    hook = WebhookReceiver()
+    base = await hook.start()
+    host, port = smtp.host, smtp.port
+    text = CONFIG.format(
+        endpoint=endpoint,
+        project=PROJECT,
+        hook=json_url(base),
+        mail=mailto_url(host, port, "ops@example.com"),
+        storage=tmp_path / "state.db",
+    )
+    config = load_config_text(
+        text, str(tmp_path / "config.yaml"), {"TEST_AK": AK, "TEST_SK": SK}, check_url
+    )
+    async with aiohttp.ClientSession() as session:
+        w = World(sim, hook, smtp, config, session, start)
+        try:
+            yield w
+        finally:
+            w.close()
+    await hook.stop()
+    await runner.cleanup()
+
+
+def titles(w: World) -> list[str]:
+    return [m["title"] for m in w.hook.received]
+
+
+async def test_baseline_is_silent_then_each_change_is_alerted_once(world: World) -> None:
+    jobs = [world.sim.add_job(state="AUDITING") for _ in range(3)]
+    watcher = world.watcher()
+    (outcome,) = await watcher.once()
+    assert outcome.ok
+    assert outcome.baseline
+    assert world.hook.received == []
+
+    world.sim.set_state(jobs[0]["job_id"], "AUDIT_FAILED")
+    world.sim.set_state(jobs[1]["job_id"], "SUCCEED")
+    world.sim.set_state(jobs[2]["job_id"], "WAITING_SPLIT")  # no rule: no alert
+    await watcher.once()
+    await world.hook.wait_for(2)
+    await world.smtp.wait_for(1)
+    assert sorted(titles(world)) == sorted(
+        [
+            f"AUDIT_FAILED: voice job {jobs[0]['job_id']} ({jobs[0]['voice_name']})",
+            f"SUCCEED: voice job {jobs[1]['job_id']} ({jobs[1]['voice_name']})",
+        ]
+    )
+    failed = next(m for m in world.hook.received if m["type"] == "failure")
+    assert "AUDITING → AUDIT_FAILED" in failed["message"]
+    assert jobs[0]["job_failed_code"] in failed["message"]
+    (mail,) = world.smtp.messages
+    assert jobs[0]["job_id"] in mail["Subject"]
+
+    # Nothing changed: nothing is sent again.
+    await watcher.once()
+    await watcher.once()
+    assert len(world.hook.received) == 2
+    assert len(world.smtp.messages) == 1
+
+
+async def test_alerts_never_carry_phone_or_credentials(world: World) -> None:
+    job = world.sim.add_job(state="AUDITING")
+    watcher = world.watcher()
+    await watcher.once()
+    world.sim.set_state(job["job_id"], "FAILED")
+    await watcher.once()
+    await world.hook.wait_for(1)
+    await world.smtp.wait_for(1)
+    everything = repr(world.hook.requests) + "".join(m.as_string() for m in world.smtp.messages)
+    assert job["phone"] not in everything
+    assert SK not in everything
+    assert AK not in everything
+
+
+async def test_failed_page_discards_the_cycle_and_loses_nothing(world: World) -> None:
+    jobs = [world.sim.add_job(state="PROCESSING") for _ in range(150)]  # two pages
+    watcher = world.watcher()
+    await watcher.once()
+    world.sim.set_state(jobs[120]["job_id"], "FAILED")  # on the second page
+    # The second page fails every attempt: the cycle is discarded whole.
+    world.sim.faults.extend([{}] + [{"kind": "status", "status": 503}] * FAST.attempts)
+    (outcome,) = await watcher.once()
+    assert not outcome.ok
+    assert world.hook.received == []
+    # The API recovers: the change is still seen, exactly once.
+    await watcher.once()
+    await world.hook.wait_for(1)
+    await watcher.once()
+    assert titles(world) == [f"FAILED: voice job {jobs[120]['job_id']} ({jobs[120]['voice_name']})"]
+
+
+async def test_malformed_body_never_produces_a_false_vanish_or_alert(world: World) -> None:
+    for _ in range(5):
+        world.sim.add_job(state="PROCESSING")
+    watcher = world.watcher()
+    await watcher.once()
+    world.sim.faults.extend([{"kind": "missing_jobs"}, {"kind": "html"}, {"kind": "truncated"}])
+    (outcome,) = await watcher.once()
+    assert not outcome.ok
+    await watcher.once()
+    assert world.hook.received == []
+
+
+async def test_restart_neither_repeats_nor_forgets(world: World) -> None:
+    a = world.sim.add_job(state="AUDITING")
+    b = world.sim.add_job(state="AUDITING")
+    first = world.watcher()
+    await first.once()
+    world.sim.set_state(a["job_id"], "AUDIT_FAILED")
+    await first.once()
+    await world.hook.wait_for(1)
+    world.close()  # the daemon stops
+
+    world.sim.set_state(b["job_id"], "SPLIT_FAILED")  # changes while it is down
+    second = world.watcher()
+    await second.once()
+    await world.hook.wait_for(2)
+    await second.once()
+    assert [t.split(":")[0] for t in titles(world)] == ["AUDIT_FAILED", "SPLIT_FAILED"]
+
+
+async def test_rejected_again_in_the_same_state_is_alerted(world: World) -> None:
+    job = world.sim.add_job(state="AUDITING")
+    watcher = world.watcher()
+    await watcher.once()
+    world.sim.set_state(job["job_id"], "AUDIT_FAILED")
+    await watcher.once()
+    # Re-uploaded and rejected again between two polls: same state, reject_times grew.
+    world.sim.set_state(job["job_id"], "UPLOADING")
+    world.sim.set_state(job["job_id"], "SYSTEM_AUDITING")
+    world.sim.set_state(job["job_id"], "AUDIT_FAILED")
+    await watcher.once()
+    await world.hook.wait_for(2)
+    assert [m["title"] for m in world.hook.received] == [
+        f"AUDIT_FAILED: voice job {job['job_id']} ({job['voice_name']})"
+    ] * 2
+    assert "rejected_again" in world.hook.received[1]["message"]
+
+
+async def test_new_job_after_baseline_is_alerted_in_its_state(world: World) -> None:
+    watcher = world.watcher()
+    await watcher.once()
+    job = world.sim.add_job(state="FAILED")
+    await watcher.once()
+    await world.hook.wait_for(1)
+    assert titles(world) == [f"FAILED: voice job {job['job_id']} ({job['voice_name']})"]
+
+
+async def test_failed_send_stays_queued_and_is_retried(world: World) -> None:
+    job = world.sim.add_job(state="PROCESSING")
+    watcher = world.watcher()
+    await watcher.once()
+    world.sim.set_state(job["job_id"], "SUCCEED")
+    world.hook.fail_next(1, status=500)
+    await watcher.once()
+    assert world.hook.received == []
+    assert len(world.hook.requests) == 1  # apprise itself did not retry
+    # Before the backoff has passed nothing is resent.
+    await watcher.deliver()
+    assert len(world.hook.requests) == 1
+    world.now += timedelta(seconds=5)
+    await watcher.deliver()
+    await world.hook.wait_for(1)
+    await watcher.deliver()
+    assert len(world.hook.received) == 1
+
+
+async def test_alerts_about_one_job_arrive_in_detection_order(world: World) -> None:
+    job = world.sim.add_job(state="AUDITING")
+    watcher = world.watcher()
+    await watcher.once()
+    world.hook.refuse = True  # the webhook is down for a while
+    world.sim.set_state(job["job_id"], "AUDIT_FAILED")
+    await watcher.once()
+    world.sim.set_state(job["job_id"], "UPLOADING")
+    world.sim.set_state(job["job_id"], "SUCCEED")
+    world.now += timedelta(seconds=1)
+    await watcher.once()
+    world.hook.refuse = False
+    for _ in range(6):
+        world.now += timedelta(seconds=5)
+        await watcher.deliver()
+    await world.hook.wait_for(2)
+    assert [m["title"].split(":")[0] for m in world.hook.received] == ["AUDIT_FAILED", "SUCCEED"]
