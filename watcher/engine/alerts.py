@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from watcher.engine.noise import group_key, labels_for
 from watcher.engine.rules import matching_rules
 from watcher.engine.templates import render
 from watcher.model import Alert, Event, RuleConfig
@@ -36,6 +37,7 @@ def route(events: Iterable[Event], rules: Sequence[RuleConfig]) -> Routed:
             rendered = render(event, rule)
             if rendered.error is not None:
                 problems.append(TemplateProblem(rule.name, event.key, rendered.error))
+            labels = labels_for(event)
             for channel in rule.notify:
                 alerts.append(
                     Alert(
@@ -49,6 +51,8 @@ def route(events: Iterable[Event], rules: Sequence[RuleConfig]) -> Routed:
                         notify_type=rendered.notify_type,
                         body_format=rule.format,
                         created_at=event.detected_at,
+                        group_key=group_key(event, rule),
+                        labels=labels,
                     )
                 )
     return Routed(tuple(alerts), tuple(problems))

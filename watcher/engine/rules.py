@@ -54,17 +54,20 @@ def decide(rule: RuleConfig, event: Event) -> RuleDecision:
             f"previous state {event.previous_state} not in from={list(rule.from_states)}",
         )
     for name, patterns in rule.where:
-        value = _field(event, name)
+        value = field_of(event, name)
         if value is None or not any(fnmatchcase(str(value), p) for p in patterns):
             return RuleDecision(rule, False, f"{name}={value!r} does not match {list(patterns)}")
     return RuleDecision(rule, True, "matched")
 
 
-def _field(event: Event, name: str) -> object:
+def field_of(event: Event, name: str) -> object:
+    """An event's value for a rule, silence or grouping field: job fields, or source/kind."""
     if name == "source":
         return event.source
     if name == "kind":
         return str(event.kind)
+    if name == "state":
+        return event.job.state if event.job is not None else None
     if name in ("previous_state", "from"):
         return event.previous_state
     if event.job is None:
