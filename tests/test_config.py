@@ -296,7 +296,8 @@ KNOWN = (
 TOP_KEYS = "sources, channels, rules, storage, first_run, delivery, http"
 SOURCE_KEYS = (
     "name, region, endpoint, project_id, ak, ak_file, sk, sk_file, security_token, "
-    "security_token_file, app_user_id, poll_interval, request_timeout, filters"
+    "security_token_file, app_user_id, poll_interval, request_timeout, filters, "
+    "full_scan_every, settled_states, max_requests_per_second, page_concurrency"
 )
 FILTER_KEYS = "state, job_id, voice_name, tag, job_type, batch_name, create_since, create_until"
 EVENT_KINDS = (
@@ -676,7 +677,7 @@ def test_invalid_url_shows_only_the_scheme_and_never_the_secret() -> None:
         load_config_text(text, "w.yaml", {**ENV, "SLACK_TOKEN": "xoxb-123"}, reject_slack)
     assert (
         str(info.value)
-        == "w.yaml:8: channels.ops[1]: invalid apprise URL (slack://…): cannot parse ****"
+        == "w.yaml:8: channels.ops[1]: invalid apprise URL (slack://…): cannot parse slack://…"
     )
     assert "xoxb-123" not in str(info.value)
 

@@ -308,6 +308,7 @@ def test_dead_alerts_stay_until_retried(store: Store) -> None:
         OutboxStatus.PENDING: 0,
         OutboxStatus.SENT: 0,
         OutboxStatus.DEAD: 3,
+        OutboxStatus.SILENCED: 0,
     }
     assert store.list_outbox([OutboxStatus.DEAD])[0].attempts == 2
 
@@ -577,7 +578,7 @@ def test_v1_file_is_upgraded_keeping_its_data(tmp_path: Path) -> None:
     conn.close()
 
     with Store.open(str(path)) as s:
-        assert s.schema_version == SCHEMA_VERSION == 3
+        assert s.schema_version == SCHEMA_VERSION == 4
         indexes = {row[0] for row in s._conn.execute("SELECT name FROM sqlite_master")}
         assert {"events_by_job", "outbox_by_event", "outbox_by_job"} <= indexes
         (item,) = s.due_alerts(T0)
@@ -652,3 +653,66 @@ def test_lock_is_held_against_another_process(db_path: str) -> None:
     assert refused.returncode == 3, refused.stderr
     assert f"(pid {os.getpid()})" in refused.stdout
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+
+
+# --- silences and grouping -----------------------------------------------------------------
+
+
+def test_silences_are_stored_listed_and_expired(tmp_path: Path) -> None:
+    with Store.open(str(tmp_path / "s.db")) as s:
+        added = s.add_silence(
+            [("voice_name", "shop-*"), ("rule", "failures")],
+            starts_at=T0,
+            ends_at=T0 + timedelta(hours=2),
+            comment="re-recording",
+            now=T0,
+        )
+        assert s.list_silences(active_at=T0 + timedelta(hours=1)) == [added]
+        assert s.list_silences(active_at=T0 + timedelta(hours=3)) == []
+        assert s.expire_silence(added.id, T0 + timedelta(minutes=5))
+        assert not s.expire_silence(added.id, T0 + timedelta(minutes=6))
+        assert s.list_silences(active_at=T0 + timedelta(minutes=10)) == []
+        assert [x.comment for x in s.list_silences()] == ["re-recording"]
+
+
+def test_silenced_alert_is_recorded_and_never_due(tmp_path: Path) -> None:
+    with Store.open(str(tmp_path / "s.db")) as s:
+        a = alert(event(job("a1")))
+        s.commit_cycle("cn", Snapshot("cn", T0, {}), [], [a], now=T0)
+        (item,) = s.due_alerts(T0)
+        s.mark_silenced(item.id, 7, T0)
+        assert s.due_alerts(T0 + timedelta(hours=1)) == []
+        assert s.outbox_counts()[OutboxStatus.SILENCED] == 1
+
+
+def test_group_key_round_trips(tmp_path: Path) -> None:
+    with Store.open(str(tmp_path / "s.db")) as s:
+        a = dataclasses.replace(
+            alert(event(job("g1"))),
+            group_key="source=cn|batch_name=spring",
+            labels={"voice_name": "shop-anna", "state": "FAILED"},
+        )
+        s.commit_cycle("cn", Snapshot("cn", T0, {}), [], [a], now=T0)
+        (item,) = s.list_outbox([OutboxStatus.PENDING])
+        assert item.alert == a
+
+
+def test_one_message_marks_all_its_alerts_sent_at_once(tmp_path: Path) -> None:
+    with Store.open(str(tmp_path / "s.db")) as s:
+        alerts = [alert(event(job(f"m{n}"))) for n in range(3)]
+        s.commit_cycle("cn", Snapshot("cn", T0, {}), [], alerts, now=T0)
+        s.mark_sent_many([i.id for i in s.due_alerts(T0)], T0)
+        assert s.outbox_counts()[OutboxStatus.SENT] == 3
+        assert s.due_alerts(T0) == []
+
+
+def test_delta_commit_writes_only_what_changed_and_matches_a_full_commit(tmp_path: Path) -> None:
+    jobs = {f"j{n}": job(f"j{n}", "PROCESSING", reject_times=1) for n in range(50)}
+    with Store.open(str(tmp_path / "s.db")) as s:
+        s.commit_cycle("cn", Snapshot("cn", T0, jobs), [], [], now=T0)
+        nxt = dict(jobs)
+        nxt["j1"] = job("j1", "SUCCEED", reject_times=1)
+        del nxt["j2"]
+        nxt["new"] = job("new", "CREATING")
+        s.commit_cycle("cn", Snapshot("cn", T0, nxt), [], [], now=T0, previous=jobs)
+        assert s.load_jobs("cn") == nxt

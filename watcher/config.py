@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import os
 import re
 import stat
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import time, timedelta
 from types import MappingProxyType
 from typing import Any, NoReturn
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from yaml.constructor import ConstructorError
@@ -26,11 +28,13 @@ from watcher.metastudio.regions import REGION_ENDPOINTS
 from watcher.model import (
     KNOWN_STATES,
     BodyFormat,
+    ChannelPolicy,
     Config,
     Credential,
     DeliveryConfig,
     EventKind,
     FirstRun,
+    QuietHours,
     RuleConfig,
     Secret,
     SourceConfig,
@@ -71,6 +75,10 @@ _SOURCE_KEYS = (
     "poll_interval",
     "request_timeout",
     "filters",
+    "full_scan_every",
+    "settled_states",
+    "max_requests_per_second",
+    "page_concurrency",
 )
 _FILTER_KEYS = (
     "state",
@@ -96,7 +104,12 @@ _RULE_KEYS = (
     "for",
     "repeat",
     "urgent",
+    "group_by",
+    "group_wait",
+    "group_interval",
 )
+_CHANNEL_KEYS = ("urls", "max_per_minute", "quiet_hours", "timezone")
+_QUIET_HOURS = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)-([01]?\d|2[0-3]):([0-5]\d)")
 _DELIVERY_KEYS = ("retry_initial", "retry_max", "give_up_after", "send_timeout")
 _HTTP_KEYS = ("listen",)
 
@@ -438,6 +451,38 @@ class _Text:
         return _shorten(self.raw if self.substituted else self.value)
 
 
+def _encodings(value: str) -> set[str]:
+    return {value, urllib.parse.quote(value, safe=""), urllib.parse.quote(value, safe="/")}
+
+
+def _url_part(raw: str, pos: int) -> str:
+    """Which part of the URL written in `raw` the character at `pos` belongs to."""
+    scheme = _URL_SCHEME.match(raw)
+    if scheme is None or pos < scheme.end():
+        return "other"
+    start = scheme.end()
+    ends = [i for i in (raw.find(c, start) for c in "/?#") if i != -1]
+    netloc_end = min(ends, default=len(raw))
+    if pos < netloc_end:
+        at = raw.rfind("@", start, netloc_end)
+        return "userinfo" if at != -1 and pos < at else "host"
+    query, fragment = raw.find("?", netloc_end), raw.find("#", netloc_end)
+    if fragment != -1 and pos > fragment:
+        return "fragment"
+    if query != -1 and pos > query and (fragment == -1 or pos < fragment):
+        return "query"
+    return "path"
+
+
+def _quote_for_url(raw: str, pos: int, value: str) -> str:
+    part = _url_part(raw, pos)
+    if part in ("userinfo", "query"):
+        return urllib.parse.quote(value, safe="")
+    if part == "path":
+        return urllib.parse.quote(value, safe="/")
+    return value  # host, port, fragment (#channel) and whole-URL values stay as written
+
+
 def _shorten(text: str) -> str:
     return text if len(text) <= 40 else text[:39] + "…"
 
@@ -475,6 +520,7 @@ class _Reader:
     lines: dict[str, int]
     validate_url: UrlValidator | None
     secrets: set[str] = field(default_factory=set)
+    channel_policies: dict[str, ChannelPolicy] = field(default_factory=dict)
 
     # -- plumbing
 
@@ -494,7 +540,9 @@ class _Reader:
         if value:
             self.secrets.add(value)
 
-    def expand(self, raw: str, path: str) -> _Text:
+    def expand(self, raw: str, path: str, *, in_url: bool = False) -> _Text:
+        """Expand ${VAR}/${VAR:-default}. `in_url`: a value substituted into part of a URL is
+        percent-encoded for where it lands (a password with @ / # % must still work)."""
         out: list[str] = []
         substituted: list[str] = []
         pure_var: str | None = None
@@ -520,9 +568,10 @@ class _Reader:
             elif value is None:
                 self.fail(path, f"environment variable {name} is not set")
             else:
-                out.append(value)
+                whole = match.group(0) == raw
+                out.append(_quote_for_url(raw, dollar, value) if in_url and not whole else value)
                 substituted.append(value)
-                if match.group(0) == raw:
+                if whole:
                     pure_var = name
             pos = match.end()
         out.append(raw[pos:])
@@ -642,6 +691,7 @@ class _Reader:
             first_run=first_run,
             delivery=delivery,
             http_listen=http_listen,
+            channel_policies=MappingProxyType(dict(self.channel_policies)),
             lines=MappingProxyType({k: v for k, v in self.lines.items() if k}),
             secrets=frozenset(self.secrets),
         )
@@ -659,13 +709,57 @@ class _Reader:
                     channel_path,
                     "a channel name must be a simple identifier (letters, digits, '_', '-')",
                 )
-            items = self.texts(urls, channel_path, "an apprise URL or a list of them")
+            urls_path = channel_path
+            if isinstance(urls, _Map):
+                # Long form: {urls: [...], max_per_minute: N, quiet_hours: "22:00-07:00", ...}
+                settings = self.mapping(urls, channel_path, "channel settings", _CHANNEL_KEYS)
+                urls_path = _child(channel_path, "urls")
+                urls = self.require(settings, channel_path, "urls")
+                self.channel_policies[name] = self.channel_policy(settings, channel_path)
+            items = self.texts(urls, urls_path, "an apprise URL or a list of them")
             out[name] = tuple(self.channel_url(text, item_path) for text, item_path in items)
         return out
 
+    def channel_policy(self, settings: _Map, path: str) -> ChannelPolicy:
+        max_per_minute = None
+        if "max_per_minute" in settings:
+            max_per_minute = int(
+                self.positive_number(
+                    settings["max_per_minute"], _child(path, "max_per_minute"), integer=True
+                )
+            )
+        zone = "UTC"
+        if "timezone" in settings:
+            zone_path = _child(path, "timezone")
+            zone = self.nonempty(settings["timezone"], zone_path).value
+            try:
+                ZoneInfo(zone)
+            except (ZoneInfoNotFoundError, ValueError):
+                self.fail(
+                    zone_path, f"unknown timezone {zone!r}: expected a name like Asia/Shanghai"
+                )
+        quiet = None
+        if "quiet_hours" in settings:
+            quiet_path = _child(path, "quiet_hours")
+            text = self.nonempty(settings["quiet_hours"], quiet_path).value
+            match = _QUIET_HOURS.fullmatch(text.replace(" ", ""))
+            if match is None:
+                self.fail(quiet_path, f"expected a daily window like 22:00-07:00 (got {text!r})")
+            h1, m1, h2, m2 = (int(g) for g in match.groups())
+            if (h1, m1) == (h2, m2):
+                self.fail(quiet_path, "the window is empty: start and end are the same time")
+            quiet = QuietHours(time(h1, m1), time(h2, m2), zone)
+        elif "timezone" in settings:
+            self.fail(_child(path, "timezone"), "timezone only applies to quiet_hours")
+        return ChannelPolicy(max_per_minute=max_per_minute, quiet_hours=quiet)
+
     def channel_url(self, text: _Text, path: str) -> Secret:
-        for value in (*text.substituted, text.value):
-            self.secret(value)
+        text = self.expand(text.raw, path, in_url=True)
+        self.secret(text.value)
+        for value in text.substituted:
+            # Logs may show the encoded form (apprise prints URLs): mask that too.
+            for form in _encodings(value):
+                self.secret(form)
         url = text.value
         scheme = _URL_SCHEME.match(url)
         shown = f"{scheme.group(1)}://…" if scheme else "…"
@@ -673,9 +767,15 @@ class _Reader:
         if problem is None and self.validate_url is not None:
             problem = self.validate_url(url)
         if problem is not None:
-            for secret in sorted(self.secrets, key=len, reverse=True):
-                problem = problem.replace(secret, "****")
-            self.fail(path, f"invalid apprise URL ({shown}): {problem}")
+            # The validator already keeps the URL's own parts out; mask what ${VAR}s brought
+            # in (masking the whole URL too would garble "mailto://" in the message itself).
+            if scheme is not None and url[scheme.end() :]:
+                problem = problem.replace(url, shown)
+            substituted = {v for raw in text.substituted for v in _encodings(raw)}
+            for secret in sorted(substituted, key=len, reverse=True):
+                if secret:
+                    problem = problem.replace(secret, "****")
+            self.fail(path, f"invalid apprise URL ({shown}): {problem.strip()}")
         return Secret(url)
 
     def sources(self, value: Any, path: str) -> tuple[SourceConfig, ...]:
@@ -727,6 +827,28 @@ class _Reader:
         filters: tuple[tuple[str, str], ...] = ()
         if "filters" in source:
             filters = self.filters(source["filters"], _child(path, "filters"))
+        full_scan_every = timedelta(hours=1)
+        if "full_scan_every" in source:
+            full_scan_every = self.full_scan_every(
+                source["full_scan_every"], _child(path, "full_scan_every"), poll_interval
+            )
+        settled_states: tuple[str, ...] = ("SUCCEED", "FAILED")
+        if "settled_states" in source:
+            settled_states = self.settled_states(
+                source["settled_states"], _child(path, "settled_states")
+            )
+        max_rps = 5.0
+        if "max_requests_per_second" in source:
+            max_rps = self.positive_number(
+                source["max_requests_per_second"], _child(path, "max_requests_per_second")
+            )
+        page_concurrency = 4
+        if "page_concurrency" in source:
+            page_concurrency = int(
+                self.positive_number(
+                    source["page_concurrency"], _child(path, "page_concurrency"), integer=True
+                )
+            )
         return SourceConfig(
             name=name,
             endpoint=endpoint,
@@ -739,7 +861,49 @@ class _Reader:
             poll_interval=poll_interval,
             filters=filters,
             request_timeout=request_timeout,
+            full_scan_every=full_scan_every,
+            settled_states=settled_states,
+            max_requests_per_second=max_rps,
+            page_concurrency=page_concurrency,
         )
+
+    def full_scan_every(self, value: Any, path: str, poll_interval: timedelta) -> timedelta:
+        """`0` (or `0s`) disables incremental polling; otherwise at least one poll interval."""
+        if value == 0 or (isinstance(value, str) and value.strip() in ("0", "0s")):
+            return timedelta(0)
+        every = self.duration(value, path)
+        if every < poll_interval:
+            self.fail(
+                path,
+                f"must be 0 (always scan everything) or at least poll_interval "
+                f"({_format_duration(poll_interval)})",
+            )
+        return every
+
+    def settled_states(self, value: Any, path: str) -> tuple[str, ...]:
+        items = self.texts(value, path, "a list of states")
+        if not items:
+            self.fail(path, "expected at least one state")
+        return tuple(self.state(text, item_path) for text, item_path in items)
+
+    def positive_number(self, value: Any, path: str, *, integer: bool = False) -> float:
+        expected = "a whole number above 0" if integer else "a number above 0"
+        if isinstance(value, bool):
+            self.fail(path, f"expected {expected} (got {_kind(value)})")
+        number: float
+        if isinstance(value, int | float):
+            number = value
+        else:
+            text = self.text(value, path, expected)
+            try:
+                number = int(text.value) if integer else float(text.value)
+            except ValueError:
+                self.fail(path, f"expected {expected} (got {text.shown!r})")
+        if integer and number != int(number):
+            self.fail(path, f"expected {expected} (got {number!r})")
+        if not math.isfinite(number) or number <= 0:
+            self.fail(path, f"expected {expected} (got {number!r})")
+        return number
 
     def endpoint(self, source: _Map, path: str) -> tuple[str | None, str]:
         region: str | None = None
@@ -912,6 +1076,14 @@ class _Reader:
         urgent = False
         if "urgent" in rule:
             urgent = self.boolean(rule["urgent"], _child(path, "urgent"))
+        group_by: tuple[str, ...] = ("source", "rule")
+        if "group_by" in rule:
+            group_by = self.group_by(rule["group_by"], _child(path, "group_by"))
+        group_wait = group_interval = timedelta(0)
+        if "group_wait" in rule:
+            group_wait = self.duration(rule["group_wait"], _child(path, "group_wait"))
+        if "group_interval" in rule:
+            group_interval = self.duration(rule["group_interval"], _child(path, "group_interval"))
         return RuleConfig(
             name=name,
             on=on,
@@ -926,7 +1098,18 @@ class _Reader:
             for_=for_,
             repeat=repeat,
             urgent=urgent,
+            group_by=group_by,
+            group_wait=group_wait,
+            group_interval=group_interval,
         )
+
+    def group_by(self, value: Any, path: str) -> tuple[str, ...]:
+        out = []
+        for text, item_path in self.texts(value, path, "a list of job fields"):
+            if not _FIELD_NAME.fullmatch(text.value):
+                self.fail(item_path, "expected a field name such as source, rule or batch_name")
+            out.append(text.value)
+        return tuple(out)
 
     def states(self, value: Any, path: str) -> tuple[str, ...]:
         items = self.texts(value, path, "a list of states or '*'")

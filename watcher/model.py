@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -178,6 +178,10 @@ class Alert:
     notify_type: NotifyType
     body_format: BodyFormat
     created_at: datetime
+    # Alerts of one channel with the same group key may go out as one message (rule group_by).
+    group_key: str = ""
+    # What silences match on: job_id, voice_name, batch_name, job_type, state, kind, tag...
+    labels: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def alert_id(self) -> str:
@@ -190,6 +194,7 @@ class OutboxStatus(StrEnum):
     PENDING = "pending"
     SENT = "sent"
     DEAD = "dead"
+    SILENCED = "silenced"
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +262,14 @@ class SourceConfig:
     poll_interval: timedelta = timedelta(seconds=60)
     filters: tuple[tuple[str, str], ...] = ()
     request_timeout: timedelta = timedelta(seconds=30)
+    # Incremental polling (see watcher.metastudio.incremental): a full scan at start-up and
+    # this often, cheap changed-since or active-set cycles in between; 0 disables them.
+    full_scan_every: timedelta = timedelta(hours=1)
+    # States assumed never to change again (active-set polling stops looking at them).
+    settled_states: tuple[str, ...] = ("SUCCEED", "FAILED")
+    # Client-side throttle per source: MetaStudio's list APIs allow ~10-20 req/s per tenant.
+    max_requests_per_second: float = 5.0
+    page_concurrency: int = 4
 
 
 class FirstRun(StrEnum):
@@ -279,7 +292,36 @@ class RuleConfig:
     stop: bool = False  # `continue: false` in YAML: later rules do not see the event
     for_: timedelta | None = None  # stuck rules: how long in `on` states
     repeat: timedelta | None = None
-    urgent: bool = False
+    urgent: bool = False  # not held back by a channel's quiet hours
+    group_by: tuple[str, ...] = ("source", "rule")
+    group_wait: timedelta = timedelta(0)  # wait this long for more alerts of the group
+    group_interval: timedelta = timedelta(0)  # at most one message per group this often
+
+
+@dataclass(frozen=True, slots=True)
+class QuietHours:
+    """A daily window (local time of `timezone`) in which non-urgent alerts wait."""
+
+    start: time
+    end: time  # may be before start: the window spans midnight
+    timezone: str = "UTC"
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelPolicy:
+    max_per_minute: int | None = None  # beyond it, alerts are folded into the next message
+    quiet_hours: QuietHours | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Silence:
+    """Alerts matching every matcher are recorded as silenced, not sent, until `ends_at`."""
+
+    id: int
+    matchers: tuple[tuple[str, str], ...]  # field -> value or glob
+    starts_at: datetime
+    ends_at: datetime
+    comment: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +342,7 @@ class Config:
     first_run: FirstRun = FirstRun.BASELINE
     delivery: DeliveryConfig = DeliveryConfig()
     http_listen: str | None = None  # "127.0.0.1:9464": serve /healthz /readyz /metrics
+    channel_policies: Mapping[str, ChannelPolicy] = field(default_factory=dict)
     # "rules[2].title" -> line in the file, so later checks can point at the right place.
     lines: Mapping[str, int] = field(default_factory=dict, repr=False)
     # Every secret value seen while loading (credentials, substituted ${VAR} values in URLs,

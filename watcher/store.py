@@ -30,6 +30,7 @@ from watcher.model import (
     NotifyType,
     OutboxItem,
     OutboxStatus,
+    Silence,
     Snapshot,
 )
 
@@ -125,6 +126,58 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE outbox ADD COLUMN queued_at TEXT",
         "UPDATE outbox SET queued_at = created_at",
     ),
+    # v4: noise control. The outbox is rebuilt (SQLite cannot alter a CHECK) to admit the
+    # 'silenced' status, and gains the alert's group key and labels; silences get a table.
+    (
+        """
+        CREATE TABLE outbox_v4 (
+            id INTEGER PRIMARY KEY,
+            alert_id TEXT NOT NULL UNIQUE,
+            event_key TEXT NOT NULL,
+            source TEXT NOT NULL,
+            job_id TEXT,
+            rule TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            title TEXT NOT NULL,
+            body TEXT NOT NULL,
+            notify_type TEXT NOT NULL,
+            body_format TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            status TEXT NOT NULL DEFAULT 'pending'
+                CHECK (status IN ('pending', 'sent', 'dead', 'silenced')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at TEXT NOT NULL,
+            last_error TEXT,
+            sent_at TEXT,
+            updated_at TEXT NOT NULL,
+            queued_at TEXT,
+            group_key TEXT NOT NULL DEFAULT '',
+            labels TEXT NOT NULL DEFAULT '{}',
+            silence_id INTEGER
+        )
+        """,
+        "INSERT INTO outbox_v4 (id, alert_id, event_key, source, job_id, rule, channel, title, "
+        "body, notify_type, body_format, created_at, status, attempts, next_attempt_at, "
+        "last_error, sent_at, updated_at, queued_at) SELECT id, alert_id, event_key, source, "
+        "job_id, rule, channel, title, body, notify_type, body_format, created_at, status, "
+        "attempts, next_attempt_at, last_error, sent_at, updated_at, queued_at FROM outbox",
+        "DROP TABLE outbox",
+        "ALTER TABLE outbox_v4 RENAME TO outbox",
+        "CREATE INDEX outbox_due ON outbox (status, next_attempt_at, id)",
+        "CREATE INDEX outbox_by_event ON outbox (event_key)",
+        "CREATE INDEX outbox_by_job ON outbox (channel, source, job_id, id) "
+        "WHERE status = 'pending'",
+        """
+        CREATE TABLE silences (
+            id INTEGER PRIMARY KEY,
+            matchers TEXT NOT NULL,
+            starts_at TEXT NOT NULL,
+            ends_at TEXT NOT NULL,
+            comment TEXT NOT NULL DEFAULT '',
+            created_at TEXT NOT NULL
+        )
+        """,
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -163,13 +216,14 @@ _INSERT_EVENT = """
 _INSERT_ALERT = """
     INSERT OR IGNORE INTO outbox (alert_id, event_key, source, job_id, rule, channel, title,
                                   body, notify_type, body_format, created_at, next_attempt_at,
-                                  updated_at, queued_at)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                  group_key, labels, updated_at, queued_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 # An alert waits while an older alert about the same job for the same channel is backing off.
 _SELECT_DUE = """
     SELECT id, event_key, source, job_id, rule, channel, title, body, notify_type, body_format,
-           created_at, status, attempts, next_attempt_at, last_error, sent_at, queued_at
+           created_at, status, attempts, next_attempt_at, last_error, sent_at, queued_at,
+           group_key, labels
     FROM outbox o
     WHERE status = 'pending' AND next_attempt_at <= :now
       AND NOT (job_id IS NOT NULL AND EXISTS (
@@ -180,7 +234,8 @@ _SELECT_DUE = """
 """
 _SELECT_OUTBOX = """
     SELECT id, event_key, source, job_id, rule, channel, title, body, notify_type, body_format,
-           created_at, status, attempts, next_attempt_at, last_error, sent_at, queued_at
+           created_at, status, attempts, next_attempt_at, last_error, sent_at, queued_at,
+           group_key, labels
     FROM outbox WHERE status IN (SELECT value FROM json_each(?)) ORDER BY id
 """
 _SELECT_HISTORY = """
@@ -382,21 +437,32 @@ class Store:
         *,
         now: datetime,
         tracking: Mapping[str, Any] | None = None,
+        previous: Mapping[str, Job] | None = None,
     ) -> int:
         """Store one poll cycle in one transaction; return how many alerts were newly queued.
 
         Either all of it lands (snapshot, events, alerts) or none of it: the next cycle then
         re-detects the same changes, and alert ids make sure nothing is queued twice.
+        `previous`, when the caller holds exactly what is stored for the source, lets only
+        the jobs that differ be written: at 100k jobs and a handful of changes per cycle,
+        serialising every row would be most of the cycle's CPU.
         """
         if snapshot.source != source:
             raise ValueError(f"snapshot of {snapshot.source!r} committed as {source!r}")
         stamp = _ts(now)
-        job_rows = [(source, *_job_to_row(job)) for job in snapshot.jobs.values()]
+        if previous is None:
+            changed = list(snapshot.jobs.values())
+        else:
+            changed = [j for k, j in snapshot.jobs.items() if previous.get(k) != j]
+        job_rows = [(source, *_job_to_row(job)) for job in changed]
         with self._transaction(f"save the poll cycle of source {source!r}") as conn:
-            stored = {
-                row[0]
-                for row in conn.execute("SELECT job_id FROM jobs WHERE source = ?", (source,))
-            }
+            if previous is None:
+                stored = {
+                    row[0]
+                    for row in conn.execute("SELECT job_id FROM jobs WHERE source = ?", (source,))
+                }
+            else:
+                stored = set(previous)
             conn.executemany(
                 "DELETE FROM jobs WHERE source = ? AND job_id = ?",
                 [(source, job_id) for job_id in stored - snapshot.jobs.keys()],
@@ -516,6 +582,71 @@ class Store:
             for row in events
         ]
 
+    # --- silences ----------------------------------------------------------------------------
+
+    def add_silence(
+        self,
+        matchers: Sequence[tuple[str, str]],
+        *,
+        starts_at: datetime,
+        ends_at: datetime,
+        comment: str,
+        now: datetime,
+    ) -> Silence:
+        """Store a silence; the running daemon reads silences every cycle, no restart needed."""
+        with self._transaction("add the silence") as conn:
+            cursor = conn.execute(
+                "INSERT INTO silences (matchers, starts_at, ends_at, comment, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (
+                    json.dumps([list(m) for m in matchers]),
+                    _ts(starts_at),
+                    _ts(ends_at),
+                    comment,
+                    _ts(now),
+                ),
+            )
+            silence_id = int(cursor.lastrowid or 0)
+        return Silence(silence_id, tuple(matchers), starts_at, ends_at, comment)
+
+    def list_silences(self, *, active_at: datetime | None = None) -> list[Silence]:
+        """Every silence (or only those active at `active_at`), oldest first."""
+        rows = self._query_all(
+            "read the silences",
+            "SELECT id, matchers, starts_at, ends_at, comment FROM silences "
+            "WHERE :at IS NULL OR (starts_at <= :at AND ends_at > :at) ORDER BY id",
+            {"at": _ts(active_at) if active_at is not None else None},
+        )
+        return [
+            Silence(
+                row[0],
+                tuple((str(k), str(v)) for k, v in json.loads(row[1])),
+                _dt(row[2]),
+                _dt(row[3]),
+                row[4],
+            )
+            for row in rows
+        ]
+
+    def expire_silence(self, silence_id: int, now: datetime) -> bool:
+        """End a silence now; False if there is no such silence still running."""
+        with self._transaction("expire the silence") as conn:
+            cursor = conn.execute(
+                "UPDATE silences SET ends_at = :now WHERE id = :id AND ends_at > :now",
+                {"now": _ts(now), "id": silence_id},
+            )
+            return cursor.rowcount > 0
+
+    def mark_silenced(self, item_id: int, silence_id: int, now: datetime) -> None:
+        """A silence matched the alert: record it as silenced; it is never sent."""
+        stamp = _ts(now)
+        self._update_item(
+            item_id,
+            "mark the alert silenced",
+            "UPDATE outbox SET status = 'silenced', silence_id = ?, updated_at = ? WHERE id = ?",
+            (silence_id, stamp),
+        )
+
     # --- outbox ------------------------------------------------------------------------------
 
     def due_alerts(self, now: datetime, limit: int = 100) -> list[OutboxItem]:
@@ -537,6 +668,17 @@ class Store:
             "last_error = NULL, updated_at = ? WHERE id = ?",
             (stamp, stamp),
         )
+
+    def mark_sent_many(self, item_ids: Sequence[int], now: datetime) -> None:
+        """One message carried several alerts: mark them all sent in one transaction, so a
+        crash right after the send repeats the message at most once, not half of it."""
+        stamp = _ts(now)
+        with self._transaction("mark the alerts sent") as conn:
+            conn.executemany(
+                "UPDATE outbox SET status = 'sent', attempts = attempts + 1, sent_at = ?, "
+                "last_error = NULL, updated_at = ? WHERE id = ?",
+                [(stamp, stamp, item_id) for item_id in item_ids],
+            )
 
     def mark_failed(
         self, item_id: int, now: datetime, error: str, next_attempt_at: datetime
@@ -640,6 +782,32 @@ class Store:
             except sqlite3.Error as err:
                 raise _store_error(self.path, what, err) from err
 
+    # --- operator queries (read-only, for the CLI) -------------------------------------------
+
+    def list_jobs(
+        self, source: str | None = None, state: str | None = None
+    ) -> list[tuple[str, Job]]:
+        """Tracked jobs as (source, job), by source then job id; None matches any."""
+        rows = self._query_all(
+            "read the jobs",
+            "SELECT source, job_id, state, reject_times, create_time, lastupdate_time, "
+            "voice_name, job_type, batch_name, job_failed_code, job_failed_reason, asset_id, "
+            "extra FROM jobs WHERE (:source IS NULL OR source = :source) "
+            "AND (:state IS NULL OR state = :state) ORDER BY source, job_id",
+            {"source": source, "state": state},
+        )
+        return [(row[0], _row_to_job(row[1:])) for row in rows]
+
+    def jobs_by_state(self) -> dict[str, dict[str, int]]:
+        """source -> state -> how many tracked jobs are in it."""
+        out: dict[str, dict[str, int]] = {}
+        for source, state, count in self._query_all(
+            "read the jobs",
+            "SELECT source, state, count(*) FROM jobs GROUP BY source, state ORDER BY 1, 2",
+        ):
+            out.setdefault(source, {})[state] = count
+        return out
+
 
 # --- opening -------------------------------------------------------------------------------
 
@@ -678,7 +846,20 @@ def _os_hint(err: OSError, parent: str) -> str:
         return f"{err.filename or parent} is a file, not a directory"
     if err.errno == errno.ENOSPC:
         return "disk is full"
+    if err.errno == errno.ENOENT:
+        return (
+            f"cannot create the directory {parent}: a part of the path is missing or the file "
+            "system refuses directories; fix `storage:`"
+        )
     return err.strerror or str(err)
+
+
+def _free_bytes(path: str) -> int | None:
+    try:
+        stat = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return None
+    return stat.f_bavail * stat.f_frsize
 
 
 def _take_lock(path: str) -> int:
@@ -748,8 +929,15 @@ def _store_error(path: str, what: str, err: sqlite3.Error) -> StoreError:
         hint = _permission_hint(path) or f"cannot open the file ({text})"
     elif "locked" in lowered or "busy" in lowered:
         hint = "database is busy: another process holds a write lock"
-    elif "full" in lowered:
-        hint = "disk is full"
+    elif "full" in lowered or code == sqlite3.SQLITE_FULL:
+        hint = "disk is full: free some space (nothing was written)"
+    elif "disk i/o error" in lowered or code == sqlite3.SQLITE_IOERR:
+        # With WAL, a full disk often shows as an I/O error creating the -shm/-wal files.
+        free = _free_bytes(path)
+        if free is not None and free < 1024 * 1024:
+            hint = f"disk is full ({free // 1024} KiB free): free some space (nothing was written)"
+        else:
+            hint = "disk I/O error: check the file system holding the database"
     else:
         hint = text
     return StoreError(f"{path}: cannot {what}: {hint}")
@@ -862,6 +1050,8 @@ def _alert_to_row(alert: Alert) -> tuple[Any, ...]:
         str(alert.body_format),
         created,
         created,  # due as soon as it is queued
+        alert.group_key,
+        json.dumps(dict(alert.labels), sort_keys=True, ensure_ascii=False),
     )
 
 
@@ -877,6 +1067,8 @@ def _row_to_item(row: Sequence[Any]) -> OutboxItem:
         notify_type=NotifyType(row[8]),
         body_format=BodyFormat(row[9]),
         created_at=_dt(row[10]),
+        group_key=row[17] or "",
+        labels=json.loads(row[18] or "{}"),
     )
     return OutboxItem(
         id=row[0],
