@@ -17,7 +17,13 @@ import structlog
 
 from watcher import model
 from watcher.errors import ApiError, AuthError
-from watcher.metastudio.client import MetaStudioClient, RetryPolicy, ScanResult
+from watcher.metastudio.client import (
+    ListingRejected,
+    MetaStudioClient,
+    RetryPolicy,
+    ScanResult,
+    TokenBucket,
+)
 from watcher.simulator.app import create_app
 from watcher.simulator.runner import serve_app
 from watcher.simulator.state import SimulatorState
@@ -278,3 +284,102 @@ async def test_oversized_responses_are_refused(sim: Harness) -> None:
     with pytest.raises(ApiError) as info:
         await sim.client(retry=RetryPolicy(max_response_bytes=2000)).list_all_jobs()
     assert "larger than 2000 bytes" in info.value.message
+
+
+# --- concurrency, rate limit, listings with parameters, lookups ------------------------------
+
+
+def _fast_source(sim: Harness, **fields: Any) -> model.SourceConfig:
+    return model.SourceConfig(
+        name="test",
+        endpoint=sim.base_url,
+        region=None,
+        project_id=PROJECT,
+        ak=model.Credential(model.Secret(AK), "config"),
+        sk=model.Credential(model.Secret(SK), "config"),
+        **{"max_requests_per_second": 10_000.0, **fields},
+    )
+
+
+async def test_token_bucket_spaces_requests_at_the_configured_rate() -> None:
+    now = [0.0]
+
+    async def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    bucket = TokenBucket(5.0, monotonic=lambda: now[0], sleep=sleep)
+    for _ in range(15):
+        await bucket.acquire()
+    # A burst of 5 at once, then one every 0.2 s.
+    assert now[0] == pytest.approx(2.0)
+
+
+async def test_pages_are_fetched_concurrently_but_never_more_than_page_concurrency(
+    sim: Harness,
+) -> None:
+    created = sim.add_jobs(1000)
+    in_flight, peak = [0], [0]
+
+    async def started(*_: Any) -> None:
+        in_flight[0] += 1
+        peak[0] = max(peak[0], in_flight[0])
+
+    async def ended(*_: Any) -> None:
+        in_flight[0] -= 1
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(started)
+    trace.on_request_end.append(ended)
+    async with aiohttp.ClientSession(trace_configs=[trace]) as session:
+        client = MetaStudioClient(session, _fast_source(sim, page_concurrency=3))
+        result = await client.list_all_jobs()
+    assert set(result.jobs) == {j["job_id"] for j in created}
+    assert result.requests == 10
+    assert peak[0] == 3
+
+
+async def test_concurrent_scan_rescans_when_a_job_is_inserted_while_paging(sim: Harness) -> None:
+    sim.add_jobs(450)
+    sim.state.faults.extend([{}, {}, {"kind": "insert_before_page"}])
+    client = MetaStudioClient(sim.session, _fast_source(sim, page_concurrency=4))
+    result = await client.list_all_jobs()
+    assert result.count == len(result.jobs) == 451
+    assert result.requests == 10  # one spoiled pass of 5 pages, one clean pass
+
+
+async def test_first_page_check_rejects_the_listing_before_paging_on(sim: Harness) -> None:
+    sim.add_jobs(250)
+    client = MetaStudioClient(sim.session, _fast_source(sim))
+    with pytest.raises(ListingRejected) as caught:
+        await client.list_jobs([("state", "CREATING")], check=lambda page: "no, thanks")
+    assert (caught.value.reason, caught.value.requests) == ("no, thanks", 1)
+
+
+async def test_update_since_listing_has_the_changed_jobs_and_the_server_time(
+    sim: Harness,
+) -> None:
+    jobs = sim.add_jobs(150)
+    later = BASE + timedelta(hours=1)
+    for job in jobs[10:13]:
+        sim.state.set_state(job["job_id"], model.FAILED, now=later)
+    client = MetaStudioClient(sim.session, _fast_source(sim))
+    result = await client.list_jobs(
+        [("update_since", "2024-12-12T08:30:00Z")], sort_key="update_time"
+    )
+    assert set(result.jobs) == {j["job_id"] for j in jobs[10:13]}
+    assert result.requests == 1
+    assert result.server_time is not None
+    assert abs(result.server_time - datetime.now(UTC)) < timedelta(seconds=5)
+
+
+async def test_get_job_finds_a_job_and_says_none_for_a_404(sim: Harness) -> None:
+    (job,) = sim.add_jobs(1)
+    client = MetaStudioClient(sim.session, _fast_source(sim))
+    found, spent = await client.get_job(job["job_id"])
+    assert found is not None and (found.job_id, found.state, spent) == (
+        job["job_id"],
+        "CREATING",
+        1,
+    )
+    assert "phone" not in found.extra
+    assert await client.get_job("no-such-job") == (None, 1)

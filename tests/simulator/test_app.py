@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 import pytest
 
-from tests.simulator.conftest import PROJECT, Sim, add_jobs
+from tests.simulator.conftest import NOW, PROJECT, Sim, add_jobs
 from watcher import model
 
 
@@ -126,7 +126,8 @@ async def test_control_interface_adds_updates_steps_and_deletes(sim: Sim) -> Non
     async with sim.session.delete(f"{base}/jobs/{job_id}") as r:
         assert r.status == 204
     async with sim.session.get(f"{base}/stats") as r:
-        assert await r.json() == {"requests": 1, "jobs": 0, "faults_pending": 0}
+        stats = await r.json()
+        assert (stats["requests"], stats["jobs"], stats["faults_pending"]) == (1, 0, 0)
 
 
 async def test_html_and_reset_faults(sim: Sim) -> None:
@@ -141,3 +142,64 @@ async def test_html_and_reset_faults(sim: Sim) -> None:
     status, body, _ = await sim.get([])
     assert status == 200
     assert body == {"count": 3}
+
+
+async def test_update_since_is_honoured_and_sorted_by_update_time(sim: Sim) -> None:
+    jobs = add_jobs(sim.state, 5)
+    sim.state.set_state(jobs[3]["job_id"], "FAILED", now=NOW + timedelta(hours=2))
+    sim.state.set_state(jobs[1]["job_id"], "SUCCEED", now=NOW + timedelta(hours=1))
+    status, body, _ = await sim.get(
+        [
+            ("update_since", "2024-12-12T08:30:00Z"),
+            ("sort_key", "update_time"),
+            ("sort_dir", "asc"),
+        ]
+    )
+    assert status == 200
+    assert [j["job_id"] for j in body["jobs"]] == [jobs[1]["job_id"], jobs[3]["job_id"]]
+    assert body["count"] == 2
+    assert sim.state.requests_by_kind == {"list?update_since": 1}
+
+
+async def test_an_older_region_ignores_update_filters_when_told_to(sim: Sim) -> None:
+    jobs = add_jobs(sim.state, 5)
+    base = f"{sim.base_url}/_sim"
+    async with sim.session.post(f"{base}/config", json={"ignore_update_filters": True}) as r:
+        assert (await r.json()) == {"ignore_update_filters": True}
+    query = [("update_since", "2030-01-01T00:00:00Z"), ("sort_key", "update_time")]
+    status, body, _ = await sim.get([*query, ("sort_dir", "asc")])
+    assert status == 200
+    assert body["count"] == 5
+    # The old default order: newest created first.
+    assert [j["job_id"] for j in body["jobs"]] == [j["job_id"] for j in reversed(jobs)]
+    async with sim.session.get(f"{base}/stats") as r:
+        stats = await r.json()
+    assert stats["ignore_update_filters"] is True
+    assert stats["requests_by_kind"] == {"list?update_since": 1}
+
+
+async def test_requests_are_counted_by_kind(sim: Sim) -> None:
+    (job,) = add_jobs(sim.state, 1)
+    await sim.get([("state", "CREATING,WAITING"), ("limit", "100"), ("offset", "0")])
+    await sim.get([("state", "FAILED"), ("create_since", "2024-12-12T08:00:00Z")])
+    await sim.get([], path=f"/v1/{PROJECT}/voice-training-manage/user/jobs/{job['job_id']}")
+    await sim.get([])
+    assert sim.state.requests_by_kind == {
+        "list?state": 1,
+        "list?create_since&state": 1,
+        "show": 1,
+        "list": 1,
+    }
+
+
+async def test_cached_listings_follow_every_change(sim: Sim) -> None:
+    sim.state.cache_listings = True
+    jobs = add_jobs(sim.state, 3)
+    _, body, _ = await sim.get([("state", "CREATING")])
+    assert body["count"] == 3
+    sim.state.set_state(jobs[0]["job_id"], "FAILED", now=NOW)
+    _, body, _ = await sim.get([("state", "CREATING")])
+    assert body["count"] == 2
+    sim.state.remove_job(jobs[1]["job_id"])
+    _, body, _ = await sim.get([("state", "CREATING")])
+    assert body["count"] == 1

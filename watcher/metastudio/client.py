@@ -1,6 +1,7 @@
-"""Reads every voice-training job of one source: signed requests, retries, paging, consistency.
+"""Reads voice-training jobs of one source: signed requests, retries, paging, consistency.
 
-A scan is all-or-nothing: the caller gets a complete `ScanResult` or an `ApiError`, never half.
+A listing is all-or-nothing: the caller gets a complete `ScanResult` or an `ApiError`, never
+half. Pages after the first are fetched concurrently (bounded) under a per-source token bucket.
 """
 
 from __future__ import annotations
@@ -8,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import Awaitable, Callable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -20,7 +22,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from watcher.errors import ApiError, AuthError
-from watcher.metastudio.parse import JobsPage, parse_jobs_page
+from watcher.metastudio.parse import JobsPage, parse_job, parse_jobs_page
 from watcher.metastudio.signer import sign_request
 from watcher.model import Job, SourceConfig
 
@@ -50,11 +52,68 @@ class RetryPolicy:
 
 @dataclass(frozen=True, slots=True)
 class ScanResult:
-    """Every job of one complete, consistent listing; `requests` counts HTTP requests made."""
+    """Every job of one complete, consistent listing; `requests` counts HTTP requests made.
+
+    `server_time` is the API's `Date` when the listing's first page was served (our clock if
+    the API sent none): every change after it is guaranteed to show in a later listing.
+    """
 
     jobs: Mapping[str, Job]
     count: int
     requests: int
+    server_time: datetime | None = None
+
+
+class ListingRejected(Exception):
+    """A listing's first page showed the API ignored a filter we rely on (see `list_jobs`)."""
+
+    def __init__(self, reason: str, requests: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.requests = requests
+
+
+# Looks at a listing's first page; returns why the listing cannot be trusted, or None.
+PageCheck = Callable[[JobsPage], str | None]
+
+
+class TokenBucket:
+    """Client-side rate limit: at most `rate` requests per second, bursts up to `burst`.
+
+    MetaStudio throttles per tenant (APIGW.0308 at roughly 10-20 req/s for list APIs); the
+    watcher keeps well below so that the team's own tools never get throttled because of it.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: float | None = None,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be above 0")
+        self.rate = rate
+        self.burst = max(1.0, burst if burst is not None else rate)
+        self._monotonic = monotonic
+        self._sleep = sleep
+        self._tokens = self.burst
+        self._last = monotonic()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        """Wait until one request may go out; callers are served in arrival order."""
+        async with self._lock:
+            while True:
+                now = self._monotonic()
+                self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+                self._last = now
+                # The epsilon: float rounding must not leave a sliver to wait for forever.
+                if self._tokens >= 1 - 1e-9:
+                    self._tokens = max(0.0, self._tokens - 1)
+                    return
+                await self._sleep((1 - self._tokens) / self.rate)
 
 
 def _utc_now() -> datetime:
@@ -83,6 +142,31 @@ def _parse_retry_after(value: str | None, now: datetime) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - now).total_seconds())
+
+
+def _server_date(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        data: Any = json.loads(body)
+    except (ValueError, RecursionError):
+        raise ApiError("response is not JSON", retryable=True) from None
+    if not isinstance(data, dict):
+        raise ApiError("response JSON is not an object", retryable=True)
+    return data
+
+
+def body_to_job(body: Mapping[str, Any]) -> Job:
+    """ShowVoiceTrainingJob's answer: the TrainingJobInfo fields, at the top level."""
+    return parse_job(body)
 
 
 def _error_fields(body: bytes) -> tuple[str | None, str | None]:
@@ -115,13 +199,16 @@ class _ScanState:
     first_count: int | None = None
     last_count: int = 0
     overlapped: bool = False
+    counts_differ: bool = False
 
 
 @dataclass(slots=True)
 class _Tally:
-    """HTTP requests made by one `list_all_jobs` call (calls may run concurrently)."""
+    """HTTP requests made by one listing call (calls may run concurrently)."""
 
     requests: int = 0
+    # The `Date` of the first response (our clock if absent): see ScanResult.server_time.
+    server_time: datetime | None = None
 
 
 class MetaStudioClient:
@@ -136,6 +223,7 @@ class MetaStudioClient:
         clock: Callable[[], datetime] = _utc_now,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._session = session
         self._source = source
@@ -145,13 +233,35 @@ class MetaStudioClient:
         self._rng = rng or random.Random()
         self._page_size = max(1, min(retry.page_size, MAX_PAGE_SIZE))
         self._path = f"/v1/{source.project_id}/voice-training-manage/user/jobs"
+        self._concurrency = max(1, source.page_concurrency)
+        self.bucket = TokenBucket(source.max_requests_per_second, monotonic=monotonic, sleep=sleep)
+
+    @property
+    def page_size(self) -> int:
+        return self._page_size
 
     async def list_all_jobs(self) -> ScanResult:
         """Every job matching the source's filters, from one scan that saw a stable listing."""
+        return await self.list_jobs()
+
+    async def list_jobs(
+        self,
+        params: Sequence[tuple[str, str]] = (),
+        *,
+        sort_key: str = "create_time",
+        check: PageCheck | None = None,
+    ) -> ScanResult:
+        """Every job matching the source's filters plus `params` (which override a filter of
+        the same name), from one listing that saw a stable result.
+
+        `check` looks at the first page before more are fetched: when it names a reason the
+        listing cannot be trusted (an API ignoring `update_since`), `ListingRejected` is
+        raised at once instead of paging through everything.
+        """
         tally = _Tally()
         problem = ""
         for scan in range(1, MAX_SCANS + 1):
-            state = await self._scan_once(tally)
+            state = await self._scan_once(tally, params, sort_key, check)
             problem = self._inconsistency(state)
             if not problem:
                 log.debug(
@@ -160,8 +270,14 @@ class MetaStudioClient:
                     jobs=len(state.jobs),
                     requests=tally.requests,
                     scans=scan,
+                    params=[k for k, _ in params],
                 )
-                return ScanResult(jobs=state.jobs, count=state.last_count, requests=tally.requests)
+                return ScanResult(
+                    jobs=state.jobs,
+                    count=state.last_count,
+                    requests=tally.requests,
+                    server_time=tally.server_time,
+                )
             log.info("scan_inconsistent", source=self._source.name, scan=scan, problem=problem)
         raise ApiError(
             f"inconsistent listing after {MAX_SCANS} scans ({problem}): jobs changed while "
@@ -169,58 +285,117 @@ class MetaStudioClient:
             retryable=True,
         )
 
+    async def get_job(self, job_id: str) -> tuple[Job | None, int]:
+        """One job by id (ShowVoiceTrainingJob) and the requests it took; None when 404."""
+        tally = _Tally()
+        try:
+            body = await self._fetch(f"{self._path}/{job_id}", [], tally, f"job {job_id}")
+        except ApiError as err:
+            if err.status == 404:
+                return None, tally.requests
+            raise
+        return body_to_job(body), tally.requests
+
     @staticmethod
     def _inconsistency(state: _ScanState) -> str:
         if state.overlapped:
             return "a job appeared on two pages"
-        if state.first_count != state.last_count:
+        if state.counts_differ or state.first_count != state.last_count:
             return f"count changed from {state.first_count} to {state.last_count}"
         if len(state.jobs) != state.last_count:
             return f"saw {len(state.jobs)} distinct jobs but count is {state.last_count}"
         return ""
 
-    async def _scan_once(self, tally: _Tally) -> _ScanState:
-        state = _ScanState(jobs={})
-        offset = 0
-        # Bounds a server that keeps returning full pages forever.
-        max_pages: int | None = None
-        pages = 0
-        while True:
-            page = await self._fetch_page(offset, tally)
-            pages += 1
-            if state.first_count is None:
-                state.first_count = page.count
-                max_pages = page.count // self._page_size + 3
-            state.last_count = page.count
-            for job in page.jobs:
-                if job.job_id in state.jobs:
-                    state.overlapped = True
-                state.jobs[job.job_id] = job
-            offset += len(page.jobs)
-            if len(page.jobs) < self._page_size or offset >= page.count:
-                return state
-            if max_pages is not None and pages >= max_pages:
-                state.overlapped = True
-                return state
+    async def _scan_once(
+        self,
+        tally: _Tally,
+        params: Sequence[tuple[str, str]],
+        sort_key: str,
+        check: PageCheck | None,
+    ) -> _ScanState:
+        """One pass: the first page says `count`, then every other page at once (bounded).
 
-    def _query(self, offset: int) -> list[tuple[str, str]]:
-        reserved = {"offset", "limit", "sort_key", "sort_dir"}
+        Concurrency does not weaken the consistency rules: the listing is sorted oldest
+        first, every page must report the first page's count, and the distinct jobs seen
+        must number exactly `count`, so a job moved, added or removed while paging shows up
+        as a count change, a job on two pages or a gap, and the pass is repeated.
+        """
+        state = _ScanState(jobs={})
+        first = await self._fetch_page(0, tally, params, sort_key)
+        state.first_count = state.last_count = first.count
+        if check is not None and (reason := check(first)):
+            raise ListingRejected(reason, tally.requests)
+        self._absorb(state, first)
+        if len(first.jobs) < self._page_size or len(first.jobs) >= first.count:
+            return state
+        offsets = iter(range(len(first.jobs), first.count, self._page_size))
+        pages: dict[int, JobsPage] = {}
+        short_at: list[int] = []  # an offset whose page came back short: nothing after it
+
+        async def worker() -> None:
+            # Workers share one iterator, so at most `page_concurrency` requests are in flight.
+            for offset in offsets:
+                if short_at and offset > min(short_at):
+                    continue
+                page = await self._fetch_page(offset, tally, params, sort_key)
+                pages[offset] = page
+                if len(page.jobs) < self._page_size:
+                    short_at.append(offset)
+
+        workers = [asyncio.ensure_future(worker()) for _ in range(self._concurrency)]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for task in workers:
+                task.cancel()
+        for offset in sorted(pages):
+            self._absorb(state, pages[offset])
+        return state
+
+    @staticmethod
+    def _absorb(state: _ScanState, page: JobsPage) -> None:
+        if page.count != state.first_count:
+            state.counts_differ = True
+        state.last_count = page.count
+        for job in page.jobs:
+            if job.job_id in state.jobs:
+                state.overlapped = True
+            state.jobs[job.job_id] = job
+
+    def _query(
+        self, offset: int, params: Sequence[tuple[str, str]], sort_key: str
+    ) -> list[tuple[str, str]]:
+        override = {k for k, _ in params}
+        reserved = {"offset", "limit", "sort_key", "sort_dir"} | override
         query = [(k, v) for k, v in self._source.filters if k not in reserved]
+        query += [(k, v) for k, v in params if k not in ("offset", "limit")]
         query += [
             ("limit", str(self._page_size)),
             ("offset", str(offset)),
-            # Oldest first: new jobs land on the last page instead of shifting every offset.
-            ("sort_key", "create_time"),
+            # Oldest first: new (or newly updated) jobs land on the last page instead of
+            # shifting every offset.
+            ("sort_key", sort_key),
             ("sort_dir", "asc"),
         ]
         return query
 
-    async def _fetch_page(self, offset: int, tally: _Tally) -> JobsPage:
-        """One page, retried on transient failures; AuthError at once."""
+    async def _fetch_page(
+        self, offset: int, tally: _Tally, params: Sequence[tuple[str, str]], sort_key: str
+    ) -> JobsPage:
+        page = await self._fetch(
+            self._path, self._query(offset, params, sort_key), tally, f"offset {offset}"
+        )
+        assert isinstance(page, JobsPage)
+        return page
+
+    async def _fetch(
+        self, path: str, query: list[tuple[str, str]], tally: _Tally, what: str
+    ) -> Any:
+        """One request, retried on transient failures; AuthError at once."""
         attempts = max(1, self._retry.attempts)
         for attempt in range(1, attempts + 1):
             try:
-                return await self._request_page(offset, tally)
+                return await self._request(path, query, tally)
             except AuthError:
                 raise
             except ApiError as err:
@@ -239,7 +414,7 @@ class MetaStudioClient:
                 log.info(
                     "api_request_retrying",
                     source=self._source.name,
-                    offset=offset,
+                    what=what,
                     attempt=attempt,
                     delay=round(delay, 3),
                     error=err.message,
@@ -256,11 +431,14 @@ class MetaStudioClient:
         ceiling = min(self._retry.max_backoff, self._retry.initial_backoff * 2 ** (attempt - 1))
         return self._rng.uniform(0, ceiling)
 
-    async def _request_page(self, offset: int, tally: _Tally) -> JobsPage:
-        response, signed_at = await self._get(self._query(offset), tally)
+    async def _request(self, path: str, query: list[tuple[str, str]], tally: _Tally) -> Any:
+        """A list path gives a `JobsPage`, a job path the raw JSON object (see get_job)."""
+        response, signed_at = await self._get(path, query, tally)
         if response.status == 200:
             try:
-                return parse_jobs_page(response.body, response.content_type)
+                if path == self._path:
+                    return parse_jobs_page(response.body, response.content_type)
+                return _json_object(response.body)
             except ApiError as err:
                 request_id = response.headers.get("X-Request-Id")
                 suffix = f" [request {request_id}]" if request_id else ""
@@ -272,14 +450,17 @@ class MetaStudioClient:
                 ) from None
         raise self._status_error(response, signed_at)
 
-    async def _get(self, query: list[tuple[str, str]], tally: _Tally) -> tuple[_Response, datetime]:
+    async def _get(
+        self, path: str, query: list[tuple[str, str]], tally: _Tally
+    ) -> tuple[_Response, datetime]:
         source = self._source
+        await self.bucket.acquire()
         now = self._clock()
         # Signed afresh for every attempt: the gateway rejects dates 15 minutes old.
         signed = sign_request(
             method="GET",
             endpoint=source.endpoint,
-            path=self._path,
+            path=path,
             query=query,
             ak=source.ak.secret.reveal(),
             sk=source.sk.secret.reveal(),
@@ -298,6 +479,8 @@ class MetaStudioClient:
                 allow_redirects=False,
             ) as resp:
                 body = await self._read_capped(resp)
+                if tally.server_time is None:
+                    tally.server_time = _server_date(resp.headers.get("Date")) or now
                 return (
                     _Response(
                         status=resp.status,

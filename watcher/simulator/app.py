@@ -66,8 +66,32 @@ def _int_param(query: Mapping[str, str], name: str, default: int, low: int, high
     return value
 
 
+_UPDATE_PARAMS = ("update_since", "update_until", "sort_key", "sort_dir")
+_PAGING = ("offset", "limit")
+
+
+def request_kind(query: Mapping[str, str]) -> str:
+    """`list` plus the filters used, sorted: `list?create_since&state`, `list?update_since`."""
+    names = sorted(k for k in query if k not in _PAGING and k not in ("sort_key", "sort_dir"))
+    return "list" + ("?" + "&".join(names) if names else "")
+
+
 def select_jobs(state: SimulatorState, query: Mapping[str, str]) -> list[dict[str, Any]]:
     """The jobs matching the documented filters, in the requested order (no paging)."""
+    if state.ignore_update_filters:
+        query = {k: v for k, v in query.items() if k not in _UPDATE_PARAMS}
+    if not state.cache_listings:
+        return _select(state, query)
+    key = tuple(sorted((k, v) for k, v in query.items() if k not in _PAGING))
+    cached = state.listing_cache
+    if cached is not None and cached[0] == state.version and cached[1] == key:
+        return cached[2]
+    jobs = _select(state, query)
+    state.listing_cache = (state.version, key, jobs)
+    return jobs
+
+
+def _select(state: SimulatorState, query: Mapping[str, str]) -> list[dict[str, Any]]:
     jobs = list(state.jobs.values())
     if states := query.get("state"):
         wanted = {s.strip() for s in states.split(",") if s.strip()}
@@ -201,12 +225,14 @@ class SimulatorApi:
 
     async def _list(self, request: web.Request) -> web.Response:
         query = _query_dict(request)
+        self.state.requests_by_kind[request_kind(query)] += 1
         offset = _int_param(query, "offset", 0, 0, _MAX_OFFSET)
         limit = _int_param(query, "limit", 10, 1, 100)
         jobs = select_jobs(self.state, query)
         return web.json_response({"count": len(jobs), "jobs": jobs[offset : offset + limit]})
 
     async def _show(self, request: web.Request) -> web.Response:
+        self.state.requests_by_kind["show"] += 1
         job = self.state.jobs.get(request.match_info["job_id"])
         if job is None:
             raise _ApiFailure(404, "MSS.00000004", "job not found")
@@ -250,8 +276,7 @@ class SimulatorApi:
             raise web.HTTPNotFound(text=f"no job {job_id}")
         new_state = fields.pop("state", None)
         if new_state is None:
-            job = self.state.jobs[job_id]
-            job.update(fields)
+            job = self.state.update_fields(job_id, **fields)
         else:
             job = self.state.set_state(job_id, str(new_state), now=self.clock(), **fields)
         return web.json_response(job)
@@ -270,10 +295,19 @@ class SimulatorApi:
         return web.json_response(
             {
                 "requests": self.state.requests,
+                "requests_by_kind": dict(self.state.requests_by_kind),
                 "jobs": len(self.state.jobs),
                 "faults_pending": len(self.state.faults),
+                "ignore_update_filters": self.state.ignore_update_filters,
             }
         )
+
+    async def sim_config(self, request: web.Request) -> web.Response:
+        """`POST /_sim/config {"ignore_update_filters": true}`: act like an older region."""
+        fields = await _json_object(request)
+        if "ignore_update_filters" in fields:
+            self.state.ignore_update_filters = bool(fields["ignore_update_filters"])
+        return web.json_response({"ignore_update_filters": self.state.ignore_update_filters})
 
     async def sim_faults(self, request: web.Request) -> web.Response:
         try:
@@ -329,4 +363,5 @@ def create_app(
     app.router.add_post("/_sim/step", api.sim_step)
     app.router.add_get("/_sim/stats", api.sim_stats)
     app.router.add_post("/_sim/faults", api.sim_faults)
+    app.router.add_post("/_sim/config", api.sim_config)
     return app

@@ -62,6 +62,20 @@ class SimulatorState:
     # Consumed one per API request, in order: see `watcher.simulator.app` for the kinds.
     faults: list[dict[str, Any]] = field(default_factory=list)
     requests: int = 0
+    # Requests per kind ("show", "list", "list?state", "list?update_since", ...): what a
+    # polling strategy costs, for tests and the benchmark.
+    requests_by_kind: Counter[str] = field(default_factory=Counter)
+    # Emulate a region that predates update_since/update_until/sort_key/sort_dir: accept
+    # and ignore them (the listing is then the plain one, newest created first).
+    ignore_update_filters: bool = False
+    # Memoise sorted listings between changes (large simulations). Only safe when every
+    # change goes through this class's methods, which bump `version`.
+    cache_listings: bool = False
+    version: int = 0
+    # (version, query, jobs) of the last listing, when cache_listings is on.
+    listing_cache: tuple[int, tuple[tuple[str, str], ...], list[dict[str, Any]]] | None = field(
+        default=None, repr=False
+    )
     rng: random.Random = field(init=False)
     _occurrences: dict[str, Counter[str]] = field(default_factory=dict)
     _serial: int = 0
@@ -98,6 +112,7 @@ class SimulatorState:
         }
         job.update(fields)
         self.jobs[job["job_id"]] = job
+        self.version += 1
         self._occurrences[job["job_id"]] = Counter({job["state"]: 1})
         return job
 
@@ -122,9 +137,18 @@ class SimulatorState:
         if state == model.SUCCEED:
             job["asset_id"] = f"asset-{self.rng.getrandbits(48):012x}"
         job.update(fields)
+        self.version += 1
+        return job
+
+    def update_fields(self, job_id: str, **fields: Any) -> dict[str, Any]:
+        """Change fields without a state change (nor a new lastupdate_time unless given)."""
+        job = self.jobs[job_id]
+        job.update(fields)
+        self.version += 1
         return job
 
     def remove_job(self, job_id: str) -> None:
+        self.version += 1
         self.jobs.pop(job_id, None)
         self._occurrences.pop(job_id, None)
 

@@ -1,0 +1,418 @@
+"""Polling cost, full scans against incremental cycles, against the simulator on loopback.
+
+Run by hand (`make bench`); prints a table. Not a test: numbers depend on the machine.
+
+Three kinds of process, so that each measurement is clean: the simulator (its CPU is not
+the daemon's), one daemon per mode and size (its `ru_maxrss` is its own peak), and this
+orchestrator (the pure diff micro-benchmark). Time is virtual: each cycle moves the
+simulator's clock and the daemon's clock 60 s on together, so a cycle is "one poll_interval".
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import platform
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from watcher import model  # noqa: E402
+from watcher.simulator.app import create_app  # noqa: E402
+from watcher.simulator.runner import serve_app  # noqa: E402
+from watcher.simulator.state import SimulatorState, to_ms  # noqa: E402
+
+AK, SK, PROJECT = "BENCHAKBENCHAKBENCH1", "bench-secret-key-0123456789abcdef", "proj-bench"
+ACTIVE = ("CREATING", "SYSTEM_AUDITING", "AUDITING", "WAITING", "PROCESSING", "RESULT_REVIEW")
+CYCLE = 60.0  # virtual seconds between polls
+
+
+# --- the simulator process ------------------------------------------------------------------
+
+
+def _offset_clock(offset: list[float]) -> datetime:
+    return datetime.now(UTC) + timedelta(seconds=offset[0])
+
+
+def populate(state: SimulatorState, n: int, active_fraction: float, now: datetime) -> None:
+    """`n` jobs over two years, `active_fraction` of them in flight."""
+    rng = random.Random(7)
+    active_every = max(1, round(1 / active_fraction))
+    for i in range(n):
+        created = now - timedelta(days=730) + timedelta(seconds=i * 730 * 86400 / n)
+        if i % active_every == 0:
+            state.add_job(now=created, state=rng.choice(ACTIVE), lastupdate_time=to_ms(created))
+        else:
+            state.add_job(now=created, state=rng.choice(("SUCCEED", "SUCCEED", "FAILED")))
+
+
+async def serve_simulator(jobs: int, active_fraction: float) -> None:
+    offset = [0.0]
+    state = SimulatorState(seed=1, cache_listings=True)
+    populate(state, jobs, active_fraction, _offset_clock(offset))
+    app = create_app(state, project_id=PROJECT, ak=AK, sk=SK, clock=lambda: _offset_clock(offset))
+    hook = {"received": 0, "first": 0.0, "last": 0.0}
+    rng = random.Random(11)
+
+    async def churn(request: web.Request) -> web.Response:
+        """Advance the clock, then change `changes` jobs (settling ones are replaced by new
+        active jobs, so the active share stays put) or fail `fail` active jobs at once."""
+        body = await request.json()
+        offset[0] += float(body.get("advance", 0))
+        now = _offset_clock(offset) - timedelta(seconds=1)
+        active = [j for j, job in state.jobs.items() if job["state"] not in model.SETTLED_STATES]
+        changed = 0
+        if fail := int(body.get("fail", 0)):
+            for job_id in active[:fail]:
+                state.set_state(job_id, "FAILED", now=now)
+                changed += 1
+        for job_id in rng.sample(active, k=min(int(body.get("changes", 0)), len(active))):
+            job = state.jobs[job_id]
+            new = state.next_state(job["state"], int(job["reject_times"]))
+            if new is None:
+                continue
+            state.set_state(job_id, new, now=now)
+            changed += 1
+            if new in model.SETTLED_STATES:
+                state.add_job(now=now, state="CREATING")
+                changed += 1
+        return web.json_response({"changed": changed, "offset": offset[0]})
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "offset": offset[0],
+                "requests": state.requests,
+                "by_kind": dict(state.requests_by_kind),
+                "hook": hook,
+                "jobs": len(state.jobs),
+            }
+        )
+
+    async def receive(request: web.Request) -> web.Response:
+        await request.read()
+        hook["received"] += 1
+        hook["last"] = time.time()
+        if hook["received"] == 1:
+            hook["first"] = hook["last"]
+        return web.json_response({})
+
+    app.router.add_post("/_bench/churn", churn)
+    app.router.add_get("/_bench/stats", stats)
+    app.router.add_post("/_bench/hook", receive)
+    runner, url = await serve_app(app)
+    print(url, flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+# --- the daemon process -----------------------------------------------------------------------
+
+CONFIG = """
+sources:
+  - name: bench
+    endpoint: {url}
+    project_id: {project}
+    ak: ${{BENCH_AK}}
+    sk: ${{BENCH_SK}}
+    poll_interval: 60s
+    request_timeout: 30s
+    full_scan_every: {full_scan_every}
+    max_requests_per_second: 100000
+    page_concurrency: 4
+channels:
+  hook: ["json://{hook}/_bench/hook?method=POST"]
+rules:
+  - name: failures
+    on: [FAILED]
+    notify: [hook]
+    group_by: [job_id]  # ungrouped: one message per alert
+storage: {storage}
+delivery:
+  send_timeout: 10s
+"""
+
+
+async def _post(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> Any:
+    async with session.post(url, json=body) as resp:
+        return await resp.json()
+
+
+async def _get(session: aiohttp.ClientSession, url: str) -> Any:
+    async with session.get(url) as resp:
+        return await resp.json()
+
+
+async def run_daemon(url: str, mode: str, cycles: int, changes: int, alerts: int) -> None:
+    from watcher.config import load_config_text
+    from watcher.daemon import Watcher
+    from watcher.model import OutboxStatus
+    from watcher.notify import Notifier, check_url
+    from watcher.store import Store
+
+    out: dict[str, Any] = {"mode": mode}
+    with tempfile.TemporaryDirectory() as tmp:
+        hook = url.removeprefix("http://")
+        text = CONFIG.format(
+            url=url,
+            project=PROJECT,
+            hook=hook,
+            storage=Path(tmp) / "state.db",
+            full_scan_every="0" if mode == "full" else "1h",
+        )
+        config = load_config_text(
+            text, str(Path(tmp) / "c.yaml"), {"BENCH_AK": AK, "BENCH_SK": SK}, check_url
+        )
+        async with aiohttp.ClientSession() as control, aiohttp.ClientSession() as session:
+            offset = [float((await _get(control, f"{url}/_bench/stats"))["offset"])]
+            store = Store.open(config.storage)
+            notifier = Notifier(config.channels, send_timeout=10.0)
+            watcher = Watcher(config, store, notifier, session, clock=lambda: _offset_clock(offset))
+            cpu, wall = time.process_time(), time.perf_counter()
+            first = await watcher.poll("bench")
+            assert first.ok, first.error
+            out["baseline"] = {
+                "requests": first.requests,
+                "cpu": time.process_time() - cpu,
+                "wall": time.perf_counter() - wall,
+                "jobs": first.jobs,
+                "rss_mb": _rss_mb(),
+            }
+            rows = []
+            for _ in range(cycles):
+                churned = await _post(
+                    control, f"{url}/_bench/churn", {"advance": CYCLE, "changes": changes}
+                )
+                offset[0] = churned["offset"]
+                cpu, wall = time.process_time(), time.perf_counter()
+                outcome = await watcher.poll("bench")
+                assert outcome.ok, outcome.error
+                rows.append(
+                    {
+                        "requests": outcome.requests,
+                        "cpu": time.process_time() - cpu,
+                        "wall": time.perf_counter() - wall,
+                        "changed": churned["changed"],
+                        "events": outcome.events,
+                        "mode": outcome.mode,
+                    }
+                )
+            out["cycles"] = rows
+            if alerts:
+                await watcher.deliver()  # whatever the cycles queued goes first
+                before = (await _get(control, f"{url}/_bench/stats"))["hook"]["received"]
+                churned = await _post(
+                    control, f"{url}/_bench/churn", {"advance": CYCLE, "fail": alerts}
+                )
+                offset[0] = churned["offset"]
+                started = time.perf_counter()
+                outcome = await watcher.poll("bench")
+                assert outcome.ok, outcome.error
+                queued = outcome.alerts
+                while time.perf_counter() - started < 120:
+                    await watcher.deliver()
+                    if not store.outbox_counts().get(OutboxStatus.PENDING, 0):
+                        break
+                got = (await _get(control, f"{url}/_bench/stats"))["hook"]["received"]
+                out["alerts"] = {
+                    "queued": queued,
+                    "delivered": got - before,
+                    "seconds": time.perf_counter() - started,
+                }
+            notifier.close()
+            store.close()
+    out["rss_mb"] = _rss_mb()
+    print(json.dumps(out), flush=True)
+
+
+def _rss_mb() -> float:
+    # ru_maxrss is in KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --- the pure diff, in this process -----------------------------------------------------------
+
+
+def bench_diff(n: int) -> tuple[float, float]:
+    """Seconds to diff, and to run the whole engine step over, `n` unchanged jobs (best of 5)."""
+    from watcher.engine.diff import diff
+    from watcher.engine.tracker import Tracking, advance
+
+    now = datetime.now(UTC)
+    jobs = {
+        f"job{i:08d}": model.Job(
+            job_id=f"job{i:08d}",
+            state="SUCCEED" if i % 100 else "PROCESSING",
+            reject_times=1,
+            create_time=now - timedelta(seconds=i),
+            lastupdate_time=now - timedelta(seconds=i),
+            voice_name="Anna",
+            batch_name=f"batch{i % 50}",
+        )
+        for i in range(n)
+    }
+    snapshot = model.Snapshot("bench", now, dict(jobs))
+    best_diff = best_step = math.inf
+    for _ in range(5):
+        started = time.perf_counter()
+        result = diff(jobs, snapshot)
+        best_diff = min(best_diff, time.perf_counter() - started)
+        assert not result.events
+        started = time.perf_counter()
+        advance(jobs, Tracking(), snapshot, ())
+        best_step = min(best_step, time.perf_counter() - started)
+    return best_diff, best_step
+
+
+# --- the orchestrator ------------------------------------------------------------------------
+
+
+@dataclass
+class Simulator:
+    process: subprocess.Popen[str]
+    url: str
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+def start_simulator(jobs: int, active: float) -> Simulator:
+    process = subprocess.Popen(  # noqa: S603 (our own script)
+        [sys.executable, __file__, "--role", "sim", "--jobs", str(jobs), "--active", str(active)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert process.stdout is not None
+    url = process.stdout.readline().strip()
+    if not url.startswith("http"):
+        process.kill()
+        raise SystemExit(f"the simulator did not start (said {url!r})")
+    return Simulator(process, url)
+
+
+def run_mode(url: str, mode: str, cycles: int, changes: int, alerts: int) -> dict[str, Any]:
+    args = [sys.executable, __file__, "--role", "daemon", "--url", url, "--mode", mode]
+    args += ["--cycles", str(cycles), "--changes", str(changes), "--alerts", str(alerts)]
+    done = subprocess.run(  # noqa: S603 (our own script)
+        args,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "WATCHER_LOG_LEVEL": "warning"},
+        check=False,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise SystemExit(f"daemon ({mode}) failed:\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, {platform.system()}"
+
+
+def mean(rows: list[dict[str, Any]], key: str) -> float:
+    return sum(float(r[key]) for r in rows) / len(rows)
+
+
+def orchestrate(sizes: list[int], cycles: int, active: float, change: float) -> None:
+    print(f"machine: {machine()}")
+    print(f"date: {datetime.now(UTC).isoformat(timespec='seconds')}")
+    print(f"{cycles} cycles per mode; {active:.1%} active, {change:.1%} changed per cycle\n")
+    header = (
+        f"{'jobs':>7} {'mode':<14} {'req/cycle':>9} {'wall/cycle':>10} {'cpu/cycle':>9} "
+        f"{'peak RSS':>9} {'baseline scan: req':>18} {'cpu':>6} {'wall':>6}"
+    )
+    print(header)
+    print("-" * len(header))
+    alerts_line = ""
+    for n in sizes:
+        sim = start_simulator(n, active)
+        try:
+            changes = max(1, round(n * change))
+            for mode in ("full", "incremental"):
+                alerts = 1000 if (mode == "incremental" and n == sizes[-1]) else 0
+                result = run_mode(sim.url, mode, cycles, changes, alerts)
+                rows = result["cycles"]
+                base = result["baseline"]
+                modes = sorted({r["mode"] for r in rows})
+                print(
+                    f"{n:>7} {mode + ('' if mode == 'full' else '/' + ','.join(modes)):<14.14} "
+                    f"{mean(rows, 'requests'):>9.1f} {mean(rows, 'wall') * 1000:>8.0f}ms "
+                    f"{mean(rows, 'cpu') * 1000:>7.0f}ms {result['rss_mb']:>7.0f}MB "
+                    f"{base['requests']:>18} {base['cpu']:>5.2f}s {base['wall']:>5.2f}s",
+                    flush=True,
+                )
+                if "alerts" in result:
+                    a = result["alerts"]
+                    alerts_line = (
+                        f"1,000 alerts (webhook, ungrouped): {a['delivered']}/{a['queued']} "
+                        f"delivered end to end in {a['seconds']:.2f}s"
+                    )
+                if mode == "incremental":
+                    changed = mean(rows, "changed")
+                    print(
+                        f"{'':>7} {'':<14} changed/cycle {changed:.0f}: target "
+                        f"<= ceil(changed/100)+1 = {math.ceil(changed / 100) + 1} requests"
+                    )
+        finally:
+            sim.stop()
+    diff_s, step_s = bench_diff(100_000)
+    print(f"\ndiff of 100,000 unchanged jobs: {diff_s * 1000:.1f} ms")
+    print(f"whole engine step (advance) over them: {step_s * 1000:.1f} ms")
+    if alerts_line:
+        print(alerts_line)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--role", choices=("bench", "sim", "daemon"), default="bench")
+    parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--cycles", type=int, default=5)
+    parser.add_argument("--active", type=float, default=0.01)
+    parser.add_argument("--change", type=float, default=0.001)
+    parser.add_argument("--jobs", type=int, default=10000)
+    parser.add_argument("--url", default="")
+    parser.add_argument("--mode", default="full")
+    parser.add_argument("--changes", type=int, default=10)
+    parser.add_argument("--alerts", type=int, default=0)
+    args = parser.parse_args()
+    if args.role == "sim":
+        asyncio.run(serve_simulator(args.jobs, args.active))
+    elif args.role == "daemon":
+        asyncio.run(run_daemon(args.url, args.mode, args.cycles, args.changes, args.alerts))
+    else:
+        sizes = [int(s) for s in args.sizes.split(",")]
+        orchestrate(sizes, args.cycles, args.active, args.change)
+
+
+if __name__ == "__main__":
+    main()

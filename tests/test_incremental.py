@@ -1,0 +1,335 @@
+"""Incremental polling end to end: the daemon's cheap cycles against the simulator on loopback.
+
+Two watchers poll the same simulator on one virtual clock (the simulator's `Date` and the
+signing date both follow it): a reference that scans everything every cycle, and one that
+polls incrementally. They must find the same transitions; the request counts show the cost.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sqlite3
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from watcher.config import load_config_text
+from watcher.daemon import PollOutcome, Watcher
+from watcher.metastudio.client import RetryPolicy
+from watcher.metastudio.incremental import (
+    Miss,
+    find_misses,
+    missing_after_partial_scan,
+    updated_since_check,
+    use_settled_listing,
+)
+from watcher.metastudio.parse import JobsPage
+from watcher.model import SETTLED_STATES, Job
+from watcher.notify import Notifier, check_url
+from watcher.simulator.app import create_app
+from watcher.simulator.runner import serve_app
+from watcher.simulator.state import SimulatorState
+from watcher.store import Store
+
+AK, SK, PROJECT = "INCRAKINCRAKINCRAK01", "incremental-secret-key-0123456789ab", "proj-inc"
+FAST = RetryPolicy(attempts=2, initial_backoff=0.01, max_backoff=0.02, max_retry_after=0.05)
+START = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
+
+CONFIG = """
+sources:
+  - name: prod
+    endpoint: {endpoint}
+    project_id: {project}
+    ak: ${{TEST_AK}}
+    sk: ${{TEST_SK}}
+    poll_interval: 60s
+    request_timeout: 5s
+    full_scan_every: {full_scan_every}
+    max_requests_per_second: 1000
+channels:
+  hook: ["json://127.0.0.1:9/never-called"]
+rules:
+  - name: everything
+    on: ["*"]
+    events: [transition, rejected_again, new, vanished, reappeared, recovered]
+    notify: [hook]
+storage: {storage}
+"""
+
+
+@dataclass
+class Sim:
+    state: SimulatorState
+    endpoint: str
+    session: aiohttp.ClientSession
+    tmp: Path
+    now: list[datetime] = field(default_factory=lambda: [START])
+    _opened: list[tuple[Store, Notifier]] = field(default_factory=list)
+
+    def clock(self) -> datetime:
+        return self.now[0]
+
+    def tick(self, seconds: float = 60) -> datetime:
+        self.now[0] += timedelta(seconds=seconds)
+        return self.now[0]
+
+    def watcher(self, name: str, full_scan_every: str) -> Watcher:
+        text = CONFIG.format(
+            endpoint=self.endpoint,
+            project=PROJECT,
+            full_scan_every=full_scan_every,
+            storage=self.tmp / f"{name}.db",
+        )
+        config = load_config_text(
+            text, str(self.tmp / f"{name}.yaml"), {"TEST_AK": AK, "TEST_SK": SK}, check_url
+        )
+        store = Store.open(config.storage)
+        notifier = Notifier(config.channels, send_timeout=1.0)
+        self._opened.append((store, notifier))
+        return Watcher(
+            config,
+            store,
+            notifier,
+            self.session,
+            clock=self.clock,
+            rng=random.Random(1),
+            retry=FAST,
+        )
+
+    def close(self) -> None:
+        for store, notifier in self._opened:
+            notifier.close()
+            store.close()
+
+
+@pytest.fixture
+async def sim(tmp_path: Path) -> AsyncIterator[Sim]:
+    state = SimulatorState(seed=11)
+    holder: list[Sim] = []
+    app = create_app(state, project_id=PROJECT, ak=AK, sk=SK, clock=lambda: holder[0].clock())
+    runner, endpoint = await serve_app(app)
+    async with aiohttp.ClientSession() as session:
+        s = Sim(state, endpoint, session, tmp_path)
+        holder.append(s)
+        try:
+            yield s
+        finally:
+            s.close()
+    await runner.cleanup()
+
+
+def events(watcher: Watcher) -> list[tuple[str, str | None, str | None, str | None]]:
+    """Every job event the watcher committed, comparable across watchers."""
+    with sqlite3.connect(watcher.config.storage) as conn:
+        rows = conn.execute(
+            "SELECT kind, job_id, previous_state, state FROM events WHERE job_id IS NOT NULL"
+        ).fetchall()
+    return sorted(rows)
+
+
+def populate(sim: Sim, n: int, active_every: int = 10) -> None:
+    """`n` jobs created over the past week; one in `active_every` still in progress."""
+    rng = random.Random(5)
+    for i in range(n):
+        created = START - timedelta(days=7) + timedelta(minutes=i)
+        state = "PROCESSING" if i % active_every == 0 else rng.choice(["SUCCEED", "FAILED"])
+        sim.state.add_job(now=created, state=state)
+
+
+def churn(sim: Sim, rng: random.Random) -> None:
+    """The minute before now: active jobs move on, a job is created and settles before the next
+    poll, sometimes a whole batch settles at once."""
+    now = sim.now[0]
+    active = [j for j, job in sorted(sim.state.jobs.items()) if job["state"] not in SETTLED_STATES]
+    for job_id in rng.sample(active, k=min(3, len(active))):
+        job = sim.state.jobs[job_id]
+        new = sim.state.next_state(job["state"], int(job["reject_times"]))
+        if new is not None:
+            sim.state.set_state(job_id, new, now=now - timedelta(seconds=rng.randrange(1, 50)))
+    fleeting = sim.state.add_job(now=now - timedelta(seconds=40), state="CREATING")
+    sim.state.set_state(fleeting["job_id"], "FAILED", now=now - timedelta(seconds=20))
+    sim.state.add_job(now=now - timedelta(seconds=10), state="AUDITING")
+
+
+async def poll(watcher: Watcher) -> PollOutcome:
+    outcome = await watcher.poll("prod")
+    assert outcome.ok, outcome.error
+    return outcome
+
+
+async def test_changed_since_cycles_find_every_transition_a_full_scan_would(sim: Sim) -> None:
+    populate(sim, 300)
+    full, inc = sim.watcher("full", "0"), sim.watcher("inc", "1h")
+    assert (await poll(full)).mode == (await poll(inc)).mode == "full"
+    rng = random.Random(2)
+    for cycle in range(12):
+        sim.tick()
+        churn(sim, rng)
+        if cycle == 6:
+            # Many jobs settle at once (a whole batch), between two polls.
+            for job_id, job in sorted(sim.state.jobs.items()):
+                if job["state"] not in SETTLED_STATES:
+                    sim.state.set_state(job_id, "SUCCEED", now=sim.now[0])
+        before = sim.state.requests
+        reference = await poll(full)
+        spent_full = sim.state.requests - before
+        outcome = await poll(inc)
+        assert outcome.mode == "changed_since"
+        assert events(inc) == events(full), f"cycle {cycle}"
+        changed = outcome.events
+        assert outcome.requests <= math.ceil(changed / 100) + 1
+        assert outcome.requests < spent_full == reference.requests
+    assert sim.state.requests_by_kind["list?update_since"] == 12
+    assert "show" not in sim.state.requests_by_kind
+
+
+async def test_ignored_update_since_falls_back_to_active_set_polling(sim: Sim) -> None:
+    populate(sim, 300)
+    sim.state.ignore_update_filters = True  # an older region
+    full, inc = sim.watcher("full", "0"), sim.watcher("inc", "1h")
+    await poll(full)
+    await poll(inc)
+    rng = random.Random(3)
+    modes = []
+    for cycle in range(10):
+        sim.tick()
+        churn(sim, rng)
+        if cycle == 4:
+            for job_id, job in sorted(sim.state.jobs.items()):
+                if job["state"] not in SETTLED_STATES:
+                    sim.state.set_state(job_id, "FAILED", now=sim.now[0])
+        await poll(full)
+        outcome = await poll(inc)
+        modes.append(outcome.mode)
+        assert events(inc) == events(full), f"cycle {cycle}"
+    assert modes == ["active_set"] * 10
+    kinds = sim.state.requests_by_kind
+    assert kinds["list?update_since"] == 1  # tried once, found ignored, never again
+    assert kinds["list?state"] >= 10
+    assert kinds["list?create_since"] == 10
+    # The batch that settled at once was resolved by one settled listing, not 30+ lookups.
+    assert kinds["list?create_since&state"] >= 1
+    assert kinds["show"] < 30
+
+
+async def test_settled_job_that_changes_anyway_is_caught_by_the_next_full_scan(sim: Sim) -> None:
+    populate(sim, 50)
+    sim.state.ignore_update_filters = True
+    inc = sim.watcher("inc", "10m")
+    await poll(inc)
+    settled = next(j for j, job in sorted(sim.state.jobs.items()) if job["state"] == "SUCCEED")
+    sim.tick()
+    await poll(inc)  # falls back to active-set polling
+    sim.state.set_state(settled, "FAILED", now=sim.tick(5))  # "settled" was wrong
+    sim.tick(55)
+    outcome = await poll(inc)
+    assert outcome.mode == "active_set"
+    assert outcome.events == 0  # the assumption hides it...
+    sim.tick(600)
+    outcome = await poll(inc)  # ...until the full scan
+    assert (outcome.mode, outcome.events, outcome.misses) == ("full", 1, 1)
+    assert ("transition", settled, "SUCCEED", "FAILED") in events(inc)
+    misses = inc.metrics.registry.get_sample_value(
+        "watcher_incremental_misses_total", {"source": "prod"}
+    )
+    assert misses == 1
+
+
+async def test_incremental_cycles_never_report_a_job_vanished(sim: Sim) -> None:
+    populate(sim, 30, active_every=3)
+    inc = sim.watcher("inc", "5m")
+    await poll(inc)
+    gone = next(j for j, job in sorted(sim.state.jobs.items()) if job["state"] == "PROCESSING")
+    sim.state.remove_job(gone)
+    sim.state.ignore_update_filters = True  # active-set: the job is looked up and 404s
+    kinds: list[str] = []
+    for _ in range(40):
+        sim.tick()
+        outcome = await poll(inc)
+        kinds.append(outcome.mode)
+        vanished = [e for e in events(inc) if e[0] == "vanished"]
+        full_scans_since = kinds.count("full")
+        assert bool(vanished) == (full_scans_since >= 3), kinds
+    assert kinds.count("active_set") > 20
+    # The 404 is remembered until the next full scan: one lookup per full-scan period.
+    assert sim.state.requests_by_kind["show"] <= kinds.count("full") + 1
+
+
+async def test_reappearing_job_clears_its_miss_count(sim: Sim) -> None:
+    populate(sim, 20, active_every=2)
+    inc = sim.watcher("inc", "5m")
+    await poll(inc)
+    job_id = next(j for j, job in sorted(sim.state.jobs.items()) if job["state"] == "SUCCEED")
+    saved: dict[str, Any] = dict(sim.state.jobs[job_id])
+    sim.state.remove_job(job_id)
+    sim.tick(301)
+    assert (await poll(inc)).mode == "full"  # one miss
+    sim.state.jobs[job_id] = {**saved, "state": "FAILED", "lastupdate_time": 0}
+    sim.state.set_state(job_id, "FAILED", now=sim.tick())
+    outcome = await poll(inc)
+    assert outcome.mode == "changed_since"
+    assert (await inc.poll("prod")).ok
+    tracking = inc.store.load_tracking("prod")
+    assert tracking is not None and job_id not in tracking["missing"]
+
+
+# --- the pure parts ----------------------------------------------------------------------------
+
+
+def _job(job_id: str, state: str, updated: datetime, created: datetime | None = None) -> Job:
+    return Job(job_id, state, 1, created or updated, updated)
+
+
+def test_partial_scan_keeps_miss_counts_and_a_sighting_clears_one() -> None:
+    before = {"gone": 2, "vanished": 3, "back": 1}
+    assert missing_after_partial_scan(before, {"back", "other"}) == {"gone": 2, "vanished": 3}
+
+
+def test_only_changes_older_than_the_last_incremental_cycle_are_misses() -> None:
+    t0 = START
+    stored = {"a": _job("a", "SUCCEED", t0), "b": _job("b", "PROCESSING", t0)}
+    scanned = {
+        "a": _job("a", "FAILED", t0 + timedelta(minutes=1)),  # before the cycle: missed
+        "b": _job("b", "SUCCEED", t0 + timedelta(minutes=5)),  # after it: news
+        "c": _job("c", "FAILED", t0 + timedelta(minutes=2)),  # created unseen: missed
+    }
+    covered = t0 + timedelta(minutes=3)
+    assert find_misses(stored, scanned, covered) == [
+        Miss("a", "FAILED", "SUCCEED"),
+        Miss("c", "FAILED", None),
+    ]
+    assert find_misses(stored, scanned, None) == []
+
+
+def test_one_settled_listing_replaces_lookups_only_when_cheaper() -> None:
+    stored = {
+        f"s{i}": _job(f"s{i}", "SUCCEED", START, START + timedelta(minutes=i)) for i in range(500)
+    }
+    recent = [_job(f"d{i}", "PROCESSING", START, START + timedelta(minutes=490)) for i in range(8)]
+    # 10 settled jobs created since the oldest departed one: one page beats 8 lookups.
+    cutoff = use_settled_listing(recent, stored, SETTLED_STATES, 100)
+    assert cutoff == START + timedelta(minutes=490)
+    old = [_job(f"o{i}", "PROCESSING", START, START) for i in range(3)]
+    # 500 settled jobs since: 6 pages lose to 3 lookups.
+    assert use_settled_listing(old, stored, SETTLED_STATES, 100) is None
+    assert use_settled_listing(recent[:1], stored, SETTLED_STATES, 100) is None
+
+
+def test_changed_since_check_needs_evidence_before_calling_the_filter_ignored() -> None:
+    since = START
+    fresh = {f"j{i}": _job(f"j{i}", "CREATING", START + timedelta(seconds=1)) for i in range(150)}
+    page = JobsPage(150, tuple(list(fresh.values())[:100]))
+    # Every job really changed since: a full-size count is no evidence.
+    assert updated_since_check(since, 150, 100, fresh)(page) is None
+    stale = {**fresh, "old": _job("old", "SUCCEED", START - timedelta(days=1))}
+    assert "ignores update_since" in (
+        updated_since_check(since, 151, 100, stale)(JobsPage(151, page.jobs)) or ""
+    )
+    older = JobsPage(151, (stale["old"], *page.jobs[:99]))
+    assert "last updated" in (updated_since_check(since, 151, 100, stale)(older) or "")
