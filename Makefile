@@ -39,3 +39,11 @@ unit: $(VENV)/.installed-test
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+# The long variants of the reliability suite: more kills, cycles and jobs (SOAK=1).
+soak: $(VENV)/.installed-test
+	SOAK=1 $(BIN)/pytest tests/reliability -q -s -p no:cacheprovider
+
+# Polling cost, full scans against incremental cycles (10k and 100k jobs): prints a table.
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/bench_polling.py

@@ -21,7 +21,7 @@ from tests.receivers import SmtpReceiver, WebhookReceiver, json_url, mailto_url
 from watcher.config import load_config_text
 from watcher.daemon import Watcher
 from watcher.metastudio.client import RetryPolicy
-from watcher.model import Config
+from watcher.model import Config, OutboxStatus
 from watcher.notify import Notifier, check_url
 from watcher.simulator.app import create_app
 from watcher.simulator.runner import serve_app
@@ -286,3 +286,39 @@ async def test_alerts_about_one_job_arrive_in_detection_order(world: World) -> N
         await watcher.deliver()
     await world.hook.wait_for(2)
     assert [m["title"].split(":")[0] for m in world.hook.received] == ["AUDIT_FAILED", "SUCCEED"]
+
+
+async def test_a_batch_failing_together_is_one_message(world: World) -> None:
+    jobs = [world.sim.add_job(state="AUDITING", batch_name="spring") for _ in range(25)]
+    watcher = world.watcher()
+    await watcher.once()
+    for job in jobs:
+        world.sim.set_state(job["job_id"], "AUDIT_FAILED")
+    await watcher.once()
+    (message,) = await world.hook.wait_for(1)
+    assert message["title"] == "25 voice job alerts (rule failures, source prod)"
+    assert message["message"].splitlines()[-1] == "+5 more"
+    assert message["type"] == "failure"
+    await watcher.once()
+    assert len(world.hook.received) == 1
+
+
+async def test_silenced_alerts_are_recorded_not_sent(world: World) -> None:
+    loud = world.sim.add_job(state="AUDITING", voice_name="news-bob")
+    quiet = world.sim.add_job(state="AUDITING", voice_name="shop-anna")
+    watcher = world.watcher()
+    await watcher.once()
+    watcher.store.add_silence(
+        [("voice_name", "shop-*")],
+        starts_at=world.now,
+        ends_at=world.now + timedelta(hours=2),
+        comment="re-recording the shop voices",
+        now=world.now,
+    )
+    world.sim.set_state(loud["job_id"], "FAILED")
+    world.sim.set_state(quiet["job_id"], "FAILED")
+    await watcher.once()
+    await world.hook.wait_for(1)
+    await watcher.once()
+    assert titles(world) == [f"FAILED: voice job {loud['job_id']} (news-bob)"]
+    assert watcher.store.outbox_counts()[OutboxStatus.SILENCED] == 2  # hook and mail

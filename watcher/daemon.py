@@ -11,8 +11,8 @@ import contextlib
 import random
 import signal
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
@@ -21,14 +21,24 @@ import structlog
 from watcher.engine.alerts import Routed, route
 from watcher.engine.delivery import after_failure, deliverable
 from watcher.engine.diff import count_by_state
+from watcher.engine.noise import Message, plan, silenced_by
 from watcher.engine.tracker import Tracking, advance, health_step
 from watcher.errors import ApiError, AuthError, StoreError, WatcherError
 from watcher.http import Readiness, readiness, start_http
-from watcher.metastudio.client import MetaStudioClient, RetryPolicy
+from watcher.metastudio.client import ListingRejected, MetaStudioClient, RetryPolicy
+from watcher.metastudio.incremental import (
+    Cursor,
+    IncrementalPoller,
+    find_misses,
+    full_scan_reason,
+    missing_after_partial_scan,
+    overlay,
+)
 from watcher.metrics import Metrics
 from watcher.model import (
     Config,
     Event,
+    Job,
     OutboxItem,
     OutboxStatus,
     Snapshot,
@@ -56,6 +66,10 @@ class PollOutcome:
     jobs: int = 0
     baseline: bool = False
     error: ApiError | None = None
+    requests: int = 0
+    # "full", or the incremental strategy used ("changed_since", "active_set").
+    mode: str = "full"
+    misses: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +88,22 @@ class _SourceState:
     missing: dict[str, int] = field(default_factory=dict)
     last_error: str | None = None
     last_ok: datetime | None = None
+    cursor: Cursor = field(default_factory=Cursor)
+    # The last committed snapshot's jobs, so an incremental cycle need not re-read them.
+    jobs: dict[str, Job] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Listing:
+    """What one cycle fetched: a full scan, or an increment to overlay on the stored jobs."""
+
+    jobs: Mapping[str, Job]
+    requests: int
+    full: bool
+    mode: str
+    server_time: datetime | None = None
+    count: int = 0
+    gone: frozenset[str] = frozenset()  # lookups that answered 404
 
 
 class Watcher:
@@ -108,56 +138,96 @@ class Watcher:
         self._wake_delivery = asyncio.Event()
         self._trackings: dict[str, Tracking] = {}
         self.failure: str | None = None  # why run() stopped by itself, if it did
+        # Noise control memory: recent messages per channel (rate limit), last message per
+        # group (group_interval), and when held-back alerts may go next.
+        self._recent_sends: dict[str, list[datetime]] = {}
+        self._group_sent: dict[tuple[str, str], datetime] = {}
+        self._held_until: datetime | None = None
         self.metrics = metrics or Metrics(process=False)
         self.metrics.add_sources(self._sources)
 
     # --- one cycle --------------------------------------------------------------------
 
     async def poll(self, name: str) -> PollOutcome:
-        """Scan one source completely; commit snapshot, events and alerts in one transaction.
+        """Poll one source; commit snapshot, events and alerts in one transaction.
 
-        A failed or inconsistent scan commits no snapshot, so it can produce no false alert
-        and lose no true one: the next complete scan is compared with the last committed one.
+        A full scan runs at start-up and every `full_scan_every`; in between an incremental
+        cycle fetches only what can have changed and overlays it on the stored jobs, so the
+        engine still diffs a complete snapshot (see `watcher.metastudio.incremental`). A
+        failed or inconsistent listing commits nothing, so it can produce no false alert and
+        lose no true one: the next cycle starts again from the last committed state.
         """
         state = self._sources[name]
         started = time.monotonic()
+        cycle_at = self.clock()
+        previous = self._previous_jobs(state)
         try:
-            scan = await state.client.list_all_jobs()
+            listing = await self._list(state, previous, cycle_at)
         except ApiError as err:
             self._poll_failed(state, err, time.monotonic() - started)
             return PollOutcome(name, False, error=err)
         now = self.clock()
-        snapshot = Snapshot(name, now, scan.jobs)
-        previous = self.store.load_jobs(name)
+        tracking_before = self._tracking(name)
+        if listing.full or previous is None:
+            current: Mapping[str, Job] = listing.jobs
+            changed = None
+        else:
+            current, changed = overlay(previous, listing.jobs)
+        misses = (
+            find_misses(previous, listing.jobs, state.cursor.covered_until)
+            if listing.full and previous is not None
+            else []
+        )
+        snapshot = Snapshot(name, now, current)
         step = advance(
             previous,
-            self._tracking(name),
+            tracking_before,
             snapshot,
             self.config.rules,
             first_run=self.config.first_run,
             vanish_after=self.vanish_after,
             expected_interval=state.config.poll_interval,
         )
+        step_tracking = step.tracking
+        if not listing.full and previous is not None:
+            # Only complete scans may count a job as absent (see missing_after_partial_scan).
+            step_tracking = replace(
+                step_tracking,
+                missing=missing_after_partial_scan(tracking_before.missing, listing.jobs.keys()),
+            )
         health, tracking = health_step(
-            step.tracking, name, ok=True, now=now, unhealthy_after=self._unhealthy_after(state)
+            step_tracking, name, ok=True, now=now, unhealthy_after=self._unhealthy_after(state)
         )
         events = step.events + ((health,) if health is not None else ())
         routed = self._route(events)
+        committed = dict(step.jobs)
         inserted = self.store.commit_cycle(
             name,
-            Snapshot(name, now, step.jobs),
+            Snapshot(name, now, committed),
             events,
             routed.alerts,
             now=now,
             tracking=tracking.to_json(),
+            previous=previous,
         )
         self._trackings[name] = tracking
+        state.jobs = committed
+        self._advance_cursor(state, listing, cycle_at)
         self.store.record_source_poll(name, True, now, None)
         bound = log.bind(source=name)
         if state.last_error is not None:
             bound.info("source_polled_again", previous_error=state.last_error)
         state.last_error = None
         state.last_ok = now
+        for miss in misses:
+            self.metrics.incremental_miss(name)
+            bound.warning(
+                "incremental_miss",
+                job_id=miss.job_id,
+                state=miss.state,
+                previous_state=miss.previous_state,
+                strategy=str(state.cursor.strategy),
+            )
         for event in events:
             self.metrics.event(name, str(event.kind))
             bound.info(
@@ -172,17 +242,81 @@ class Watcher:
         self.metrics.jobs_by_state(name, count_by_state(snapshot.jobs.values()))
         bound.info(
             "poll_finished",
-            jobs=len(scan.jobs),
-            requests=scan.requests,
+            mode=listing.mode,
+            jobs=len(snapshot.jobs),
+            fetched=len(listing.jobs),
+            changed=changed,
+            requests=listing.requests,
             events=len(events),
             alerts=inserted,
             baseline=previous is None,
+            misses=len(misses),
         )
         if inserted:
             self._wake_delivery.set()
         return PollOutcome(
-            name, True, len(events), inserted, len(scan.jobs), baseline=previous is None
+            name,
+            True,
+            len(events),
+            inserted,
+            len(snapshot.jobs),
+            baseline=previous is None,
+            requests=listing.requests,
+            mode=listing.mode,
+            misses=len(misses),
         )
+
+    def _previous_jobs(self, state: _SourceState) -> dict[str, Job] | None:
+        """The last committed jobs: kept from the last cycle, read from the store after a
+        (re)start. The store stays the truth; the copy only saves re-reading it."""
+        if state.jobs is None:
+            state.jobs = self.store.load_jobs(state.config.name)
+        return state.jobs
+
+    async def _list(
+        self, state: _SourceState, previous: Mapping[str, Job] | None, now: datetime
+    ) -> _Listing:
+        """A full scan when one is due (or the cheaper listing proved untrustworthy), else
+        an incremental cycle."""
+        reason = full_scan_reason(
+            state.cursor, state.config, now=now, has_baseline=previous is not None
+        )
+        if reason is None and previous is not None:
+            try:
+                inc = await IncrementalPoller(state.client, state.config, state.cursor).poll(
+                    previous
+                )
+            except ListingRejected as rejected:
+                reason = rejected.reason  # the fallback was logged: scan everything instead
+            else:
+                return _Listing(
+                    inc.jobs,
+                    inc.requests,
+                    full=False,
+                    mode=str(inc.strategy),
+                    server_time=inc.watermark,
+                    gone=inc.gone,
+                )
+        log.debug("full_scan_started", source=state.config.name, reason=reason)
+        scan = await state.client.list_all_jobs()
+        return _Listing(
+            scan.jobs,
+            scan.requests,
+            full=True,
+            mode="full",
+            server_time=scan.server_time,
+            count=scan.count,
+        )
+
+    @staticmethod
+    def _advance_cursor(state: _SourceState, listing: _Listing, cycle_at: datetime) -> None:
+        """After a commit only: a cycle that did not land must be listed again."""
+        cursor = state.cursor
+        server_time = listing.server_time or cycle_at
+        if listing.full:
+            cursor.full_scan_committed(now=cycle_at, server_time=server_time, count=listing.count)
+        else:
+            cursor.increment_committed(server_time, listing.gone)
 
     def _tracking(self, name: str) -> Tracking:
         if name not in self._trackings:
@@ -239,13 +373,45 @@ class Watcher:
             self._wake_delivery.set()
 
     async def deliver(self) -> DeliveryOutcome:
-        """Send every deliverable outbox item; channels in parallel, each channel in order."""
+        """Send what may go now: silences, quiet hours, grouping and rate limits applied.
+
+        Channels are served in parallel, each channel's messages in order. Nothing is
+        dropped: held alerts stay queued and the delivery loop wakes when they may go.
+        """
         now = self.clock()
         pending = self.store.list_outbox([OutboxStatus.PENDING])
-        items = deliverable(pending, now)
-        by_channel: dict[str, list[OutboxItem]] = {}
-        for item in items:
-            by_channel.setdefault(item.alert.channel, []).append(item)
+        silences = self.store.list_silences(active_at=now) if pending else []
+        unsilenced: list[OutboxItem] = []
+        for item in pending:
+            silence = silenced_by(item.alert, silences, now) if silences else None
+            if silence is None:
+                unsilenced.append(item)
+                continue
+            self.store.mark_silenced(item.id, silence.id, now)
+            log.info(
+                "alert_silenced",
+                source=item.alert.source,
+                job_id=item.alert.job_id,
+                channel=item.alert.channel,
+                rule=item.alert.rule,
+                silence=silence.id,
+            )
+        for channel in list(self._recent_sends):
+            self._recent_sends[channel] = [
+                t for t in self._recent_sends[channel] if now - t < timedelta(minutes=1)
+            ]
+        decided = plan(
+            deliverable(unsilenced, now),
+            now,
+            rules={r.name: r for r in self.config.rules},
+            policies=self.config.channel_policies,
+            recent_sends=self._recent_sends,
+            group_sent=self._group_sent,
+        )
+        self._held_until = decided.next_wake
+        by_channel: dict[str, list[Message]] = {}
+        for message in decided.messages:
+            by_channel.setdefault(message.channel, []).append(message)
         results = await asyncio.gather(
             *(self._deliver_channel(batch) for batch in by_channel.values())
         )
@@ -256,41 +422,59 @@ class Watcher:
             sum(r.dead for r in results),
         )
 
-    async def _deliver_channel(self, items: list[OutboxItem]) -> DeliveryOutcome:
+    async def _deliver_channel(self, messages: list[Message]) -> DeliveryOutcome:
         sent = failed = dead = 0
         failed_lanes: set[str] = set()
-        for item in items:
-            alert = item.alert
-            lane = f"{alert.source}|{alert.job_id}"
-            if alert.job_id is not None and lane in failed_lanes:
+        for message in messages:
+            lanes = {f"{i.alert.source}|{i.alert.job_id}" for i in message.items if i.alert.job_id}
+            if lanes & failed_lanes:
                 continue  # keep per-job order: a later alert waits for the earlier one
             result = await self.notifier.send(
-                alert.channel, alert.title, alert.body, alert.notify_type, alert.body_format
+                message.channel,
+                message.title,
+                message.body,
+                message.notify_type,
+                message.body_format,
             )
             now = self.clock()
-            bound = log.bind(
-                source=alert.source, job_id=alert.job_id, channel=alert.channel, rule=alert.rule
-            )
             if result.ok:
-                self.store.mark_sent(item.id, now)
-                self.metrics.alert(alert.channel, "sent")
-                sent += 1
-                bound.info("alert_sent", title=alert.title, attempts=item.attempts + 1)
-                continue
-            failed_lanes.add(lane)
-            decision = after_failure(item, now, self.config.delivery, self.rng)
-            error = result.error or "delivery failed"
-            if decision.dead:
-                self.store.mark_dead(item.id, now, error)
-                self.metrics.alert(alert.channel, "dead")
-                dead += 1
-                bound.error("alert_dead_lettered", error=error, reason=decision.reason)
+                self.store.mark_sent_many([i.id for i in message.items], now)
+                self._recent_sends.setdefault(message.channel, []).append(now)
+                for key in message.group_keys:
+                    self._group_sent[(message.channel, key)] = now
             else:
-                assert decision.retry_at is not None
-                self.store.mark_failed(item.id, now, error, decision.retry_at)
-                self.metrics.alert(alert.channel, "failed")
-                failed += 1
-                bound.warning("alert_send_failed", error=error, reason=decision.reason)
+                failed_lanes |= lanes
+            for item in message.items:
+                alert = item.alert
+                bound = log.bind(
+                    source=alert.source,
+                    job_id=alert.job_id,
+                    channel=alert.channel,
+                    rule=alert.rule,
+                )
+                if result.ok:
+                    self.metrics.alert(alert.channel, "sent")
+                    sent += 1
+                    bound.info(
+                        "alert_sent",
+                        title=alert.title,
+                        attempts=item.attempts + 1,
+                        grouped=len(message.items),
+                    )
+                    continue
+                decision = after_failure(item, now, self.config.delivery, self.rng)
+                error = result.error or "delivery failed"
+                if decision.dead:
+                    self.store.mark_dead(item.id, now, error)
+                    self.metrics.alert(alert.channel, "dead")
+                    dead += 1
+                    bound.error("alert_dead_lettered", error=error, reason=decision.reason)
+                else:
+                    assert decision.retry_at is not None
+                    self.store.mark_failed(item.id, now, error, decision.retry_at)
+                    self.metrics.alert(alert.channel, "failed")
+                    failed += 1
+                    bound.warning("alert_send_failed", error=error, reason=decision.reason)
         return DeliveryOutcome(sent, failed, dead)
 
     async def once(self) -> list[PollOutcome]:
@@ -361,10 +545,12 @@ class Watcher:
 
     def _next_delivery_delay(self) -> float:
         pending = self.store.list_outbox([OutboxStatus.PENDING])
-        if not pending:
+        times = [i.next_attempt_at for i in pending if i.next_attempt_at > self.clock()]
+        if self._held_until is not None:
+            times.append(self._held_until)
+        if not times:
             return 60.0
-        soonest = min(i.next_attempt_at for i in pending)
-        return max(0.2, min(60.0, (soonest - self.clock()).total_seconds()))
+        return max(0.2, min(60.0, (min(times) - self.clock()).total_seconds()))
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

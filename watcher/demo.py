@@ -44,8 +44,15 @@ rules:
   - name: failures
     on: [AUDIT_FAILED, SPLIT_FAILED, FAILED]
     notify: [terminal]
+  - name: recovered
+    events: [recovered]
+    notify: [terminal]
+    continue: false
   - name: done
     on: [SUCCEED]
+    notify: [terminal]
+  - name: batches
+    events: [batch_settled]
     notify: [terminal]
 storage: {storage}
 """

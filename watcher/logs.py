@@ -6,11 +6,12 @@ is masked in every line, whichever logger wrote it: apprise and urllib3 print to
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import sys
 from collections.abc import Iterable, MutableMapping
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import structlog
 
@@ -23,10 +24,21 @@ class Redactor:
     """Replaces each known secret with ****; the set can be updated on config reload."""
 
     def __init__(self) -> None:
+        self._secrets: set[str] = set()
         self._pattern: re.Pattern[str] | None = None
 
     def update(self, secrets: Iterable[str]) -> None:
-        values = sorted({s for s in secrets if len(s) >= _MIN_SECRET_LEN}, key=len, reverse=True)
+        """Mask exactly these secrets from now on (a reload replaces the set)."""
+        self._secrets = {s for s in secrets if len(s) >= _MIN_SECRET_LEN}
+        self._compile()
+
+    def add(self, secrets: Iterable[str]) -> None:
+        """Mask these too (the notifier adds the token-like parts of channel URLs)."""
+        self._secrets |= {s for s in secrets if len(s) >= _MIN_SECRET_LEN}
+        self._compile()
+
+    def _compile(self) -> None:
+        values = sorted(self._secrets, key=len, reverse=True)
         self._pattern = re.compile("|".join(map(re.escape, values))) if values else None
 
     def redact(self, text: str) -> str:
@@ -69,9 +81,22 @@ def _drop_personal_fields(
     return event_dict
 
 
+class _CurrentStderr(io.TextIOBase):
+    """Whatever sys.stderr is at the moment of writing (it may be swapped, as tests do)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 def configure(*, level: str = "info", fmt: str | None = None, stream: TextIO | None = None) -> None:
     """Set up structlog and stdlib logging once per process (and again on reload)."""
-    out = stream or sys.stderr
+    out: TextIO = stream or cast(TextIO, _CurrentStderr())
     if fmt is None:
         fmt = "console" if out.isatty() else "json"
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)

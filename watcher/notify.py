@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
+import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
@@ -19,6 +21,7 @@ import apprise
 import structlog
 
 from watcher.errors import DeliveryError
+from watcher.logs import REDACTOR
 from watcher.model import BodyFormat, NotifyType, Secret
 
 log = structlog.get_logger()
@@ -46,7 +49,64 @@ class SendResult:
 
 
 def check_url(url: str) -> str | None:
-    """None when apprise can use `url`, else a short problem (without the URL's secrets)."""
+    """None when apprise can use `url`, else a short problem (without the URL's secrets).
+
+    apprise logs what it cannot parse, URL included, and this runs while the config is still
+    being read, before the log redactor knows the secrets: its logger is muted meanwhile.
+    """
+    with _apprise_muted():
+        return _check_url(url)
+
+
+@contextlib.contextmanager
+def _apprise_muted() -> Iterator[None]:
+    logger = logging.getLogger("apprise")
+    before = logger.disabled
+    logger.disabled = True
+    try:
+        yield
+    finally:
+        logger.disabled = before
+
+
+def url_secrets(url: str) -> set[str]:
+    """The parts of a channel URL to mask in every log line: credentials and token-like
+    path, host and query parts (apprise prints them in clear at DEBUG)."""
+    split = urlsplit(url.replace("/#", "/%23"))
+    out: set[str] = set()
+    if "@" in split.netloc:
+        userinfo = split.netloc.rpartition("@")[0]
+        out.update(p for p in userinfo.split(":", 1) if p)
+        out.add(userinfo)
+    host = split.netloc.rpartition("@")[2]
+    candidates = [host, *split.path.split("/")]
+    candidates += [v for _, v in parse_qsl(split.query, keep_blank_values=True)]
+    for key, value in parse_qsl(split.query, keep_blank_values=True):
+        if _SECRET_KEY.search(key):
+            out.add(value)
+    out.update(c for c in candidates if _looks_like_token(unquote(c)))
+    out.discard("")
+    return out | {unquote(p) for p in out} | {quote(p, safe="") for p in out}
+
+
+_SECRET_KEY = re.compile(r"token|key|secret|pass|auth|sig", re.IGNORECASE)
+
+
+def _looks_like_token(text: str) -> bool:
+    # Tokens mix letters and digits (T0ABCDEFG, a 24-char Slack secret); host names and
+    # ordinary path words (hooks, metastudio, example.com) do not, or are short.
+    bare = text.split(":")[0]
+    if len(bare) >= 20 and "." not in bare:
+        return True
+    return (
+        len(bare) >= 8
+        and any(c.isdigit() for c in bare)
+        and any(c.isalpha() for c in bare)
+        and "." not in bare
+    )
+
+
+def _check_url(url: str) -> str | None:
     scheme = _scheme(url)
     if scheme is None:
         return "not an apprise URL: expected scheme://…"
@@ -212,6 +272,8 @@ class Notifier:
         asset = _asset()
         for name, secrets in channels.items():
             urls = [secret.reveal() for secret in secrets]
+            # apprise and urllib3 print URLs and token paths at DEBUG: mask their secret parts.
+            REDACTOR.add(part for url in urls for part in url_secrets(url))
             if not urls:
                 raise DeliveryError(f"channel {name!r} has no URLs; give it at least one")
             apprise_obj = apprise.Apprise(asset=asset)

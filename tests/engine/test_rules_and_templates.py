@@ -164,3 +164,14 @@ def test_check_reports_syntax_and_runtime_template_errors() -> None:
     assert "syntax" in problems[0][1]
     assert "nothing" in problems[1][1]
     assert check_rule_templates(rule(title="{{ job.job_id }}"), NOW + timedelta(0)) == []
+
+
+def test_a_template_raising_a_python_error_falls_back_and_is_reported() -> None:
+    r = rule(title="{{ 'n=' + job.reject_times }}", body="{{ 1 / 0 }}")
+    out = render(event(), r)
+    assert out.error is not None
+    assert out.error.startswith("TypeError")
+    assert out.title == "AUDIT_FAILED: voice job j1 (shop-anna)"
+    problems = check_rule_templates(r, NOW)
+    assert [p[0] for p in problems] == ["title", "body"]
+    assert "ZeroDivisionError" in problems[1][1]
