@@ -281,6 +281,7 @@ class Watcher:
         reason = full_scan_reason(
             state.cursor, state.config, now=now, has_baseline=previous is not None
         )
+        state.client.known = previous or {}
         if reason is None and previous is not None:
             try:
                 inc = await IncrementalPoller(state.client, state.config, state.cursor).poll(

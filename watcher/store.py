@@ -454,7 +454,8 @@ class Store:
             changed = list(snapshot.jobs.values())
         else:
             changed = [j for k, j in snapshot.jobs.items() if previous.get(k) != j]
-        job_rows = [(source, *_job_to_row(job)) for job in changed]
+        # A generator: a 100k-job baseline never holds all its rows in memory at once.
+        job_rows = ((source, *_job_to_row(job)) for job in changed)
         with self._transaction(f"save the poll cycle of source {source!r}") as conn:
             if previous is None:
                 stored = {
@@ -492,7 +493,7 @@ class Store:
         log.debug(
             "cycle_committed",
             source=source,
-            jobs=len(job_rows),
+            jobs_written=len(changed),
             events=len(events),
             alerts_queued=queued,
             alerts_duplicate=len(alerts) - queued,

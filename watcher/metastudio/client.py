@@ -232,6 +232,8 @@ class MetaStudioClient:
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._page_size = max(1, min(retry.page_size, MAX_PAGE_SIZE))
+        # The jobs the caller already holds (the last committed snapshot): see _reuse_known.
+        self.known: Mapping[str, Job] = {}
         self._path = f"/v1/{source.project_id}/voice-training-manage/user/jobs"
         self._concurrency = max(1, source.page_concurrency)
         self.bucket = TokenBucket(source.max_requests_per_second, monotonic=monotonic, sleep=sleep)
@@ -424,6 +426,18 @@ class MetaStudioClient:
                 await self._sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _reuse_known(self, page: JobsPage) -> JobsPage:
+        """Swap each parsed job equal to one already held for that object, so a scan of
+        100k unchanged jobs does not hold a second generation of them in memory."""
+        known = self.known
+        if not known:
+            return page
+        jobs = tuple(
+            old if (old := known.get(job.job_id)) is not None and old == job else job
+            for job in page.jobs
+        )
+        return JobsPage(page.count, jobs)
+
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
             return min(retry_after, self._retry.max_retry_after)
@@ -437,7 +451,7 @@ class MetaStudioClient:
         if response.status == 200:
             try:
                 if path == self._path:
-                    return parse_jobs_page(response.body, response.content_type)
+                    return self._reuse_known(parse_jobs_page(response.body, response.content_type))
                 return _json_object(response.body)
             except ApiError as err:
                 request_id = response.headers.get("X-Request-Id")
