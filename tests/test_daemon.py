@@ -322,3 +322,11 @@ async def test_silenced_alerts_are_recorded_not_sent(world: World) -> None:
     await watcher.once()
     assert titles(world) == [f"FAILED: voice job {loud['job_id']} (news-bob)"]
     assert watcher.store.outbox_counts()[OutboxStatus.SILENCED] == 2  # hook and mail
+
+
+async def test_a_new_watcher_remembers_the_last_good_poll(world: World) -> None:
+    # After a reload the new Watcher must not look stale to /readyz before its first poll.
+    first = world.watcher()
+    await first.once()
+    second = world.watcher()
+    assert second.last_ok() == {"prod": world.now}

@@ -8,28 +8,48 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
+import os
+import socket
 import sys
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+import unicodedata
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
 import structlog
 
 from watcher import __version__
-from watcher.config import config_warnings, describe_credentials, load_config
+from watcher.config import (
+    config_warnings,
+    describe_credentials,
+    load_config,
+    parse_duration,
+    parse_listen,
+)
 from watcher.daemon import Watcher, serve, session_timeout
+from watcher.engine.diff import format_duration
+from watcher.engine.noise import SILENCE_FIELDS
 from watcher.engine.rules import match
 from watcher.engine.templates import check_rule_templates, render
-from watcher.errors import ConfigError, WatcherError
+from watcher.errors import ConfigError, StoreError, UsageError, WatcherError
+from watcher.http import readiness
 from watcher.logs import REDACTOR, configure
-from watcher.model import Config, Event, EventKind, Job, OutboxStatus
+from watcher.model import BodyFormat, Config, Event, EventKind, Job, NotifyType, OutboxStatus
 from watcher.notify import Notifier, check_url, mask_url
-from watcher.store import Store
+from watcher.store import HistoryEntry, SourceStatus, Store
 
 EX_OK, EX_FAILURE, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
 DEFAULT_CONFIG = "config.yaml"
+# `health` calls a source stale after this many poll intervals without a successful poll,
+# the same grace the daemon's /readyz gives.
+STALE_AFTER_INTERVALS = 3.0
+HEALTH_HTTP_TIMEOUT = 2.0
+TEST_TITLE = "metastudio-watcher test message — ignore"
 
 log = structlog.get_logger(__name__)
 
@@ -40,37 +60,34 @@ def build_parser() -> argparse.ArgumentParser:
         description="Watch Huawei Cloud MetaStudio voice-training jobs and alert on changes.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
-    )
-    parser.add_argument(
-        "--log-format",
-        choices=["json", "console"],
-        default=None,
-        help="default: console on a terminal, JSON lines otherwise",
-    )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    _global_options(parser, defaults=True)
+    # The same options after the command too (`run -c FILE --log-format json`).
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, defaults=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add_command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[common])
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="YAML config file")
         return p
 
-    with_config(sub.add_parser("run", help="run the daemon until SIGTERM/SIGINT"))
-    with_config(sub.add_parser("once", help="one poll-and-deliver cycle, then exit"))
-    with_config(sub.add_parser("check", help="validate a config without touching the network"))
-    demo = sub.add_parser("demo", help="run against the built-in simulator (no cloud account)")
+    with_config(add_command("run", help="run the daemon until SIGTERM/SIGINT"))
+    with_config(add_command("once", help="one poll-and-deliver cycle, then exit"))
+    with_config(add_command("check", help="validate a config without touching the network"))
+    demo = add_command("demo", help="run against the built-in simulator (no cloud account)")
     demo.add_argument("--jobs", type=int, default=30, help="jobs the simulator starts with")
-    demo.add_argument("--step-every", type=float, default=2.0, help="simulator step, seconds")
+    demo.add_argument("--step-every", type=float, default=4.0, help="simulator step, seconds")
     demo.add_argument("--poll-interval", default="5s", help="daemon poll interval")
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--duration", type=float, default=None, help="stop after N seconds")
-    outbox = with_config(sub.add_parser("outbox", help="list pending and dead alerts"))
+    outbox = with_config(add_command("outbox", help="list pending and dead alerts"))
     outbox.add_argument("action", nargs="?", choices=["list", "retry"], default="list")
     outbox.add_argument("id", nargs="?", type=int, help="with retry: one dead alert's id")
     outbox.add_argument("--all", action="store_true", help="with retry: every dead alert")
     outbox.add_argument("--json", action="store_true")
-    rt = with_config(sub.add_parser("route", help="which rules and channels an event reaches"))
+    rt = with_config(add_command("route", help="which rules and channels an event reaches"))
     rt.add_argument("--state", required=True)
     rt.add_argument("--from", dest="from_state")
     rt.add_argument("--event", default="transition", choices=[k.value for k in EventKind])
@@ -78,7 +95,63 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--voice-name")
     rt.add_argument("--batch-name")
     rt.add_argument("--source", default="sample-source")
+    status = with_config(add_command("status", help="per source: last poll, errors, jobs"))
+    status.add_argument("--json", action="store_true")
+    jobs = with_config(add_command("jobs", help="list the tracked jobs"))
+    jobs.add_argument("--state", help="only jobs in this state (e.g. AUDIT_FAILED)")
+    jobs.add_argument("--source", help="only jobs of this source")
+    jobs.add_argument("--json", action="store_true")
+    history = with_config(add_command("history", help="every event and alert about a job"))
+    history.add_argument("job_id", metavar="JOB_ID")
+    history.add_argument("--source", help="only events of this source")
+    history.add_argument("--json", action="store_true")
+    with_config(
+        add_command(
+            "health",
+            help="exit 0 when every source polled successfully lately (Docker HEALTHCHECK)",
+        )
+    )
+    test_notify = with_config(
+        add_command("test-notify", help="send a test message to every channel (or one)")
+    )
+    test_notify.add_argument("--channel", help="only this channel")
+    silence = with_config(add_command("silence", help="add, list or expire silences"))
+    silence.add_argument("action", nargs="?", choices=["list", "add", "expire"], default="list")
+    silence.add_argument("id", nargs="?", type=int, help="with expire: the silence's id")
+    silence.add_argument(
+        "--match",
+        action="append",
+        metavar="FIELD=VALUE",
+        help="with add (repeatable, all must match; globs allowed): " + ", ".join(SILENCE_FIELDS),
+    )
+    silence.add_argument("--for", dest="duration", default="2h", help="with add: e.g. 2h, 1d")
+    silence.add_argument("--comment", default="", help="with add: why, for the next person")
+    silence.add_argument("--all", action="store_true", help="with list: expired ones too")
+    silence.add_argument("--json", action="store_true")
     return parser
+
+
+def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """Options every command takes; without `defaults` they leave the main parser's alone."""
+
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument(
+        "--log-level", default=default("info"), choices=["debug", "info", "warning", "error"]
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=["json", "console"],
+        default=default(None),
+        help="default: console on a terminal, JSON lines otherwise",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=default(False),
+        help="show tracebacks of unexpected errors",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -122,7 +195,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"{args.config}: ok")
     print(f"  sources: {len(config.sources)}")
     for source in config.sources:
-        print(f"    {source.name}: {source.endpoint} every {source.poll_interval}")
+        print(f"    {source.name}: {source.endpoint} every {_interval(source.poll_interval)}")
     for line in describe_credentials(config):
         print(f"  {line}")
     print(f"  channels: {len(config.channels)}")
@@ -130,6 +203,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"    {name}: {', '.join(mask_url(u.reveal()) for u in urls)}")
     print(f"  rules: {len(config.rules)} ({', '.join(r.name for r in config.rules)})")
     print(f"  storage: {config.storage}")
+    if config.http_listen:
+        print(f"  http: /healthz /readyz /metrics on {config.http_listen}")
     return EX_OK
 
 
@@ -181,12 +256,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     store, notifier = _open_for_daemon(config)
     notifier.close()  # serve() builds its own, and a new one on every reload
 
+    # Every secret any loaded config held stays masked: an old one may still be in flight.
+    secrets = set(config.secrets)
+
     def reload_config(path: str) -> Config:
         new = load_config(path, validate_url=check_url)
+        secrets.update(new.secrets)
+        REDACTOR.update(secrets)
         problems = template_problems(new)
         if problems:
             raise problems[0]
-        REDACTOR.update(config.secrets | new.secrets)
         return new
 
     try:
@@ -223,14 +302,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_outbox(args: argparse.Namespace) -> int:
     config = _load(args)
-    with Store.open(config.storage) as store:
-        if args.action == "retry":
-            if args.id is None and not args.all:
-                print("metastudio-watcher: outbox retry needs an ID or --all", file=sys.stderr)
-                return EX_USAGE
+    if args.action == "retry":
+        if args.id is None and not args.all:
+            print("metastudio-watcher: outbox retry needs an ID or --all", file=sys.stderr)
+            return EX_USAGE
+        with Store.open(config.storage) as store:
             count = store.retry_dead(None if args.all else args.id, datetime.now(UTC))
-            print(f"{count} alert(s) queued again")
-            return EX_OK
+        if count == 0 and args.id is not None:
+            print(f"metastudio-watcher: no dead alert with id {args.id}", file=sys.stderr)
+            return EX_FAILURE
+        # The daemon looks at the outbox at least once a minute, sooner after its next poll.
+        print(f"{count} alert(s) queued again")
+        return EX_OK
+    with _open_reader(config) as store:
         items = store.list_outbox([OutboxStatus.PENDING, OutboxStatus.DEAD])
     rows: list[dict[str, Any]] = [
         {
@@ -248,16 +332,26 @@ def cmd_outbox(args: argparse.Namespace) -> int:
         for i in items
     ]
     if args.json:
-        print(json.dumps(rows, indent=2))
+        _print_json(rows)
         return EX_OK
     if not rows:
         print("outbox empty: nothing pending, nothing dead")
         return EX_OK
-    for row in rows:
-        print(
-            f"{row['id']:>6} {row['status']:<8} {row['channel']:<12} {row['attempts']:>3}x "
-            f"{row['title']}" + (f"  ({row['last_error']})" if row["last_error"] else "")
-        )
+    now = datetime.now(UTC)
+    table = [
+        [
+            str(item.id),
+            str(item.status),
+            item.alert.channel,
+            str(item.attempts),
+            _until(item.next_attempt_at, now) if item.status is OutboxStatus.PENDING else "-",
+            item.alert.title,
+            item.last_error or "",
+        ]
+        for item in items
+    ]
+    headers = ["ID", "STATUS", "CHANNEL", "ATTEMPTS", "NEXT TRY", "TITLE", "LAST ERROR"]
+    _print_table(headers, table)
     return EX_OK
 
 
@@ -297,6 +391,495 @@ def cmd_route(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+# --- operator commands: read the store next to a running daemon ----------------------------
+
+
+def _open_reader(config: Config) -> Store:
+    """The store without the daemon lock, so these commands work while the daemon runs."""
+    if config.storage != ":memory:" and not os.path.exists(config.storage):
+        raise StoreError(
+            f"{config.storage}: no state database yet; the watcher has not run with this "
+            "config (start it, or run `once`)"
+        )
+    return Store.open(config.storage)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config = _load(args)
+    with _open_reader(config) as store:
+        known = {s.name: s for s in store.source_status()}
+        by_state = store.jobs_by_state()
+        counts = store.outbox_counts()
+    now = datetime.now(UTC)
+    intervals = {s.name: s.poll_interval for s in config.sources}
+    # Configured sources in config order, then any the store still remembers.
+    names = [*intervals, *(name for name in known if name not in intervals)]
+    sources = [
+        _source_json(name, known.get(name), intervals.get(name), by_state.get(name, {}))
+        for name in names
+    ]
+    outbox = {str(status): count for status, count in counts.items()}
+    if args.json:
+        _print_json({"sources": sources, "outbox": outbox})
+        return EX_OK
+    table = []
+    for name in names:
+        status = known.get(name)
+        interval = intervals.get(name)
+        states = by_state.get(name, {})
+        table.append(
+            [
+                name,
+                _interval(interval) if interval is not None else "(not in config)",
+                _ago(status.last_poll_at if status else None, now),
+                _ago(status.last_ok_at if status else None, now),
+                str(status.consecutive_failures if status else 0),
+                str(sum(states.values())),
+                ", ".join(f"{state} {n}" for state, n in states.items()) or "-",
+            ]
+        )
+    headers = ["SOURCE", "EVERY", "LAST POLL", "LAST OK", "FAILURES", "JOBS", "BY STATE"]
+    _print_table(headers, table)
+    for name in names:
+        status = known.get(name)
+        if status is not None and status.consecutive_failures and status.last_error:
+            print(
+                f"{_clean(name)}: {status.consecutive_failures} failed poll(s) in a row, "
+                f"last {_ago(status.last_error_at, now)}: {_clean(status.last_error)}"
+            )
+    pending = counts.get(OutboxStatus.PENDING, 0)
+    dead = counts.get(OutboxStatus.DEAD, 0)
+    # Statuses added later (silenced, ...) are shown when there is something in them.
+    others = "".join(
+        f", {count} {status}"
+        for status, count in counts.items()
+        if count and status not in (OutboxStatus.PENDING, OutboxStatus.DEAD, OutboxStatus.SENT)
+    )
+    hint = " (`outbox` lists them)" if pending or dead else ""
+    print(f"outbox: {pending} pending, {dead} dead{others}{hint}")
+    return EX_OK
+
+
+def _source_json(
+    name: str,
+    status: SourceStatus | None,
+    interval: timedelta | None,
+    states: Mapping[str, int],
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "configured": interval is not None,
+        "poll_interval_seconds": interval.total_seconds() if interval is not None else None,
+        "baseline_at": _iso(status.baseline_at if status else None),
+        "last_poll_at": _iso(status.last_poll_at if status else None),
+        "last_ok_at": _iso(status.last_ok_at if status else None),
+        "last_error_at": _iso(status.last_error_at if status else None),
+        "last_error": status.last_error if status else None,
+        "consecutive_failures": status.consecutive_failures if status else 0,
+        "jobs": sum(states.values()),
+        "jobs_by_state": dict(states),
+    }
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    config = _load(args)
+    with _open_reader(config) as store:
+        jobs = store.list_jobs(args.source, args.state)
+    rows = [
+        {
+            "source": source,
+            "job_id": job.job_id,
+            "state": job.state,
+            "reject_times": job.reject_times,
+            "voice_name": job.voice_name,
+            "job_type": job.job_type,
+            "batch_name": job.batch_name,
+            "lastupdate_time": _iso(job.lastupdate_time),
+            "job_failed_code": job.job_failed_code,
+            "job_failed_reason": job.job_failed_reason,
+        }
+        for source, job in jobs
+    ]
+    if args.json:
+        _print_json(rows)
+        return EX_OK
+    if not rows:
+        wanted = [
+            f"state {args.state}" if args.state else "",
+            f"source {args.source}" if args.source else "",
+        ]
+        where = " and ".join(w for w in wanted if w)
+        print("no tracked jobs" + (f" with {where}" if where else ""))
+        return EX_OK
+    table = [
+        [
+            source,
+            job.job_id,
+            job.state,
+            _text(job.reject_times),
+            _text(job.voice_name),
+            _text(job.job_type),
+            _text(job.batch_name),
+            _minutes(job.lastupdate_time),
+        ]
+        for source, job in jobs
+    ]
+    headers = ["SOURCE", "JOB_ID", "STATE", "REJECTS", "VOICE", "TYPE", "BATCH", "UPDATED (UTC)"]
+    _print_table(headers, table)
+    print(f"{len(rows)} job(s)")
+    return EX_OK
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    config = _load(args)
+    with _open_reader(config) as store:
+        entries = store.job_history(args.job_id, args.source)
+        tracked = [] if entries else store.list_jobs(args.source)
+    if args.json:
+        _print_json([_history_json(entry) for entry in entries])
+    if not entries:
+        current = [(source, job) for source, job in tracked if job.job_id == args.job_id]
+        if not current:
+            if not args.json:
+                print(
+                    f"metastudio-watcher: no events recorded for job {_clean(args.job_id)}, "
+                    "and it is not tracked; `jobs` lists the tracked ones",
+                    file=sys.stderr,
+                )
+            return EX_FAILURE
+        if not args.json:
+            for source, job in current:
+                print(
+                    f"job {_clean(job.job_id)} ({_clean(source)}): in {_clean(job.state)} since "
+                    "the baseline or earlier; no events recorded"
+                )
+        return EX_OK
+    if args.json:
+        return EX_OK
+    for entry in entries:
+        change = (
+            f"{entry.previous_state} → {entry.state}"
+            if entry.previous_state is not None
+            else (entry.state or "")
+        )
+        print(
+            f"{_minutes(entry.detected_at)}  {_clean(entry.source)}  {entry.kind}  "
+            f"{_clean(change)}".rstrip()
+        )
+        print(f"    reason: {_clean(entry.reason)}")
+        if entry.note:
+            print(f"    note: {_clean(entry.note)}")
+        if not entry.alerts:
+            print("    no alerts: no rule matched")
+        for alert in entry.alerts:
+            plural = "" if alert.attempts == 1 else "s"
+            line = (
+                f"    {alert.rule} → {alert.channel}: {alert.status}, "
+                f"{alert.attempts} attempt{plural}"
+            )
+            if alert.sent_at is not None:
+                line += f", sent {_minutes(alert.sent_at)}"
+            if alert.last_error:
+                line += f", last error: {_clean(alert.last_error)}"
+            print(line)
+    return EX_OK
+
+
+def _history_json(entry: HistoryEntry) -> dict[str, Any]:
+    return {
+        "detected_at": _iso(entry.detected_at),
+        "source": entry.source,
+        "job_id": entry.job_id,
+        "kind": entry.kind,
+        "previous_state": entry.previous_state,
+        "state": entry.state,
+        "reason": entry.reason,
+        "note": entry.note,
+        "details": dict(entry.details),
+        "alerts": [
+            {
+                "rule": a.rule,
+                "channel": a.channel,
+                "status": str(a.status),
+                "attempts": a.attempts,
+                "sent_at": _iso(a.sent_at),
+                "last_error": a.last_error,
+            }
+            for a in entry.alerts
+        ],
+    }
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """Healthy when every configured source polled successfully within 3 of its intervals.
+
+    Asks the daemon's /readyz when it serves one (its answer is the same rule, from memory);
+    otherwise, or when it does not answer, reads the store, without the daemon's lock.
+    """
+    config = _load(args)
+    if config.http_listen:
+        verdict = _health_over_http(config.http_listen)
+        if verdict is not None:
+            return _report_health(*verdict)
+    return _report_health(*_health_from_store(config))
+
+
+def _report_health(ok: bool, line: str) -> int:
+    if ok:
+        print(line)
+        return EX_OK
+    print(f"metastudio-watcher: {line}", file=sys.stderr)
+    return EX_FAILURE
+
+
+def _health_over_http(listen: str) -> tuple[bool, str] | None:
+    """The daemon's own readiness, or None when it cannot be asked (then the store decides)."""
+    try:
+        host, port = parse_listen(listen)
+    except ValueError:
+        return None
+    if port == 0:
+        return None  # a kernel-chosen port cannot be known from here
+    if host in ("", "0.0.0.0"):  # noqa: S104 - a wildcard bind is reached on loopback
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/readyz"
+    # No proxies: an http_proxy variable must not send a loopback probe elsewhere.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=HEALTH_HTTP_TIMEOUT) as response:
+            if response.status == 200:
+                return True, f"ok: every source polled successfully lately (daemon at {url})"
+            return None
+    except urllib.error.HTTPError as err:
+        with err:
+            if err.code != 503:
+                return None
+            try:
+                stale = json.loads(err.read()).get("stale", [])
+            except (ValueError, AttributeError, OSError):
+                return None
+        names = ", ".join(_clean(str(name)) for name in stale) or "unknown"
+        return False, f"unhealthy: no successful poll lately from: {names} (daemon at {url})"
+    except (OSError, http.client.HTTPException):  # refused, timed out, not HTTP at all
+        return None
+
+
+def _health_from_store(config: Config) -> tuple[bool, str]:
+    now = datetime.now(UTC)
+    last_ok: dict[str, datetime | None] = {}
+    if config.storage == ":memory:" or os.path.exists(config.storage):
+        with Store.open(config.storage) as store:
+            last_ok = {s.name: s.last_ok_at for s in store.source_status()}
+    intervals = {s.name: s.poll_interval for s in config.sources}
+    verdict = readiness(last_ok, intervals, now, factor=STALE_AFTER_INTERVALS)
+    if verdict.ready:
+        return True, f"ok: {len(intervals)} source(s) polled successfully lately"
+    parts = []
+    for name in verdict.stale:
+        when = last_ok.get(name)
+        limit = _interval(intervals[name] * STALE_AFTER_INTERVALS)
+        if when is None:
+            parts.append(f"{name} (never polled successfully)")
+        else:
+            parts.append(f"{name} (last ok {_ago(when, now)}, limit {limit})")
+    return False, f"unhealthy: stale source(s): {', '.join(parts)}"
+
+
+def cmd_test_notify(args: argparse.Namespace) -> int:
+    config = _load(args)
+    names = list(config.channels)
+    if args.channel is not None:
+        if args.channel not in config.channels:
+            print(
+                f"metastudio-watcher: no channel {args.channel!r} in {args.config} "
+                f"(channels: {', '.join(names) or 'none'})",
+                file=sys.stderr,
+            )
+            return EX_USAGE
+        names = [args.channel]
+    if not names:
+        print(f"metastudio-watcher: {args.config} defines no channels", file=sys.stderr)
+        return EX_FAILURE
+    notifier = Notifier(
+        {name: config.channels[name] for name in names},
+        send_timeout=config.delivery.send_timeout.total_seconds(),
+    )
+    body = (
+        f"A test message from metastudio-watcher on {socket.gethostname()} "
+        f"(config {os.path.abspath(args.config)}). Nothing happened; no action needed."
+    )
+
+    async def send_all() -> list[tuple[str, bool, str | None]]:
+        results = await asyncio.gather(
+            *(notifier.send(n, TEST_TITLE, body, NotifyType.INFO, BodyFormat.TEXT) for n in names)
+        )
+        return [(n, r.ok, r.error) for n, r in zip(names, results, strict=True)]
+
+    try:
+        outcomes = asyncio.run(send_all())
+        masked = {name: ", ".join(notifier.masked_urls(name)) for name in names}
+    finally:
+        notifier.close()
+    failed = 0
+    for name, ok, error in outcomes:
+        if ok:
+            print(f"ok      {name}: {masked[name]}")
+        else:
+            failed += 1
+            print(f"FAILED  {name}: {masked[name]}: {REDACTOR.redact(error or 'delivery failed')}")
+    if failed:
+        print(f"metastudio-watcher: {failed} of {len(names)} channel(s) failed", file=sys.stderr)
+        return EX_FAILURE
+    return EX_OK
+
+
+# --- output helpers ------------------------------------------------------------------------
+
+
+def _interval(delta: timedelta) -> str:
+    """`1m`, `90s`: short, and exact (format_duration rounds 90s down to 1m)."""
+    text = format_duration(delta)
+    try:
+        if parse_duration(text) == delta:
+            return text
+    except ValueError:
+        pass
+    seconds = delta.total_seconds()
+    return f"{seconds:g}s"
+
+
+def _iso(when: datetime | None) -> str | None:
+    return None if when is None else when.astimezone(UTC).isoformat()
+
+
+def _minutes(when: datetime | None) -> str:
+    return "-" if when is None else when.astimezone(UTC).strftime("%Y-%m-%d %H:%MZ")
+
+
+def _ago(when: datetime | None, now: datetime) -> str:
+    if when is None:
+        return "never"
+    delta = now - when
+    if delta < timedelta(seconds=1):
+        return "just now"
+    return f"{format_duration(delta)} ago"
+
+
+def _until(when: datetime, now: datetime) -> str:
+    delta = when - now
+    return "now" if delta < timedelta(seconds=1) else f"in {format_duration(delta)}"
+
+
+def _text(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def _clean(text: str) -> str:
+    """API and store text for a terminal: no control characters (no escapes, no line breaks)."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def _width(text: str) -> int:
+    """Terminal columns `text` takes: CJK voice names are two columns per character."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def _print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    cleaned = [[_clean(cell) for cell in row] for row in [headers, *rows]]
+    widths = [max(_width(row[i]) for row in cleaned) for i in range(len(headers))]
+    for row in cleaned:
+        cells = [
+            cell + " " * (width - _width(cell)) for cell, width in zip(row, widths, strict=True)
+        ]
+        print("  ".join(cells).rstrip())
+
+
+def _print_json(value: object) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+# --- silences ------------------------------------------------------------------------------
+
+
+def cmd_silence(args: argparse.Namespace) -> int:
+    config = _load(args)
+    now = datetime.now(UTC)
+    if args.action == "add":
+        matchers = [_matcher(text) for text in args.match or []]
+        if not matchers:
+            print("metastudio-watcher: silence add needs --match FIELD=VALUE", file=sys.stderr)
+            return EX_USAGE
+        try:
+            length = parse_duration(args.duration)
+        except ValueError as err:
+            print(f"metastudio-watcher: --for: {err}", file=sys.stderr)
+            return EX_USAGE
+        # Adding creates the state file if needed: a silence set up before the first run counts.
+        with Store.open(config.storage) as store:
+            silence = store.add_silence(
+                matchers, starts_at=now, ends_at=now + length, comment=args.comment, now=now
+            )
+        print(f"silence {silence.id} added until {silence.ends_at:%Y-%m-%d %H:%M} UTC")
+        return EX_OK
+    if args.action == "expire":
+        if args.id is None:
+            print("metastudio-watcher: silence expire needs an ID", file=sys.stderr)
+            return EX_USAGE
+        with Store.open(config.storage) as store:
+            expired = store.expire_silence(args.id, now)
+        if not expired:
+            print(f"metastudio-watcher: no active silence with id {args.id}", file=sys.stderr)
+            return EX_FAILURE
+        print(f"silence {args.id} expired")
+        return EX_OK
+    with _open_reader(config) as store:
+        silences = store.list_silences(active_at=None if args.all else now)
+    rows: list[dict[str, Any]] = [
+        {
+            "id": s.id,
+            "matchers": [f"{k}={v}" for k, v in s.matchers],
+            "starts_at": s.starts_at.isoformat(),
+            "ends_at": s.ends_at.isoformat(),
+            "active": s.starts_at <= now < s.ends_at,
+            "comment": s.comment,
+        }
+        for s in silences
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return EX_OK
+    if not rows:
+        print("no silences" + ("" if args.all else " active (--all shows expired ones)"))
+        return EX_OK
+    _print_table(
+        ["ID", "MATCHERS", "ENDS (UTC)", "ACTIVE", "COMMENT"],
+        [
+            [
+                str(r["id"]),
+                " ".join(r["matchers"]),
+                str(r["ends_at"])[:16].replace("T", " "),
+                "yes" if r["active"] else "no",
+                str(r["comment"]),
+            ]
+            for r in rows
+        ],
+    )
+    return EX_OK
+
+
+def _matcher(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name or not value:
+        raise UsageError(f"--match expects FIELD=VALUE (got {text!r})")
+    if name not in SILENCE_FIELDS:
+        raise UsageError(
+            f"--match: unknown field {name!r}; expected one of: {', '.join(SILENCE_FIELDS)}"
+        )
+    return name, value
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "check": cmd_check,
     "once": cmd_once,
@@ -304,4 +887,10 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": cmd_demo,
     "outbox": cmd_outbox,
     "route": cmd_route,
+    "status": cmd_status,
+    "silence": cmd_silence,
+    "jobs": cmd_jobs,
+    "history": cmd_history,
+    "health": cmd_health,
+    "test-notify": cmd_test_notify,
 }

@@ -135,6 +135,11 @@ class Watcher:
             )
             for s in config.sources
         }
+        # What the store knows of each source's last good poll: a reloaded (new) Watcher
+        # must not look stale to /readyz until its own first poll succeeds.
+        for status in store.source_status():
+            if status.name in self._sources:
+                self._sources[status.name].last_ok = status.last_ok_at
         self._wake_delivery = asyncio.Event()
         self._trackings: dict[str, Tracking] = {}
         self.failure: str | None = None  # why run() stopped by itself, if it did
@@ -550,7 +555,8 @@ class Watcher:
         if self._held_until is not None:
             times.append(self._held_until)
         if not times:
-            return 60.0
+            # Idle: look again soon, so alerts requeued by `outbox retry` go out promptly.
+            return 5.0
         return max(0.2, min(60.0, (min(times) - self.clock()).total_seconds()))
 
 

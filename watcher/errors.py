@@ -75,3 +75,9 @@ class StoreError(WatcherError):
 
 class DeliveryError(WatcherError):
     """A notification channel is misconfigured or could not be reached."""
+
+
+class UsageError(WatcherError):
+    """A command was called with arguments it cannot use. Exit 2, like argparse."""
+
+    exit_code = 2

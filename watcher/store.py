@@ -371,7 +371,10 @@ class Store:
                     conn.execute(statement)
                 # PRAGMA takes no parameters; the value is our own integer.
                 conn.execute(f"PRAGMA user_version = {version + 1}")
-            log.info("store_migrated", path=self.path, schema_version=version + 1)
+            # A new file goes through every step: only an upgrade is news.
+            (log.info if found else log.debug)(
+                "store_migrated", path=self.path, schema_version=version + 1
+            )
 
     # --- jobs --------------------------------------------------------------------------------
 

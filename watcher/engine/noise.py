@@ -66,6 +66,10 @@ def labels_for(event: Event) -> dict[str, str]:
     return out
 
 
+# What `silence add --match` accepts: the labels plus the alert's rule and channel.
+SILENCE_FIELDS = (*LABEL_FIELDS, "rule", "channel")
+
+
 def silenced_by(alert: Alert, silences: Sequence[Silence], now: datetime) -> Silence | None:
     """The first active silence every matcher of which matches the alert, if any."""
     values = {**alert.labels, "rule": alert.rule, "channel": alert.channel}
