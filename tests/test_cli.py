@@ -675,3 +675,36 @@ def test_silence_add_rejects_an_unknown_field_with_exit_2(
     code, _, err = cli(capsys, "silence", "add", "-c", servers.config(), "--match", "phone=1")
     assert code == 2
     assert our_lines(err)[0].startswith("metastudio-watcher: --match: unknown field 'phone'")
+
+
+# --- the shipped example -------------------------------------------------------------------
+
+
+def test_the_example_config_passes_check_with_every_rule_form(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    example = Path(__file__).resolve().parent.parent / "config.example.yaml"
+    text = example.read_text()
+    for form in (
+        "on:",
+        "from:",
+        "events:",
+        "where:",
+        "title:",
+        "body:",
+        "format:",
+        "continue:",
+        "for:",
+        "repeat:",
+        "urgent:",
+        "group_by:",
+        "quiet_hours:",
+    ):
+        assert form in text, form
+    # Storage relative to the config: keep the example's state file out of the repo.
+    copy = tmp_path / "config.yaml"
+    copy.write_text(text)
+    copy.chmod(0o600)
+    code, out, err = cli(capsys, "check", "-c", str(copy))
+    assert code == EX_OK, err
+    assert "rules: 7 (review-failed, failures, batch-done, recovered, watcher-blind" in out
