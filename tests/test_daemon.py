@@ -330,3 +330,24 @@ async def test_a_new_watcher_remembers_the_last_good_poll(world: World) -> None:
     await first.once()
     second = world.watcher()
     assert second.last_ok() == {"prod": world.now}
+
+
+async def test_unknown_states_and_fields_pass_through_and_are_logged_once(world: World) -> None:
+    from structlog.testing import capture_logs
+
+    job = world.sim.add_job(state="AUDITING", brand_new_field={"x": 1})
+    watcher = world.watcher()
+    with capture_logs() as logs:
+        await watcher.once()
+        world.sim.set_state(job["job_id"], "QUANTUM_REVIEW")
+        await watcher.once()
+        await watcher.once()
+    seen = [(e["event"], e.get("state") or e.get("field")) for e in logs if "seen" in e["event"]]
+    assert seen == [
+        ("unknown_field_seen", "brand_new_field"),
+        ("unknown_state_seen", "QUANTUM_REVIEW"),
+    ]
+    stored = watcher.store.load_jobs("prod")
+    assert stored is not None
+    assert stored[job["job_id"]].state == "QUANTUM_REVIEW"
+    assert stored[job["job_id"]].extra["brand_new_field"] == {"x": 1}

@@ -11,7 +11,7 @@ import contextlib
 import random
 import signal
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
@@ -34,6 +34,7 @@ from watcher.metastudio.incremental import (
     missing_after_partial_scan,
     overlay,
 )
+from watcher.metastudio.parse import novelties
 from watcher.metrics import Metrics
 from watcher.model import (
     Config,
@@ -142,6 +143,7 @@ class Watcher:
                 self._sources[status.name].last_ok = status.last_ok_at
         self._wake_delivery = asyncio.Event()
         self._trackings: dict[str, Tracking] = {}
+        self._seen_novelties: set[str] = set()
         self.failure: str | None = None  # why run() stopped by itself, if it did
         # Noise control memory: recent messages per channel (rate limit), last message per
         # group (group_interval), and when held-back alerts may go next.
@@ -172,6 +174,7 @@ class Watcher:
             self._poll_failed(state, err, time.monotonic() - started)
             return PollOutcome(name, False, error=err)
         now = self.clock()
+        self._note_novelties(name, listing.jobs.values())
         tracking_before = self._tracking(name)
         if listing.full or previous is None:
             current: Mapping[str, Job] = listing.jobs
@@ -323,6 +326,18 @@ class Watcher:
             cursor.full_scan_committed(now=cycle_at, server_time=server_time, count=listing.count)
         else:
             cursor.increment_committed(server_time, listing.gone)
+
+    def _note_novelties(self, source: str, jobs: Iterable[Job]) -> None:
+        """Unknown states and fields pass through untouched; say so once per new value."""
+        for job in jobs:
+            state, fields = novelties(job)
+            if state is not None and state not in self._seen_novelties:
+                self._seen_novelties.add(state)
+                log.warning("unknown_state_seen", source=source, job_id=job.job_id, state=state)
+            for name in fields:
+                if name not in self._seen_novelties:
+                    self._seen_novelties.add(name)
+                    log.info("unknown_field_seen", source=source, job_id=job.job_id, field=name)
 
     def _tracking(self, name: str) -> Tracking:
         if name not in self._trackings:

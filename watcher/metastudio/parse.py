@@ -14,7 +14,7 @@ from sys import intern
 from typing import Any
 
 from watcher.errors import ApiError
-from watcher.model import DROPPED_JOB_FIELDS, Job
+from watcher.model import DROPPED_JOB_FIELDS, KNOWN_STATES, Job
 
 # Above this a timestamp is in milliseconds: 10**11 s is the year 5138, 10**11 ms is 1973.
 _MS_THRESHOLD = 10**11
@@ -28,6 +28,19 @@ _STR_FIELDS = (
 )
 _TIME_FIELDS = ("create_time", "lastupdate_time")
 _TYPED_FIELDS = frozenset({"job_id", "state", "reject_times", *_STR_FIELDS, *_TIME_FIELDS})
+# Every TrainingJobInfo field the API page and the SDK 3.1.219 model document; anything
+# else is new, kept as it is, and worth one log line.
+DOCUMENTED_FIELDS = _TYPED_FIELDS | {
+    "app_user_id", "sex", "language", "voice_authorization_url", "create_type", "tag",
+    "phone", "dhtms_job_id", "allocated_resource", "output_language",
+    "training_input_source_url", "is_remake", "assess_result", "is_ondemand_resource",
+}  # fmt: skip
+
+
+def novelties(job: Job) -> tuple[str | None, tuple[str, ...]]:
+    """The job's state if no documented one, and the names of undocumented fields it has."""
+    state = job.state if job.state not in KNOWN_STATES else None
+    return state, tuple(sorted(k for k in job.extra if k not in DOCUMENTED_FIELDS))
 
 
 @dataclass(frozen=True, slots=True)
