@@ -351,3 +351,22 @@ async def test_unknown_states_and_fields_pass_through_and_are_logged_once(world:
     assert stored is not None
     assert stored[job["job_id"]].state == "QUANTUM_REVIEW"
     assert stored[job["job_id"]].extra["brand_new_field"] == {"x": 1}
+
+
+async def test_a_poll_that_outlives_its_deadline_is_abandoned_without_committing(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = world.sim.add_job(state="AUDITING")
+    watcher = world.watcher()
+    await watcher.once()
+    world.sim.set_state(job["job_id"], "FAILED")
+    monkeypatch.setattr(Watcher, "_cycle_deadline", staticmethod(lambda state: 0.3))
+    world.sim.faults.append({"kind": "hang", "seconds": 1.5})
+    (outcome,) = await watcher.once()
+    assert not outcome.ok
+    assert "was abandoned" in str(outcome.error)
+    assert world.hook.received == []
+    monkeypatch.undo()
+    await watcher.once()  # the change is still found, once
+    await world.hook.wait_for(1)
+    assert titles(world) == [f"FAILED: voice job {job['job_id']} ({job['voice_name']})"]

@@ -168,8 +168,17 @@ class Watcher:
         started = time.monotonic()
         cycle_at = self.clock()
         previous = self._previous_jobs(state)
+        deadline = self._cycle_deadline(state)
         try:
-            listing = await self._list(state, previous, cycle_at)
+            listing = await asyncio.wait_for(self._list(state, previous, cycle_at), deadline)
+        except TimeoutError:
+            err = ApiError(
+                f"the poll took longer than {deadline:.0f}s and was abandoned; nothing was "
+                "committed, the next poll starts from the last complete scan",
+                retryable=True,
+            )
+            self._poll_failed(state, err, time.monotonic() - started)
+            return PollOutcome(name, False, error=err)
         except ApiError as err:
             self._poll_failed(state, err, time.monotonic() - started)
             return PollOutcome(name, False, error=err)
@@ -344,6 +353,16 @@ class Watcher:
             stored = self.store.load_tracking(name)
             self._trackings[name] = Tracking.from_json(stored) if stored else Tracking()
         return self._trackings[name]
+
+    @staticmethod
+    def _cycle_deadline(state: _SourceState) -> float:
+        """However the API behaves, one poll ends: a hung cycle must not silence a source.
+        (systemd's watchdog is fed by its own task, so a long but healthy scan never trips
+        it; this bounds the unhealthy kind.)"""
+        config = state.config
+        return max(
+            10 * config.request_timeout.total_seconds(), 3 * config.poll_interval.total_seconds()
+        )
 
     def _unhealthy_after(self, state: _SourceState) -> timedelta:
         return state.config.poll_interval * 3

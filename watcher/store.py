@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import sqlite3
+import sys
 import threading
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -389,8 +390,13 @@ class Store:
         """The last committed snapshot of `source`; None before its first complete scan."""
         if not self.has_baseline(source):
             return None
-        rows = self._query_all("read the jobs", _SELECT_JOBS, (source,))
-        return {row[0]: _row_to_job(row) for row in rows}
+        # Row by row, not fetchall(): 100k rows as tuples would briefly double the memory.
+        with self._mutex:
+            try:
+                cursor = self._conn.execute(_SELECT_JOBS, (source,))
+                return {row[0]: _row_to_job(row) for row in cursor}
+            except sqlite3.Error as err:
+                raise _store_error(self.path, "read the jobs", err) from err
 
     def load_tracking(self, source: str) -> dict[str, Any] | None:
         """The engine's memory for `source` as last committed (None if never stored)."""
@@ -1006,7 +1012,7 @@ def _job_to_row(job: Job) -> tuple[Any, ...]:
 def _row_to_job(row: Sequence[Any]) -> Job:
     return Job(
         job_id=row[0],
-        state=row[1],
+        state=sys.intern(row[1]),
         reject_times=row[2],
         create_time=_dt_or_none(row[3]),
         lastupdate_time=_dt_or_none(row[4]),
@@ -1016,8 +1022,25 @@ def _row_to_job(row: Sequence[Any]) -> Job:
         job_failed_code=row[8],
         job_failed_reason=row[9],
         asset_id=row[10],
-        extra=json.loads(row[11]),
+        extra=_decode_extra(row[11]),
     )
+
+
+def _interned_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # 100k jobs share a handful of keys and values: one string object each, as parse does.
+    return {
+        sys.intern(k): sys.intern(v) if isinstance(v, str) and len(v) <= 32 else v for k, v in pairs
+    }
+
+
+_EXTRA_DECODER = json.JSONDecoder(object_pairs_hook=_interned_pairs)
+
+
+def _decode_extra(text: str) -> dict[str, Any]:
+    if text == "{}":
+        return {}
+    value = _EXTRA_DECODER.decode(text)
+    return value if isinstance(value, dict) else {}
 
 
 def _event_to_row(event: Event) -> tuple[Any, ...]:

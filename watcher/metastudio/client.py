@@ -200,6 +200,9 @@ class _ScanState:
     last_count: int = 0
     overlapped: bool = False
     counts_differ: bool = False
+    # Was the listing in the order asked for? (None until two comparable jobs were seen.)
+    last_key: datetime | None = None
+    unsorted: bool = False
 
 
 @dataclass(slots=True)
@@ -234,6 +237,7 @@ class MetaStudioClient:
         self._page_size = max(1, min(retry.page_size, MAX_PAGE_SIZE))
         # The jobs the caller already holds (the last committed snapshot): see _reuse_known.
         self.known: Mapping[str, Job] = {}
+        self._warned_unsorted = False
         self._path = f"/v1/{source.project_id}/voice-training-manage/user/jobs"
         self._concurrency = max(1, source.page_concurrency)
         self.bucket = TokenBucket(source.max_requests_per_second, monotonic=monotonic, sleep=sleep)
@@ -265,6 +269,16 @@ class MetaStudioClient:
         for scan in range(1, MAX_SCANS + 1):
             state = await self._scan_once(tally, params, sort_key, check)
             problem = self._inconsistency(state)
+            if state.unsorted and not self._warned_unsorted:
+                # Not fatal: offsets may shift under an unsorted listing, and the duplicate,
+                # gap and count checks above catch that. Worth knowing once, though.
+                self._warned_unsorted = True
+                log.warning(
+                    "sort_not_honoured",
+                    source=self._source.name,
+                    sort_key=sort_key,
+                    note="relying on duplicate, gap and count checks to detect page shifts",
+                )
             if not problem:
                 log.debug(
                     "scan_finished",
@@ -327,7 +341,7 @@ class MetaStudioClient:
         state.first_count = state.last_count = first.count
         if check is not None and (reason := check(first)):
             raise ListingRejected(reason, tally.requests)
-        self._absorb(state, first)
+        self._absorb(state, first, sort_key)
         if len(first.jobs) < self._page_size or len(first.jobs) >= first.count:
             return state
         offsets = iter(range(len(first.jobs), first.count, self._page_size))
@@ -351,11 +365,11 @@ class MetaStudioClient:
             for task in workers:
                 task.cancel()
         for offset in sorted(pages):
-            self._absorb(state, pages[offset])
+            self._absorb(state, pages[offset], sort_key)
         return state
 
     @staticmethod
-    def _absorb(state: _ScanState, page: JobsPage) -> None:
+    def _absorb(state: _ScanState, page: JobsPage, sort_key: str = "create_time") -> None:
         if page.count != state.first_count:
             state.counts_differ = True
         state.last_count = page.count
@@ -363,6 +377,11 @@ class MetaStudioClient:
             if job.job_id in state.jobs:
                 state.overlapped = True
             state.jobs[job.job_id] = job
+            key = job.create_time if sort_key == "create_time" else job.lastupdate_time
+            if key is not None:
+                if state.last_key is not None and key < state.last_key:
+                    state.unsorted = True
+                state.last_key = key
 
     def _query(
         self, offset: int, params: Sequence[tuple[str, str]], sort_key: str
