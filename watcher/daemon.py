@@ -217,7 +217,8 @@ class Watcher:
         )
         events = step.events + ((health,) if health is not None else ())
         routed = self._route(events)
-        committed = dict(step.jobs)
+        # advance() builds a fresh dict: no need to copy 100k entries again.
+        committed = step.jobs if isinstance(step.jobs, dict) else dict(step.jobs)
         inserted = self.store.commit_cycle(
             name,
             Snapshot(name, now, committed),

@@ -462,7 +462,12 @@ class Store:
         if previous is None:
             changed = list(snapshot.jobs.values())
         else:
-            changed = [j for k, j in snapshot.jobs.items() if previous.get(k) != j]
+            # `is` first: unchanged jobs are the very objects held before (see the client).
+            changed = [
+                j
+                for k, j in snapshot.jobs.items()
+                if (old := previous.get(k)) is not j and old != j
+            ]
         # A generator: a 100k-job baseline never holds all its rows in memory at once.
         job_rows = ((source, *_job_to_row(job)) for job in changed)
         with self._transaction(f"save the poll cycle of source {source!r}") as conn:

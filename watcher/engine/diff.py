@@ -64,6 +64,8 @@ def diff(
             )
             events.append(Event(kind, current.source, now, reason, job=job))
             continue
+        if old is job:
+            continue  # the same object: unchanged (the client reuses what it already held)
         event = _compare(old, job, current.source, now, offline_gap)
         if event is not None:
             events.append(event)

@@ -166,9 +166,13 @@ def advance(
 def _entered(
     previous: Mapping[str, Job], entered: Mapping[str, datetime], snapshot: Snapshot
 ) -> dict[str, datetime]:
-    """When each job entered its current state, as far as the watcher knows."""
+    """When each job entered its current state, as far as the watcher knows: only for jobs
+    without `lastupdate_time` (the API's own time is better, and 100k entries persisted every
+    cycle would cost more than the whole diff)."""
     out: dict[str, datetime] = {}
     for job_id, job in snapshot.jobs.items():
+        if job.lastupdate_time is not None:
+            continue
         old = previous.get(job_id)
         if old is not None and old.state == job.state and job_id in entered:
             out[job_id] = entered[job_id]
