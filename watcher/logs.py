@@ -124,3 +124,6 @@ def configure(*, level: str = "info", fmt: str | None = None, stream: TextIO | N
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)
+    # apprise says "Sent JSON POST notification." at INFO for every send, which our own
+    # alert_sent line already says with more context: keep its chatter for --log-level debug.
+    logging.getLogger("apprise").setLevel(numeric if numeric <= logging.DEBUG else logging.WARNING)
