@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -175,3 +176,19 @@ def test_a_template_raising_a_python_error_falls_back_and_is_reported() -> None:
     problems = check_rule_templates(r, NOW)
     assert [p[0] for p in problems] == ["title", "body"]
     assert "ZeroDivisionError" in problems[1][1]
+
+
+def test_a_job_less_event_says_what_happened_in_its_title() -> None:
+    batch = Event(
+        EventKind.BATCH_SETTLED,
+        "prod",
+        NOW,
+        "batch spring-sale settled: 48 SUCCEED, 2 FAILED (MSS.0012 audio too noisy ×2), took 6h40m",
+    )
+    out = render(batch)
+    assert out.title == batch.reason
+    assert "source: prod" in out.body
+    mixed = replace(batch, details={"counts": {"SUCCEED": 48, "FAILED": 2}})
+    assert render(mixed).notify_type is NotifyType.WARNING
+    clean = replace(batch, details={"counts": {"SUCCEED": 50}})
+    assert render(clean).notify_type is NotifyType.SUCCESS

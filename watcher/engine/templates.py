@@ -45,6 +45,10 @@ def notify_type_for(event: Event) -> NotifyType:
         return NotifyType.SUCCESS
     if event.kind in (EventKind.STUCK, EventKind.VANISHED):
         return NotifyType.WARNING
+    if event.kind is EventKind.BATCH_SETTLED:
+        counts = event.details.get("counts", {})
+        failed = any(n for state, n in counts.items() if state in FAILURE_STATES)
+        return NotifyType.WARNING if failed else NotifyType.SUCCESS
     state = event.job.state if event.job is not None else None
     if state in FAILURE_STATES:
         return NotifyType.FAILURE
@@ -112,7 +116,8 @@ def template_context(event: Event) -> dict[str, Any]:
 DEFAULT_TITLE = (
     "{% if job %}{{ event.state }}: voice job {{ job.job_id }}"
     "{% if job.voice_name %} ({{ job.voice_name }}){% endif %}"
-    "{% else %}{{ source }}: {{ event.kind }}{% endif %}"
+    # Job-less events (a settled batch, a source gone blind) say what happened in the title.
+    "{% else %}{{ event.reason | truncate(200) }}{% endif %}"
 )
 
 DEFAULT_BODY = """\
