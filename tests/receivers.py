@@ -117,6 +117,11 @@ class WebhookReceiver:
         """Hold the next `n` requests for `seconds` before answering 200."""
         self._plan.hang.extend([seconds] * n)
 
+    def recover(self) -> None:
+        """Answer every request normally from now on (planned failures and hangs dropped)."""
+        self._plan = _Plan()
+        self.refuse = False
+
     async def wait_for(self, count: int, within: float = 5.0) -> list[dict[str, Any]]:
         """Wait until at least `count` bodies were accepted; return them all."""
         deadline = time.monotonic() + within

@@ -42,17 +42,22 @@ ENV = {"TEST_AK": AK, "TEST_SK": SK}
 
 # The job-state rules every scenario uses; vanished jobs are alerted too, so that a false
 # "vanished" (a partial scan taken for a complete one) would show up as an extra alert.
+# Grouped per job: a message may still carry several alerts (about one job), but never a
+# "+N more" tail that would hide alerts from the count (the soak runs make large batches).
 RULES = """\
 rules:
   - name: failures
     on: [AUDIT_FAILED, SPLIT_FAILED, FAILED]
     notify: [hook]
+    group_by: [source, rule, job_id]
   - name: done
     on: [SUCCEED]
     notify: [hook]
+    group_by: [source, rule, job_id]
   - name: gone
     events: [vanished]
     notify: [hook]
+    group_by: [source, rule, job_id]
 """
 
 CONFIG = (

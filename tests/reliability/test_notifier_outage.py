@@ -116,7 +116,7 @@ async def test_outage_then_recovery_delivers_every_alert_once_in_job_order(rig: 
     for index, state in enumerate(WALK):
         if index == 3:  # halfway: the webhook accepts connections but never answers
             rig.hook.refuse = False
-            rig.hook.hang_next(4, 30.0)
+            rig.hook.hang_next(1000, 30.0)  # every request until recovery
         for job_id in jobs[: 2 + index % 4]:
             rig.sim.set_state(job_id, state, now=rig.clock[0])
         rig.advance(minutes=20)  # two hours of outage in all
@@ -124,7 +124,7 @@ async def test_outage_then_recovery_delivers_every_alert_once_in_job_order(rig: 
     assert rig.hook.received == []
     refused_or_hung = len(rig.hook.requests)
 
-    rig.hook.hang_next(0, 0)
+    rig.hook.recover()
     await rig.drain()
 
     queued = rig.store.list_outbox([OutboxStatus.SENT])
