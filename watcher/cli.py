@@ -166,6 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return err.exit_code
     except KeyboardInterrupt:
         return EX_OK
+    except BrokenPipeError:
+        # `metastudio-watcher jobs | head`: the reader left; that is not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EX_OK
     except Exception as err:  # a bug: say so in one line unless --debug
         if args.debug:
             raise
