@@ -787,14 +787,7 @@ class _Reader:
         out = []
         for index, item in enumerate(value):
             source = self.source(item, _item(path, index))
-            name_path = _child(_item(path, index), "name")
-            if source.name in first_seen:
-                self.fail(
-                    name_path,
-                    f"duplicate source name {source.name!r} "
-                    f"(first at line {first_seen[source.name]})",
-                )
-            first_seen[source.name] = self.line(name_path)
+            self.unique_name(source.name, _item(path, index), first_seen, "source")
             out.append(source)
         return tuple(out)
 
@@ -1022,16 +1015,19 @@ class _Reader:
         out = []
         for index, item in enumerate(value):
             rule = self.rule(item, _item(path, index), channels)
-            name_path = _child(_item(path, index), "name")
-            if rule.name in first_seen:
-                self.fail(
-                    name_path,
-                    f"duplicate rule name {_shorten(rule.name)!r} "
-                    f"(first at line {first_seen[rule.name]})",
-                )
-            first_seen[rule.name] = self.line(name_path)
+            self.unique_name(rule.name, _item(path, index), first_seen, "rule")
             out.append(rule)
         return tuple(out)
+
+    def unique_name(self, name: str, item_path: str, first_seen: dict[str, int], what: str) -> None:
+        """Names identify sources and rules in alerts and logs: each may appear once."""
+        name_path = _child(item_path, "name")
+        if name in first_seen:
+            self.fail(
+                name_path,
+                f"duplicate {what} name {_shorten(name)!r} (first at line {first_seen[name]})",
+            )
+        first_seen[name] = self.line(name_path)
 
     def rule(self, value: Any, path: str, channels: Mapping[str, object]) -> RuleConfig:
         rule = self.mapping(value, path, "a mapping of rule settings", _RULE_KEYS)
