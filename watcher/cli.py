@@ -33,9 +33,11 @@ from watcher.config import (
 )
 from watcher.daemon import Watcher, serve, session_timeout
 from watcher.engine.diff import format_duration
+from watcher.engine.messages import entry_of, job_line, json_document, summary_line
 from watcher.engine.noise import SILENCE_FIELDS
 from watcher.engine.rules import match
 from watcher.engine.templates import check_rule_templates, render
+from watcher.engine.why import why_lines
 from watcher.errors import ConfigError, StoreError, UsageError, WatcherError
 from watcher.http import readiness
 from watcher.logs import REDACTOR, configure
@@ -95,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--voice-name")
     rt.add_argument("--batch-name")
     rt.add_argument("--source", default="sample-source")
+    alerts = with_config(
+        add_command("alerts", help="the alerts one grouped message carried (its +N more line)")
+    )
+    alerts.add_argument("--channel", required=True)
+    alerts.add_argument("--group", action="append", default=[], metavar="KEY")
+    alerts.add_argument("--ids", required=True, metavar="FIRST-LAST", help="outbox id span")
+    alerts.add_argument("--json", action="store_true", help="the JSON document (format: json)")
     status = with_config(add_command("status", help="per source: last poll, errors, jobs"))
     status.add_argument("--json", action="store_true")
     jobs = with_config(add_command("jobs", help="list the tracked jobs"))
@@ -396,6 +405,30 @@ def cmd_route(args: argparse.Namespace) -> int:
 
 
 # --- operator commands: read the store next to a running daemon ----------------------------
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    """Every alert of one grouped message, as the message would list it, none left out."""
+    first, sep, last = str(args.ids).partition("-")
+    if not (first.isdigit() and (not sep or last.isdigit())):
+        raise UsageError(f"--ids {args.ids}: expected FIRST-LAST, e.g. --ids 12-57")
+    span = (int(first), int(last) if sep else int(first))
+    config = _load(args)
+    with _open_reader(config) as store:
+        items = store.alerts_of_group(args.channel, args.group, *span)
+    entries = [entry_of(i.alert) for i in items]
+    if args.json:
+        print(json_document(entries))
+        return EX_OK
+    if not items:
+        print("no such alerts: check --channel, --group and --ids against the message")
+        return EX_FAILURE
+    print(summary_line(entries))
+    for item, entry in zip(items, entries, strict=True):
+        print(f"{item.id:>6} {item.status:<8} {job_line(entry)}")
+        for line in why_lines(entry.get("why")):
+            print(f"{'':>16}{line}")
+    return EX_OK
 
 
 def _open_reader(config: Config) -> Store:
@@ -891,6 +924,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": cmd_demo,
     "outbox": cmd_outbox,
     "route": cmd_route,
+    "alerts": cmd_alerts,
     "status": cmd_status,
     "silence": cmd_silence,
     "jobs": cmd_jobs,

@@ -179,6 +179,21 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
+    # Alert facts and failure details: each alert keeps what it is about as JSON (grouped
+    # messages, JSON bodies and `alerts` are composed from it), and what the detail APIs
+    # said about a failure is kept once per failure, so a restart does not ask again.
+    (
+        "ALTER TABLE outbox ADD COLUMN facts TEXT NOT NULL DEFAULT '{}'",
+        """
+        CREATE TABLE failure_details (
+            source TEXT NOT NULL,
+            failure TEXT NOT NULL,
+            why TEXT NOT NULL,
+            fetched_at TEXT NOT NULL,
+            PRIMARY KEY (source, failure)
+        )
+        """,
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -217,14 +232,14 @@ _INSERT_EVENT = """
 _INSERT_ALERT = """
     INSERT OR IGNORE INTO outbox (alert_id, event_key, source, job_id, rule, channel, title,
                                   body, notify_type, body_format, created_at, next_attempt_at,
-                                  group_key, labels, updated_at, queued_at)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                  group_key, labels, facts, updated_at, queued_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 # An alert waits while an older alert about the same job for the same channel is backing off.
 _SELECT_DUE = """
     SELECT id, event_key, source, job_id, rule, channel, title, body, notify_type, body_format,
            created_at, status, attempts, next_attempt_at, last_error, sent_at, queued_at,
-           group_key, labels
+           group_key, labels, facts
     FROM outbox o
     WHERE status = 'pending' AND next_attempt_at <= :now
       AND NOT (job_id IS NOT NULL AND EXISTS (
@@ -236,7 +251,7 @@ _SELECT_DUE = """
 _SELECT_OUTBOX = """
     SELECT id, event_key, source, job_id, rule, channel, title, body, notify_type, body_format,
            created_at, status, attempts, next_attempt_at, last_error, sent_at, queued_at,
-           group_key, labels
+           group_key, labels, facts
     FROM outbox WHERE status IN (SELECT value FROM json_each(?)) ORDER BY id
 """
 _SELECT_HISTORY = """
@@ -623,6 +638,40 @@ class Store:
             )
             silence_id = int(cursor.lastrowid or 0)
         return Silence(silence_id, tuple(matchers), starts_at, ends_at, comment)
+
+    def alerts_of_group(
+        self, channel: str, group_keys: Collection[str], first_id: int, last_id: int
+    ) -> list[OutboxItem]:
+        """The alerts one grouped message carried: its channel, group keys and id span."""
+        rows = self._query_all(
+            "read the outbox",
+            _SELECT_OUTBOX.replace(
+                "WHERE status IN (SELECT value FROM json_each(?))",
+                "WHERE channel = ? AND (group_key IN (SELECT value FROM json_each(?)) OR ? = 0) "
+                "AND id BETWEEN ? AND ?",
+            ),
+            (channel, json.dumps(sorted(group_keys)), len(group_keys), first_id, last_id),
+        )
+        return [_row_to_item(row) for row in rows]
+
+    def failure_detail(self, source: str, failure: str) -> dict[str, Any] | None:
+        """What the detail APIs said about one failure, if it was fetched before."""
+        row = self._query_one(
+            "read a failure detail",
+            "SELECT why FROM failure_details WHERE source = ? AND failure = ?",
+            (source, failure),
+        )
+        return dict(json.loads(row[0])) if row is not None else None
+
+    def save_failure_detail(
+        self, source: str, failure: str, why: Mapping[str, Any], now: datetime
+    ) -> None:
+        with self._transaction("keep a failure detail") as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO failure_details (source, failure, why, fetched_at) "
+                "VALUES (?, ?, ?, ?)",
+                (source, failure, json.dumps(dict(why), ensure_ascii=False), _ts(now)),
+            )
 
     def list_silences(self, *, active_at: datetime | None = None) -> list[Silence]:
         """Every silence (or only those active at `active_at`), oldest first."""
@@ -1084,6 +1133,7 @@ def _alert_to_row(alert: Alert) -> tuple[Any, ...]:
         created,  # due as soon as it is queued
         alert.group_key,
         json.dumps(dict(alert.labels), sort_keys=True, ensure_ascii=False),
+        json.dumps(dict(alert.facts), sort_keys=True, ensure_ascii=False, default=str),
     )
 
 
@@ -1101,6 +1151,7 @@ def _row_to_item(row: Sequence[Any]) -> OutboxItem:
         created_at=_dt(row[10]),
         group_key=row[17] or "",
         labels=json.loads(row[18] or "{}"),
+        facts=json.loads(row[19] or "{}") if len(row) > 19 else {},
     )
     return OutboxItem(
         id=row[0],

@@ -1,0 +1,237 @@
+"""Messages as people and machines receive them: daemon, simulator, webhook and SMTP on loopback.
+
+The daemon polls the simulator, groups what changed and delivers through apprise: json:// to
+an aiohttp receiver, mailto:// (HTML) to aiosmtpd. The tests read what arrived.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.receivers import SmtpReceiver, WebhookReceiver, json_url, mailto_url
+from watcher.cli import main
+from watcher.config import load_config_text
+from watcher.daemon import Watcher
+from watcher.metastudio.client import RetryPolicy
+from watcher.model import Config
+from watcher.notify import Notifier, check_url
+from watcher.simulator.app import create_app
+from watcher.simulator.runner import serve_app
+from watcher.simulator.state import SimulatorState
+from watcher.store import Store
+
+AK, SK, PROJECT = "TESTAKTESTAKTESTAK02", "test-secret-key-messages-0123456", "proj-msg"
+FAST = RetryPolicy(attempts=2, initial_backoff=0.01, max_backoff=0.02, max_retry_after=0.05)
+CAPTURE = Path(__file__).parent / "captured"
+
+CONFIG = """
+sources:
+  - name: prod
+    endpoint: {endpoint}
+    project_id: {project}
+    ak: ${{TEST_AK}}
+    sk: ${{TEST_SK}}
+    poll_interval: 60s
+    request_timeout: 2s
+    enrich_timeout: {enrich_timeout}
+channels:
+  hook: ["{hook}"]
+  machines: ["{machines}"]
+  mail: ["{mail}"]
+rules:
+  - name: failures
+    on: [AUDIT_FAILED, SPLIT_FAILED, FAILED]
+    notify: [hook]
+  - name: failures-json
+    on: [AUDIT_FAILED, SPLIT_FAILED, FAILED]
+    notify: [machines]
+    format: json
+  - name: failures-mail
+    on: [AUDIT_FAILED, SPLIT_FAILED, FAILED]
+    notify: [mail]
+    format: html
+storage: {storage}
+"""
+
+
+@dataclass
+class World:
+    sim: SimulatorState
+    hook: WebhookReceiver
+    smtp: SmtpReceiver
+    config: Config
+    session: aiohttp.ClientSession
+    now: datetime
+    opened: list[tuple[Store, Notifier]] = field(default_factory=list)
+
+    def watcher(self) -> Watcher:
+        store = Store.open(self.config.storage)
+        notifier = Notifier(self.config.channels, send_timeout=3.0)
+        self.opened.append((store, notifier))
+        return Watcher(
+            self.config,
+            store,
+            notifier,
+            self.session,
+            clock=lambda: self.now,
+            rng=random.Random(1),
+            retry=FAST,
+        )
+
+    def close(self) -> None:
+        for store, notifier in self.opened:
+            notifier.close()
+            store.close()
+        self.opened.clear()
+
+    def posts(self, path: str) -> list[dict[str, object]]:
+        return [
+            json.loads(r.body) for r in self.hook.requests if r.path == path and r.answered == 200
+        ]
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpReceiver]:
+    with SmtpReceiver() as receiver:
+        yield receiver
+
+
+async def make_world(
+    tmp_path: Path, smtp: SmtpReceiver, *, enrich_timeout: str = "2s"
+) -> AsyncIterator[World]:
+    sim = SimulatorState(seed=5)
+    runner, endpoint = await serve_app(create_app(sim, project_id=PROJECT, ak=AK, sk=SK))
+    hook = WebhookReceiver()
+    base = await hook.start()
+    text = CONFIG.format(
+        endpoint=endpoint,
+        project=PROJECT,
+        hook=json_url(base, "/chat"),
+        machines=json_url(base, "/machines"),
+        mail=mailto_url(smtp.host, smtp.port, "ops@example.com"),
+        storage=tmp_path / "state.db",
+        enrich_timeout=enrich_timeout,
+    )
+    (tmp_path / "config.yaml").write_text(text)
+    config = load_config_text(
+        text, str(tmp_path / "config.yaml"), {"TEST_AK": AK, "TEST_SK": SK}, check_url
+    )
+    async with aiohttp.ClientSession() as session:
+        w = World(sim, hook, smtp, config, session, datetime.now(UTC))
+        try:
+            yield w
+        finally:
+            w.close()
+    await hook.stop()
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def world(tmp_path: Path, smtp: SmtpReceiver) -> AsyncIterator[World]:
+    async for w in make_world(tmp_path, smtp):
+        yield w
+
+
+async def three_failures(world: World) -> list[dict[str, object]]:
+    jobs = [world.sim.add_job(state="AUDITING") for _ in range(2)]
+    jobs.append(world.sim.add_job(state="PROCESSING"))
+    watcher = world.watcher()
+    await watcher.once()  # baseline
+    world.sim.set_state(str(jobs[0]["job_id"]), "AUDIT_FAILED")
+    world.sim.set_state(str(jobs[1]["job_id"]), "AUDIT_FAILED")
+    world.sim.set_state(str(jobs[2]["job_id"]), "FAILED")
+    await watcher.once()
+    await world.hook.wait_for(2)
+    await world.smtp.wait_for(1)
+    return jobs
+
+
+async def test_grouped_chat_message_lists_each_job_with_states_code_and_reason(
+    world: World,
+) -> None:
+    jobs = await three_failures(world)
+    (chat,) = world.posts("/chat")
+    body = str(chat["message"])
+    assert chat["title"] == "3 voice job alerts (rule failures, source prod)"
+    assert body.splitlines()[0] == (
+        "2 AUDIT_FAILED: 2× audio review failed: background noise too high"
+        " · 1 FAILED: 1× training failed: internal error"
+    )
+    for job, previous in zip(jobs, ["AUDITING", "AUDITING", "PROCESSING"], strict=True):
+        line = next(x for x in body.splitlines() if x.startswith(f"- {job['job_id']} "))
+        assert (
+            f"({job['voice_name']}): {previous} → {world.sim.jobs[str(job['job_id'])]['state']}"
+            in line
+        )
+        assert str(world.sim.jobs[str(job["job_id"])]["job_failed_code"]) in line
+    _capture("slack-style-group.txt", f"{chat['title']}\n\n{body}\n")
+
+
+async def test_json_channel_gets_one_document_with_structured_jobs(world: World) -> None:
+    jobs = await three_failures(world)
+    (post,) = world.posts("/machines")
+    doc = json.loads(str(post["message"]))
+    assert doc["version"] == 1
+    assert {a["job"]["job_id"] for a in doc["alerts"]} == {j["job_id"] for j in jobs}
+    for entry in doc["alerts"]:
+        assert entry["rule"] == "failures-json"
+        assert entry["source"] == "prod"
+        assert entry["previous_state"] in ("AUDITING", "PROCESSING")
+        assert entry["job"]["job_failed_code"]
+        assert "phone" not in entry["job"]
+    assert all(str(j["phone"]) not in str(post) for j in jobs)
+    _capture("json-payload.json", json.dumps(post, ensure_ascii=False, indent=2) + "\n")
+
+
+async def test_email_gets_an_html_list_of_every_job(world: World) -> None:
+    jobs = await three_failures(world)
+    (mail,) = world.smtp.messages
+    html_part = mail.get_body(preferencelist=("html",))
+    assert html_part is not None
+    html = html_part.get_content()
+    assert html.count("<li>") >= 3
+    for job in jobs:
+        assert str(job["job_id"]) in html
+    assert "2 AUDIT_FAILED" in html
+    _capture("email-group.html", f"Subject: {mail['Subject']}\n\n{html}\n")
+
+
+async def test_alerts_command_prints_exactly_the_group(
+    world: World,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    jobs = await three_failures(world)
+    (chat,) = world.posts("/chat")
+    world.close()
+    ids = _ids_of(world, "hook")
+    monkeypatch.setenv("TEST_AK", AK)
+    monkeypatch.setenv("TEST_SK", SK)
+    capsys.readouterr()
+    argv = ["alerts", "-c", str(tmp_path / "config.yaml"), "--channel", "hook"]
+    argv += ["--group", "source=prod|rule=failures", "--ids", f"{min(ids)}-{max(ids)}"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == str(chat["message"]).splitlines()[0]
+    listed = [line for line in out.splitlines() if any(str(j["job_id"]) in line for j in jobs)]
+    assert len(listed) == 3
+
+
+def _ids_of(world: World, channel: str) -> list[int]:
+    with Store.open(world.config.storage) as store:
+        return [i.id for i in store.alerts_of_group(channel, [], 0, 10**9)]
+
+
+def _capture(name: str, text: str) -> None:
+    """Keep what arrived, for the README's examples (tests/captured is not committed)."""
+    CAPTURE.mkdir(exist_ok=True)
+    (CAPTURE / name).write_text(text)
