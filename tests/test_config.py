@@ -303,7 +303,7 @@ SOURCE_KEYS = (
 FILTER_KEYS = "state, job_id, voice_name, tag, job_type, batch_name, create_since, create_until"
 EVENT_KINDS = (
     "transition, rejected_again, new, vanished, reappeared, stuck, recovered, batch_settled, "
-    "source_unhealthy, source_recovered, summary"
+    "batch_updated, source_unhealthy, source_recovered, summary"
 )
 REGION_HINT = (
     "known regions: cn-east-3, cn-north-4 "
@@ -510,7 +510,8 @@ BAD: list[tuple[str, str, str]] = [
     (
         "unknown_format",
         SRC + CH + RULE + "    notify: ops\n    format: rst\n",
-        "w.yaml:10: rules[0].format: unknown format 'rst'; expected one of: text, markdown, html, json",
+        "w.yaml:10: rules[0].format: unknown format 'rst'; expected one of: "
+        "text, markdown, html, json",
     ),
     (
         "unknown_first_run",

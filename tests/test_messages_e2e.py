@@ -10,7 +10,7 @@ import json
 import random
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -46,6 +46,7 @@ channels:
   hook: ["{hook}"]
   machines: ["{machines}"]
   mail: ["{mail}"]
+  batch_hook: ["{batch_hook}"]
 rules:
   - name: failures
     on: [AUDIT_FAILED, SPLIT_FAILED, FAILED]
@@ -58,6 +59,9 @@ rules:
     on: [AUDIT_FAILED, SPLIT_FAILED, FAILED]
     notify: [mail]
     format: html
+  - name: batches
+    events: [batch_settled, batch_updated]
+    notify: [batch_hook]
 storage: {storage}
 """
 
@@ -108,7 +112,14 @@ async def make_world(
     tmp_path: Path, smtp: SmtpReceiver, *, enrich_timeout: str = "2s"
 ) -> AsyncIterator[World]:
     sim = SimulatorState(seed=5)
-    runner, endpoint = await serve_app(create_app(sim, project_id=PROJECT, ak=AK, sk=SK))
+    worlds: list[World] = []  # the simulator's clock is the world's (tests move it)
+    start = datetime.now(UTC)
+
+    def clock() -> datetime:
+        return worlds[0].now if worlds else start
+
+    app = create_app(sim, project_id=PROJECT, ak=AK, sk=SK, clock=clock)
+    runner, endpoint = await serve_app(app)
     hook = WebhookReceiver()
     base = await hook.start()
     text = CONFIG.format(
@@ -116,6 +127,7 @@ async def make_world(
         project=PROJECT,
         hook=json_url(base, "/chat"),
         machines=json_url(base, "/machines"),
+        batch_hook=json_url(base, "/batches"),
         mail=mailto_url(smtp.host, smtp.port, "ops@example.com"),
         storage=tmp_path / "state.db",
         enrich_timeout=enrich_timeout,
@@ -125,7 +137,8 @@ async def make_world(
         text, str(tmp_path / "config.yaml"), {"TEST_AK": AK, "TEST_SK": SK}, check_url
     )
     async with aiohttp.ClientSession() as session:
-        w = World(sim, hook, smtp, config, session, datetime.now(UTC))
+        w = World(sim, hook, smtp, config, session, start)
+        worlds.append(w)
         try:
             yield w
         finally:
@@ -235,3 +248,31 @@ def _capture(name: str, text: str) -> None:
     """Keep what arrived, for the README's examples (tests/captured is not committed)."""
     CAPTURE.mkdir(exist_ok=True)
     (CAPTURE / name).write_text(text)
+
+
+async def test_batch_settles_once_across_cycles_when_late_jobs_arrive(world: World) -> None:
+    first = [world.sim.add_job(state="PROCESSING", batch_name="b5") for _ in range(3)]
+    watcher = world.watcher()
+    await watcher.once()  # baseline
+    for job in first:
+        world.sim.set_state(str(job["job_id"]), "SUCCEED", now=world.now)
+    for minutes in (1, 2, 3):  # terminal, but the batch is not quiet yet
+        world.now += timedelta(minutes=minutes)
+        await watcher.once()
+    late = [world.sim.add_job(state="PROCESSING", batch_name="b5", now=world.now) for _ in "ab"]
+    for job in late:  # they appear already failed, with the simulator's reason
+        world.sim.set_state(str(job["job_id"]), "FAILED", now=world.now)
+    for _ in range(4):
+        world.now += timedelta(minutes=4)
+        await watcher.once()
+    world.now += timedelta(minutes=30)
+    await watcher.once()
+    (post,) = world.posts("/batches")
+    assert str(post["title"]).startswith(
+        "batch b5 settled: 3 SUCCEED, 2 FAILED (MSS.00000104 training failed: internal error ×2)"
+    )
+    # Nothing changes any more: nothing more is said about the batch.
+    for _ in range(3):
+        world.now += timedelta(minutes=20)
+        await watcher.once()
+    assert len(world.posts("/batches")) == 1

@@ -204,6 +204,7 @@ class Watcher:
             first_run=self.config.first_run,
             vanish_after=self.vanish_after,
             expected_interval=state.config.poll_interval,
+            batch_quiet=state.config.batch_quiet,
         )
         step_tracking = step.tracking
         if not listing.full and previous is not None:

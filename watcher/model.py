@@ -111,6 +111,7 @@ class EventKind(StrEnum):
     STUCK = "stuck"
     RECOVERED = "recovered"
     BATCH_SETTLED = "batch_settled"
+    BATCH_UPDATED = "batch_updated"  # a settled batch changed and settled again
     SOURCE_UNHEALTHY = "source_unhealthy"
     SOURCE_RECOVERED = "source_recovered"
     SUMMARY = "summary"

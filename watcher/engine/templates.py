@@ -46,7 +46,7 @@ def notify_type_for(event: Event) -> NotifyType:
         return NotifyType.SUCCESS
     if event.kind in (EventKind.STUCK, EventKind.VANISHED):
         return NotifyType.WARNING
-    if event.kind is EventKind.BATCH_SETTLED:
+    if event.kind in (EventKind.BATCH_SETTLED, EventKind.BATCH_UPDATED):
         counts = event.details.get("counts", {})
         failed = any(n for state, n in counts.items() if state in FAILURE_STATES)
         return NotifyType.WARNING if failed else NotifyType.SUCCESS
