@@ -62,6 +62,9 @@ rules:
   - name: batches
     events: [batch_settled, batch_updated]
     notify: [batch_hook]
+  - name: blind
+    events: [source_unhealthy, source_recovered]
+    notify: [batch_hook]
 storage: {storage}
 """
 
@@ -276,3 +279,20 @@ async def test_batch_settles_once_across_cycles_when_late_jobs_arrive(world: Wor
         world.now += timedelta(minutes=20)
         await watcher.once()
     assert len(world.posts("/batches")) == 1
+
+
+async def test_crashing_polls_count_towards_source_unhealthy(world: World) -> None:
+    world.sim.add_job(state="PROCESSING")
+    watcher = world.watcher()
+    await watcher.once()
+    for minutes in (1, 2, 4):  # a bug in every poll for 3 minutes (3 poll intervals)
+        world.now += timedelta(minutes=minutes)
+        assert watcher._poll_crashed("prod", KeyError("job_id"), 0.5)
+    await watcher.deliver()
+    (post,) = world.posts("/batches")
+    assert str(post["title"]).startswith("source prod has failed to poll for 6m")
+    assert "the poll crashed inside the watcher (KeyError)" in str(post["title"])
+    world.now += timedelta(minutes=1)
+    await watcher.once()
+    recovered = world.posts("/batches")[-1]
+    assert str(recovered["title"]).startswith("source prod is polled successfully again")

@@ -24,6 +24,7 @@ import aiohttp
 import structlog
 
 from watcher import __version__
+from watcher.advice import advice
 from watcher.config import (
     config_warnings,
     describe_credentials,
@@ -199,7 +200,7 @@ def _load(args: argparse.Namespace) -> Config:
 def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args)
     problems = template_problems(config)
-    for warning in config_warnings(args.config):
+    for warning in [*config_warnings(args.config), *advice(config)]:
         print(f"warning: {warning}")
     if problems:
         for problem in problems:

@@ -125,6 +125,13 @@ _CREDENTIALS = (
     ("security_token", "CLOUD_SDK_SECURITY_TOKEN", "security token"),
 )
 _MAX_CREDENTIAL_FILE = 64 * 1024
+# Channel schemes apprise dropped, and what to use instead (apprise's plugins/workflows.py).
+_REMOVED_SCHEMES = {
+    "msteams": (
+        "msteams:// (Office 365 connector webhooks) was removed in apprise 2; Microsoft Teams "
+        "now takes workflows://HOST/WORKFLOW/SIGNATURE (a Teams Workflows webhook)"
+    ),
+}
 
 _SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _CHANNEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
@@ -771,6 +778,8 @@ class _Reader:
         problem: str | None = None if scheme else "expected scheme://… (an apprise URL)"
         if problem is None and self.validate_url is not None:
             problem = self.validate_url(url)
+        if problem is not None and scheme is not None:
+            problem = _REMOVED_SCHEMES.get(scheme.group(1).lower(), problem)
         if problem is not None:
             # The validator already keeps the URL's own parts out; mask what ${VAR}s brought
             # in (masking the whole URL too would garble "mailto://" in the message itself).

@@ -400,6 +400,7 @@ class Watcher:
             now=now,
             unhealthy_after=self._unhealthy_after(state),
             error=text,
+            failed_at=now - timedelta(seconds=seconds),  # when this failing poll began
         )
         events = (event,) if event is not None else ()
         routed = self._route(events)
@@ -413,6 +414,25 @@ class Watcher:
             log.error("source_unhealthy", source=name, reason=event.reason)
         if inserted:
             self._wake_delivery.set()
+
+    def _poll_crashed(self, name: str, err: Exception, seconds: float) -> bool:
+        """A poll that crashed is a failed poll: it counts towards `source_unhealthy`, so a bug
+        cannot blind the watcher silently. The alert names the log entry, not the exception
+        text (which may carry anything)."""
+        failure = ApiError(
+            f"the poll crashed inside the watcher ({type(err).__name__}); see the "
+            "poll_crashed entry in the log",
+            retryable=True,
+        )
+        try:
+            self._poll_failed(self._sources[name], failure, seconds)
+        except StoreError as store_err:
+            log.error("store_failed", source=name, error=str(store_err))
+            self.failure = str(store_err)
+            return False  # the store is gone: stop, as a failing poll would
+        except Exception:  # recording the crash must not crash the loop as well
+            log.exception("poll_crash_not_recorded", source=name)
+        return True
 
     async def deliver(self) -> DeliveryOutcome:
         """Send what may go now: silences, quiet hours, grouping and rate limits applied.
@@ -544,6 +564,7 @@ class Watcher:
     async def _source_loop(self, name: str, stop: asyncio.Event) -> None:
         interval = self._sources[name].config.poll_interval.total_seconds()
         while not stop.is_set():
+            started = time.monotonic()
             try:
                 await self.poll(name)
             except StoreError as err:
@@ -551,9 +572,12 @@ class Watcher:
                 self.failure = str(err)
                 stop.set()
                 return
-            except Exception:
+            except Exception as err:
                 # A bug must not silence every later poll of this source: log it and go on.
                 log.exception("poll_crashed", source=name)
+                if not self._poll_crashed(name, err, time.monotonic() - started):
+                    stop.set()
+                    return
             # A little jitter so that many watchers (or sources) do not poll in lockstep.
             delay = interval * (1 + self.rng.uniform(-0.05, 0.05))
             await _wait(stop, delay)

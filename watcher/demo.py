@@ -52,7 +52,10 @@ rules:
     on: [SUCCEED]
     notify: [terminal]
   - name: batches
-    events: [batch_settled]
+    events: [batch_settled, batch_updated]
+    notify: [terminal]
+  - name: watcher-blind
+    events: [source_unhealthy, source_recovered]
     notify: [terminal]
 storage: {storage}
 """

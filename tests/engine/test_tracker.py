@@ -327,3 +327,29 @@ def test_a_batch_is_announced_settled_at_most_once(changes: list[tuple[int, str]
     assert len(fired) <= 1
     if all(j.state != "PROCESSING" for j in jobs.values()):
         assert len(fired) == 1
+
+
+def test_unhealthy_window_starts_when_the_first_failed_poll_began() -> None:
+    """A 40 s outage with 10 s polls: the first poll spends 25 s on retries before failing."""
+    after = timedelta(seconds=30)
+    event, tracking = health_step(
+        Tracking(),
+        "prod",
+        ok=False,
+        now=T0 + timedelta(seconds=25),
+        unhealthy_after=after,
+        failed_at=T0,
+    )
+    assert event is None
+    assert tracking.failing_since == T0
+    event, tracking = health_step(
+        tracking,
+        "prod",
+        ok=False,
+        now=T0 + timedelta(seconds=35),
+        unhealthy_after=after,
+        failed_at=T0 + timedelta(seconds=35),
+    )
+    assert event is not None
+    assert event.kind is EventKind.SOURCE_UNHEALTHY
+    assert "35s" in event.reason

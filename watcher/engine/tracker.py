@@ -477,8 +477,12 @@ def health_step(
     now: datetime,
     unhealthy_after: timedelta,
     error: str | None = None,
+    failed_at: datetime | None = None,
 ) -> tuple[Event | None, Tracking]:
-    """A source that fails longer than `unhealthy_after` is announced once; so is its return."""
+    """A source that fails longer than `unhealthy_after` is announced once; so is its return.
+
+    The failing window starts when the first failed poll began (`failed_at`), not when its
+    retries gave up: a poll that spends a minute on 429 retries must not hide the outage."""
     if ok:
         if tracking.unhealthy:
             down = now - (tracking.failing_since or now)
@@ -491,7 +495,7 @@ def health_step(
             )
             return event, replace(tracking, unhealthy=False, failing_since=None)
         return None, replace(tracking, failing_since=None)
-    since = tracking.failing_since or now
+    since = tracking.failing_since or min(failed_at or now, now)
     tracking = replace(tracking, failing_since=since)
     if not tracking.unhealthy and now - since >= unhealthy_after:
         event = Event(
