@@ -338,7 +338,7 @@ def test_route_prints_matching_rules_and_the_rendered_title(
     )
     assert code == EX_OK
     assert "MATCH failures: matched" in out
-    assert "done: state AUDIT_FAILED not in on=['SUCCEED']" in out
+    assert "done: state AUDIT_FAILED is not one of on: SUCCEED" in out
     assert "title: AUDIT_FAILED: voice job route-test-job" in out
     assert "channels: hook" in out
 

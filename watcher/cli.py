@@ -36,13 +36,14 @@ from watcher.daemon import Watcher, serve, session_timeout
 from watcher.engine.diff import format_duration
 from watcher.engine.messages import entry_of, job_line, json_document, summary_line
 from watcher.engine.noise import SILENCE_FIELDS
+from watcher.engine.probe import Facts, ProbeError, probe_event
 from watcher.engine.rules import match
 from watcher.engine.templates import check_rule_templates, render
 from watcher.engine.why import why_lines
 from watcher.errors import ConfigError, StoreError, UsageError, WatcherError
 from watcher.http import readiness
 from watcher.logs import REDACTOR, configure
-from watcher.model import BodyFormat, Config, Event, EventKind, Job, NotifyType, OutboxStatus
+from watcher.model import BodyFormat, Config, EventKind, NotifyType, OutboxStatus
 from watcher.notify import Notifier, check_url, mask_url
 from watcher.store import HistoryEntry, SourceStatus, Store
 
@@ -91,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     outbox.add_argument("--all", action="store_true", help="with retry: every dead alert")
     outbox.add_argument("--json", action="store_true")
     rt = with_config(add_command("route", help="which rules and channels an event reaches"))
-    rt.add_argument("--state", required=True)
-    rt.add_argument("--from", dest="from_state")
+    rt.add_argument("--state", help="the job's new state (job events only)")
+    rt.add_argument("--from", dest="from_state", help="the state it came from (transition)")
     rt.add_argument("--event", default="transition", choices=[k.value for k in EventKind])
     rt.add_argument("--job-type")
     rt.add_argument("--voice-name")
@@ -370,25 +371,23 @@ def cmd_outbox(args: argparse.Namespace) -> int:
 
 
 def cmd_route(args: argparse.Namespace) -> int:
+    """Which rules and channels an event reaches, decided by the daemon's own matching."""
     config = _load(args)
     now = datetime.now(UTC)
-    job = Job(
-        job_id="route-test-job",
-        state=args.state,
-        reject_times=1,
-        lastupdate_time=now,
-        voice_name=args.voice_name,
-        job_type=args.job_type,
-        batch_name=args.batch_name,
-    )
-    event = Event(
+    facts = Facts(
         EventKind(args.event),
         args.source,
-        now,
-        f"job route-test-job went from {args.from_state} to {args.state}",
-        job=job,
-        previous_state=args.from_state,
+        state=args.state,
+        from_state=args.from_state,
+        job_type=args.job_type,
+        voice_name=args.voice_name,
+        batch_name=args.batch_name,
     )
+    try:
+        event = probe_event(facts, now)
+    except ProbeError as err:
+        raise UsageError(str(err)) from None
+    print(f"event: {event.kind} · {event.reason}")
     matched = 0
     for decision in match(config.rules, event):
         mark = "MATCH" if decision.matched else "  -  "
