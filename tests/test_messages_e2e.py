@@ -24,6 +24,7 @@ from watcher.metastudio.client import RetryPolicy
 from watcher.model import Config
 from watcher.notify import Notifier, check_url
 from watcher.simulator.app import create_app
+from watcher.simulator.details import DETAILS_KEY, DetailService
 from watcher.simulator.runner import serve_app
 from watcher.simulator.state import SimulatorState
 from watcher.store import Store
@@ -78,6 +79,7 @@ class World:
     session: aiohttp.ClientSession
     now: datetime
     opened: list[tuple[Store, Notifier]] = field(default_factory=list)
+    details: DetailService | None = None  # the simulator's audit-result/op-logs faults
 
     def watcher(self) -> Watcher:
         store = Store.open(self.config.storage)
@@ -140,7 +142,7 @@ async def make_world(
         text, str(tmp_path / "config.yaml"), {"TEST_AK": AK, "TEST_SK": SK}, check_url
     )
     async with aiohttp.ClientSession() as session:
-        w = World(sim, hook, smtp, config, session, start)
+        w = World(sim, hook, smtp, config, session, start, details=app[DETAILS_KEY])
         worlds.append(w)
         try:
             yield w

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import aiohttp
 import structlog
@@ -22,10 +23,13 @@ from watcher.engine.alerts import Routed, route
 from watcher.engine.delivery import after_failure, deliverable
 from watcher.engine.diff import count_by_state
 from watcher.engine.noise import Message, plan, silenced_by
+from watcher.engine.rules import matching_rules
 from watcher.engine.tracker import Tracking, advance, health_step
+from watcher.engine.why import detail_resource, failure_key, unavailable
 from watcher.errors import ApiError, AuthError, StoreError, WatcherError
 from watcher.http import Readiness, readiness, start_http
 from watcher.metastudio.client import ListingRejected, MetaStudioClient, RetryPolicy
+from watcher.metastudio.details import fetch_why
 from watcher.metastudio.incremental import (
     Cursor,
     IncrementalPoller,
@@ -217,6 +221,7 @@ class Watcher:
             step_tracking, name, ok=True, now=now, unhealthy_after=self._unhealthy_after(state)
         )
         events = step.events + ((health,) if health is not None else ())
+        events = await self._explain_failures(state, events)
         routed = self._route(events)
         # advance() builds a fresh dict: no need to copy 100k entries again.
         committed = step.jobs if isinstance(step.jobs, dict) else dict(step.jobs)
@@ -374,6 +379,68 @@ class Watcher:
         for problem in routed.problems:
             log.warning("template_failed_using_default", rule=problem.rule, error=problem.error)
         return routed
+
+    async def _explain_failures(
+        self, state: _SourceState, events: tuple[Event, ...]
+    ) -> tuple[Event, ...]:
+        """Add `why` to failures some rule will send: the job's review result or operation
+        log, asked once per failure (kept in the store, so a restart does not ask again) and
+        given at most the source's `enrich_timeout`: a slow, failing or missing detail never
+        delays the alert longer, nor drops it; the alert then says the detail is unavailable.
+        """
+        wanted: dict[str, tuple[str, str]] = {}
+        for event in events:
+            resource = detail_resource(event)
+            if resource is not None and event.job is not None and self._routed_anywhere(event):
+                wanted[failure_key(event.job)] = (event.job.job_id, resource)
+        if not wanted:
+            return events
+        name = state.config.name
+        found: dict[str, dict[str, Any]] = {}
+        for key in wanted:
+            cached = self.store.failure_detail(name, key)
+            if cached is not None:
+                found[key] = cached
+        asks = {
+            key: asyncio.ensure_future(fetch_why(state.client, job_id, resource))
+            for key, (job_id, resource) in wanted.items()
+            if key not in found
+        }
+        limit = state.config.enrich_timeout.total_seconds()
+        if asks:
+            _, late = await asyncio.wait(asks.values(), timeout=limit)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        now = self.clock()
+        for key, task in asks.items():
+            job_id, resource = wanted[key]
+            error = None if task.cancelled() else task.exception()
+            if task.cancelled():
+                found[key] = unavailable(resource, f"no answer within {limit:g}s")
+            elif error is not None:
+                problem = error.message if isinstance(error, WatcherError) else type(error).__name__
+                found[key] = unavailable(resource, problem)
+            else:
+                found[key] = task.result()
+                self.store.save_failure_detail(name, key, found[key], now)
+                continue
+            log.warning(
+                "failure_detail_unavailable",
+                source=name,
+                job_id=job_id,
+                resource=resource,
+                problem=found[key]["problem"],
+            )
+        return tuple(
+            replace(e, details={**e.details, "why": found[failure_key(e.job)]})
+            if e.job is not None and failure_key(e.job) in found and detail_resource(e)
+            else e
+            for e in events
+        )
+
+    def _routed_anywhere(self, event: Event) -> bool:
+        return any(rule.notify for rule in matching_rules(self.config.rules, event))
 
     def _poll_failed(self, state: _SourceState, err: ApiError, seconds: float) -> None:
         name = state.config.name

@@ -312,6 +312,16 @@ class MetaStudioClient:
             raise
         return body_to_job(body), tally.requests
 
+    async def get_job_resource(
+        self, job_id: str, resource: str, query: Sequence[tuple[str, str]] = ()
+    ) -> dict[str, Any]:
+        """A per-job sub-resource (`audit-result`, `op-logs`): signed, throttled and retried
+        like the list call; ApiError as it answers (404 for an unknown job)."""
+        body = await self._fetch(
+            f"{self._path}/{job_id}/{resource}", list(query), _Tally(), f"{resource} of {job_id}"
+        )
+        return dict(body)
+
     @staticmethod
     def _inconsistency(state: _ScanState) -> str:
         if state.overlapped:

@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 from watcher.metastudio import signer
+from watcher.simulator.details import add_detail_routes
 from watcher.simulator.state import SimulatorState, to_ms
 
 Clock = Callable[[], datetime]
@@ -364,4 +365,5 @@ def create_app(
     app.router.add_get("/_sim/stats", api.sim_stats)
     app.router.add_post("/_sim/faults", api.sim_faults)
     app.router.add_post("/_sim/config", api.sim_config)
+    add_detail_routes(app, api)  # audit-result and op-logs (watcher.simulator.details)
     return app
