@@ -40,6 +40,7 @@ from watcher.engine.probe import Facts, ProbeError, probe_event
 from watcher.engine.rules import match
 from watcher.engine.templates import check_rule_templates, render
 from watcher.engine.why import why_lines
+from watcher.errorcodes import with_explanation
 from watcher.errors import ConfigError, StoreError, UsageError, WatcherError
 from watcher.http import readiness
 from watcher.logs import REDACTOR, configure
@@ -256,7 +257,9 @@ def cmd_once(args: argparse.Namespace) -> int:
             outcomes = await watcher.once()
         failures = [o for o in outcomes if not o.ok]
         for outcome in failures:
-            print(f"metastudio-watcher: source {outcome.source}: {outcome.error}", file=sys.stderr)
+            error = outcome.error
+            text = with_explanation(str(error), error.code if error is not None else None)
+            print(f"metastudio-watcher: source {outcome.source}: {text}", file=sys.stderr)
         return EX_FAILURE if failures else EX_OK
 
     try:

@@ -26,6 +26,7 @@ from watcher.engine.noise import Message, plan, silenced_by
 from watcher.engine.rules import matching_rules
 from watcher.engine.tracker import Tracking, advance, health_step
 from watcher.engine.why import detail_resource, failure_key, unavailable
+from watcher.errorcodes import with_explanation
 from watcher.errors import ApiError, AuthError, StoreError, WatcherError
 from watcher.http import Readiness, readiness, start_http
 from watcher.metastudio.client import ListingRejected, MetaStudioClient, RetryPolicy
@@ -466,7 +467,7 @@ class Watcher:
             ok=False,
             now=now,
             unhealthy_after=self._unhealthy_after(state),
-            error=text,
+            error=with_explanation(text, err.code),  # what a documented code means
             failed_at=now - timedelta(seconds=seconds),  # when this failing poll began
         )
         events = (event,) if event is not None else ()

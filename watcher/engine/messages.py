@@ -18,6 +18,7 @@ from typing import Any
 from watcher.engine.shorten import MAX_TEXT, shorten
 from watcher.engine.templates import render_group_templates
 from watcher.engine.why import why_lines
+from watcher.errorcodes import explain
 from watcher.model import FAILURE_STATES, Alert, BodyFormat, Event, Job, NotifyType, RuleConfig
 
 DOCUMENT_VERSION = 1
@@ -148,6 +149,14 @@ def summary_line(entries: Sequence[Mapping[str, Any]]) -> str:
     return " · ".join(parts)
 
 
+def detail_lines(entry: Mapping[str, Any]) -> list[str]:
+    """Under a job's line: the failure code's documented meaning, then the fetched why."""
+    job = entry.get("job") or {}
+    found = explain(job.get("job_failed_code")) if entry.get("state") in FAILURE_STATES else None
+    meaning = [shorten(found.line(), 2 * MAX_TEXT)] if found is not None else []
+    return meaning + why_lines(entry.get("why"))
+
+
 def job_line(entry: Mapping[str, Any]) -> str:
     """`job-1 (Lei): AUDITING → AUDIT_FAILED · MSS.00000012 background noise too high`."""
     job = entry.get("job")
@@ -261,7 +270,7 @@ def _text_body(summary: str, entries: Sequence[Mapping[str, Any]], more: int, co
     lines = [summary, ""]
     for entry in entries:
         lines.append(f"- {job_line(entry)}")
-        lines.extend(f"    {w}" for w in why_lines(entry.get("why")))
+        lines.extend(f"    {w}" for w in detail_lines(entry))
     if more:
         lines += ["", _more(more, command)]
     return "\n".join(lines)
@@ -280,7 +289,7 @@ def _markdown_body(
     lines = [f"**{_md(summary)}**", ""]
     for entry in entries:
         lines.append(f"- {_md(job_line(entry))}")
-        lines.extend(f"    - {_md(w)}" for w in why_lines(entry.get("why")))
+        lines.extend(f"    - {_md(w)}" for w in detail_lines(entry))
     if more:
         lines += ["", f"+{more} more not listed here; all of them: `{command.replace('`', '')}`"]
     return "\n".join(lines)
@@ -290,7 +299,7 @@ def _html_body(summary: str, entries: Sequence[Mapping[str, Any]], more: int, co
     out = [f"<p><b>{html.escape(summary)}</b></p>", "<ul>"]
     for entry in entries:
         item = html.escape(job_line(entry))
-        why = why_lines(entry.get("why"))
+        why = detail_lines(entry)
         if why:
             item += "<ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in why) + "</ul>"
         out.append(f"<li>{item}</li>")

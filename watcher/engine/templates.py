@@ -17,6 +17,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from watcher.engine.diff import format_duration
 from watcher.engine.why import why_lines
+from watcher.errorcodes import explain
 from watcher.model import (
     FAILURE_STATES,
     SUCCEED,
@@ -114,7 +115,14 @@ def template_context(event: Event) -> dict[str, Any]:
         "source": event.source,
         # What the detail APIs said about a failure (None when not fetched for this event).
         "why": event.details.get("why"),
+        # What the job's failure code means, when MetaStudio documents it (else None).
+        "failure_meaning": _meaning(job.get("job_failed_code")),
     }
+
+
+def _meaning(code: Any) -> str | None:
+    found = explain(str(code)) if code else None
+    return found.line() if found is not None else None
 
 
 DEFAULT_TITLE = (
@@ -133,6 +141,9 @@ voice: {{ job.voice_name or "-" }} · type: {{ job.job_type or "-" }}\
 
 {% if job.job_failed_code or job.job_failed_reason %}
 failure: {{ job.job_failed_code or "-" }} {{ job.job_failed_reason or "" }}
+{% endif %}
+{% if failure_meaning %}
+{{ failure_meaning }}
 {% endif %}
 {# Rejections matter while a job is rejected or just recovered, not on every SUCCEED. #}
 {% if job.reject_times and (event.state in ("AUDIT_FAILED", "USER_REVIEW_REJECT") \
