@@ -699,6 +699,15 @@ def test_the_example_config_passes_check_with_every_rule_form(
         "urgent:",
         "group_by:",
         "quiet_hours:",
+        "group_title:",
+        "group_limit:",
+        "batch_quiet:",
+        "enrich_timeout:",
+        "format: json",
+        "dingtalk://",
+        "wecombot://",
+        "feishu://",
+        "workflows://",
     ):
         assert form in text, form
     # Storage relative to the config: keep the example's state file out of the repo.
@@ -707,4 +716,5 @@ def test_the_example_config_passes_check_with_every_rule_form(
     copy.chmod(0o600)
     code, out, err = cli(capsys, "check", "-c", str(copy))
     assert code == EX_OK, err
-    assert "rules: 7 (review-failed, failures, batch-done, recovered, watcher-blind" in out
+    assert "rules: 11 (review-failed, failures, batch-done, failures-for-chat, " in out
+    assert "warning:" not in out

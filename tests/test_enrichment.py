@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.receivers import SmtpReceiver
-from tests.test_messages_e2e import World, make_world
+from tests.test_messages_e2e import World, _capture, make_world
 from watcher.engine.why import failure_key
 from watcher.model import Event, EventKind
 
@@ -79,6 +79,9 @@ async def test_json_document_carries_why_as_data(world: World) -> None:
     assert why["source"] == "audit-result"
     assert why["errors"][0]["audio_name"].endswith(".wav")
     assert "attachment_url" not in json.dumps(why)
+    _capture("json-single.json", json.dumps(post, ensure_ascii=False, indent=2) + "\n")
+    (chat_post,) = world.posts("/chat")
+    _capture("text-single.txt", f"{chat_post['title']}\n\n{chat_post['message']}\n")
 
 
 @pytest.mark.parametrize(

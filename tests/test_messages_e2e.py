@@ -48,6 +48,7 @@ channels:
   machines: ["{machines}"]
   mail: ["{mail}"]
   batch_hook: ["{batch_hook}"]
+  slack_style: ["{slack_style}"]
 rules:
   - name: failures
     on: [AUDIT_FAILED, SPLIT_FAILED, FAILED]
@@ -60,6 +61,10 @@ rules:
     on: [AUDIT_FAILED, SPLIT_FAILED, FAILED]
     notify: [mail]
     format: html
+  - name: failures-slack
+    on: [AUDIT_FAILED, SPLIT_FAILED, FAILED]
+    notify: [slack_style]
+    format: markdown
   - name: batches
     events: [batch_settled, batch_updated]
     notify: [batch_hook]
@@ -133,6 +138,7 @@ async def make_world(
         hook=json_url(base, "/chat"),
         machines=json_url(base, "/machines"),
         batch_hook=json_url(base, "/batches"),
+        slack_style=json_url(base, "/markdown"),
         mail=mailto_url(smtp.host, smtp.port, "ops@example.com"),
         storage=tmp_path / "state.db",
         enrich_timeout=enrich_timeout,
@@ -191,6 +197,16 @@ async def test_grouped_chat_message_lists_each_job_with_states_code_and_reason(
         )
         assert str(world.sim.jobs[str(job["job_id"])]["job_failed_code"]) in line
     _capture("slack-style-group.txt", f"{chat['title']}\n\n{body}\n")
+
+
+async def test_markdown_channel_gets_a_bold_summary_and_escaped_lines(world: World) -> None:
+    jobs = await three_failures(world)
+    (post,) = world.posts("/markdown")
+    body = str(post["message"])
+    assert body.startswith("**2 AUDIT_FAILED: 2× audio review failed: background noise too high")
+    assert all(f"- {j['job_id']} " in body for j in jobs)
+    assert "    - " in body  # the why: a nested list under its job
+    _capture("slack-style-markdown.md", f"{post['title']}\n\n{body}\n")
 
 
 async def test_json_channel_gets_one_document_with_structured_jobs(world: World) -> None:

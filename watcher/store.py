@@ -1133,7 +1133,7 @@ def _alert_to_row(alert: Alert) -> tuple[Any, ...]:
         created,  # due as soon as it is queued
         alert.group_key,
         json.dumps(dict(alert.labels), sort_keys=True, ensure_ascii=False),
-        json.dumps(dict(alert.facts), sort_keys=True, ensure_ascii=False, default=str),
+        json.dumps(dict(alert.facts), ensure_ascii=False, default=str),  # document order
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -276,11 +277,14 @@ def _text_body(summary: str, entries: Sequence[Mapping[str, Any]], more: int, co
     return "\n".join(lines)
 
 
-_MARKDOWN_SPECIAL = str.maketrans({c: f"\\{c}" for c in "\\`*_[]<>#|~"})
+_MARKDOWN_SPECIAL = str.maketrans({c: f"\\{c}" for c in "\\`*[]<>#|~"})
+# An underscore inside a word (AUDIT_FAILED) is no emphasis in CommonMark: left alone.
+_LOOSE_UNDERSCORE = re.compile(r"(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
 
 
 def _md(text: str) -> str:
-    return text.translate(_MARKDOWN_SPECIAL)
+    """User text made literal in markdown: reasons and names may hold * _ [ ] or #."""
+    return _LOOSE_UNDERSCORE.sub(r"\\_", text.translate(_MARKDOWN_SPECIAL))
 
 
 def _markdown_body(
