@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--poll-interval", default="5s", help="daemon poll interval")
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--duration", type=float, default=None, help="stop after N seconds")
+    demo.add_argument("--logs", action="store_true", help="show the daemon's log lines too")
     outbox = with_config(add_command("outbox", help="list pending and dead alerts"))
     outbox.add_argument("action", nargs="?", choices=["list", "retry"], default="list")
     outbox.add_argument("id", nargs="?", type=int, help="with retry: one dead alert's id")
@@ -314,6 +315,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             poll_interval=args.poll_interval,
             seed=args.seed,
             duration=args.duration,
+            logs=args.logs or args.log_level != "info",
+            log_format=args.log_format,
         )
     )
 

@@ -76,9 +76,10 @@ def probe_event(facts: Facts, now: datetime) -> Event:
     note = None
     subject = None
     if kind is EventKind.TRANSITION:
-        if previous is None:
-            raise ProbeError("transition needs the state the job came from: give --from")
         reason = f"job {job.job_id} went from {previous} to {job.state}"
+        if previous is None:
+            # Rules with from: need it; others match whatever the job came from.
+            reason = f"job {job.job_id} went to {job.state} (from a state not given: --from)"
     elif kind is EventKind.REJECTED_AGAIN:
         previous = previous or job.state
         reason = f"job {job.job_id} is {job.state} again (reject_times 1 → 2)"
