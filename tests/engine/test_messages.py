@@ -215,3 +215,9 @@ def test_summary_counts_add_up(states: list[str]) -> None:
 @given(st.text(), st.integers(min_value=2, max_value=300))
 def test_shorten_never_exceeds_the_limit(text: str, limit: int) -> None:
     assert len(shorten(text, limit)) <= limit
+
+
+def test_default_html_body_keeps_its_lines() -> None:
+    (alert,) = alerts_for([failed(1, reason="<noise> & hum")], BodyFormat.HTML)
+    assert "<br>\n" in alert.body
+    assert "&lt;noise&gt; &amp; hum" in alert.body

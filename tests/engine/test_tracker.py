@@ -353,3 +353,24 @@ def test_unhealthy_window_starts_when_the_first_failed_poll_began() -> None:
     assert event is not None
     assert event.kind is EventKind.SOURCE_UNHEALTHY
     assert "35s" in event.reason
+
+
+def test_a_later_batch_reusing_the_name_settles_as_a_new_batch() -> None:
+    previous = None
+    tracking = Tracking()
+    keys = []
+    scans = [
+        at(0, bj("a", "PROCESSING")),
+        at(1, bj("a", "SUCCEED")),
+        at(20, bj("a", "SUCCEED")),  # settled
+        at(30),  # the batch is gone (cleaned up)
+        at(40, bj("z", "PROCESSING")),  # a new batch, same name
+        at(41, bj("z", "FAILED")),
+        at(60, bj("z", "FAILED")),  # settled too: a different event
+    ]
+    for s in scans:
+        step = advance(previous, tracking, s, [], vanish_after=1)
+        keys += [e.key for e in step.events if e.kind is EventKind.BATCH_SETTLED]
+        previous, tracking = dict(step.jobs), Tracking.from_json(step.tracking.to_json())
+    assert len(keys) == 2
+    assert len(set(keys)) == 2

@@ -175,7 +175,11 @@ def render(event: Event, rule: RuleConfig | None = None) -> Rendered:
         # Not only TemplateError: `{{ 'n=' + job.reject_times }}` raises a plain TypeError.
         fallback = render(event, None)
         return Rendered(fallback.title, fallback.body, kind, error=_describe(err))
-    return Rendered(_one_line(title), body.strip(), kind)
+    body = body.strip()
+    if body_format is BodyFormat.HTML and not (rule is not None and rule.body):
+        # The default body is lines of text (escaped by autoescape): keep them lines in mail.
+        body = "<br>\n".join(body.splitlines())
+    return Rendered(_one_line(title), body, kind)
 
 
 def _one_line(text: str) -> str:

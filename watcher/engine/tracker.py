@@ -52,6 +52,8 @@ class BatchMemory:
 
     signature: str  # digest of every job's id, state and update time
     changed_at: datetime  # when a job of it last changed or appeared
+    # When the watcher first saw this batch: a later batch reusing the name is another one.
+    first_seen: datetime
     announced: str | None = None  # the signature last announced (settled or updated)
     # state -> count when last announced, so an update can say what changed.
     announced_counts: Mapping[str, int] = field(default_factory=dict)
@@ -62,6 +64,7 @@ class BatchMemory:
         return [
             self.signature,
             self.changed_at.isoformat(),
+            self.first_seen.isoformat(),
             self.announced,
             dict(self.announced_counts),
             list(self.changed_jobs),
@@ -72,9 +75,10 @@ class BatchMemory:
         return cls(
             str(value[0]),
             datetime.fromisoformat(value[1]),
-            value[2],
-            {str(k): int(v) for k, v in dict(value[3]).items()},
-            tuple(str(j) for j in value[4]),
+            datetime.fromisoformat(value[2]),
+            value[3],
+            {str(k): int(v) for k, v in dict(value[4]).items()},
+            tuple(str(j) for j in value[5]),
         )
 
 
@@ -353,7 +357,7 @@ def _batches(
             history = previous is None or name in tracking.settled_batches
             announced = signature if (terminal and history) else None
             counts = _state_counts(jobs) if announced else {}
-            kept[name] = BatchMemory(signature, now, announced, counts)
+            kept[name] = BatchMemory(signature, now, now, announced, counts)
             continue
         if mem.signature != signature:
             changed = mem.changed_jobs
@@ -362,7 +366,7 @@ def _batches(
             mem = replace(mem, signature=signature, changed_at=now, changed_jobs=changed)
         if terminal and mem.announced != signature and now - mem.changed_at >= quiet:
             if mem.announced is None:
-                out.append(batch_event(snapshot.source, name, jobs, now))
+                out.append(batch_event(snapshot.source, name, jobs, now, since=mem.first_seen))
             else:
                 out.append(batch_update_event(snapshot.source, name, jobs, mem, now))
             mem = replace(
@@ -423,7 +427,7 @@ def batch_update_event(
         source,
         now,
         text,
-        subject=f"{name}|update|{_batch_signature(jobs)}",
+        subject=f"{name}|update|{mem.first_seen.isoformat()}|{_batch_signature(jobs)}",
         details={
             "batch_name": name,
             "counts": counts,
@@ -443,7 +447,9 @@ def _reasons(jobs: Iterable[Job]) -> dict[str, int]:
     return reasons
 
 
-def batch_event(source: str, name: str, jobs: Iterable[Job], now: datetime) -> Event:
+def batch_event(
+    source: str, name: str, jobs: Iterable[Job], now: datetime, *, since: datetime | None = None
+) -> Event:
     """The settled-batch summary: counts by state, failure reasons, how long it took."""
     jobs = list(jobs)
     counts = _state_counts(jobs)
@@ -464,7 +470,8 @@ def batch_event(source: str, name: str, jobs: Iterable[Job], now: datetime) -> E
         source,
         now,
         f"batch {name} settled: {text}",
-        subject=f"{name}|settled",
+        # Once per batch: a later batch reusing the name (first seen later) is news again.
+        subject=f"{name}|settled|{(since or now).isoformat()}",
         details={"batch_name": name, "counts": counts, "failure_reasons": reasons},
     )
 
