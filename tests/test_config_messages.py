@@ -93,3 +93,9 @@ def test_check_renders_group_templates_against_a_sample_group(
     )
     path.write_text(good)
     assert main(["check", "-c", str(path)]) == 0
+
+
+def test_a_json_rule_with_a_body_template_is_refused() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(rule="    format: json\n    body: '{{ job.job_id }}'\n")
+    assert caught.value.message.startswith("m.yaml:14: rules[0].body: format: json sends")

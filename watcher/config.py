@@ -1105,6 +1105,13 @@ class _Reader:
         if "group_interval" in rule:
             group_interval = self.duration(rule["group_interval"], _child(path, "group_interval"))
         group_title, group_body, group_limit = self.group_message(rule, path)
+        if body_format is BodyFormat.JSON and body is not None:
+            # The JSON document is the body; a template there would be silently ignored.
+            self.fail(
+                _child(path, "body"),
+                "format: json sends the JSON document as the body; remove body: (title: "
+                "still applies) or use another format",
+            )
         return RuleConfig(
             name=name,
             on=on,

@@ -16,7 +16,7 @@ import sys
 import threading
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
 
@@ -196,6 +196,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
+FAILURE_DETAIL_DAYS = 90
 
 _SELECT_JOBS = """
     SELECT job_id, state, reject_times, create_time, lastupdate_time, voice_name, job_type,
@@ -671,6 +672,12 @@ class Store:
                 "INSERT OR REPLACE INTO failure_details (source, failure, why, fetched_at) "
                 "VALUES (?, ?, ?, ?)",
                 (source, failure, json.dumps(dict(why), ensure_ascii=False), _ts(now)),
+            )
+            # A failure is re-detected only within days (a crash before its commit): keep
+            # 90 days, so the table stays small however long the watcher runs.
+            conn.execute(
+                "DELETE FROM failure_details WHERE fetched_at < ?",
+                (_ts(now - timedelta(days=FAILURE_DETAIL_DAYS)),),
             )
 
     def list_silences(self, *, active_at: datetime | None = None) -> list[Silence]:
