@@ -77,6 +77,7 @@ class World:
             notifier,
             self.session,
             clock=lambda: self.now,
+            monotonic=lambda: self.now.timestamp(),  # the test's time moves both clocks
             rng=random.Random(1),
             retry=FAST,
         )
