@@ -312,3 +312,39 @@ def test_run_speaks_sd_notify_ready_status_watchdog_and_stopping(
     daemon.signal(signal.SIGTERM)
     receive_until(lambda: "STOPPING=1" in fields(), "STOPPING=1", 10)
     assert daemon.proc.wait(10) == 0
+
+
+ONE_PER_JOB_RULE = "  - name: done\n    on: [SUCCEED]\n    notify: [hook]\n    group_by: [job_id]\n"
+
+
+def test_a_storm_of_sighups_during_delivery_loses_nothing_and_doubles_nothing(
+    servers: Servers, daemons: list[Daemon]
+) -> None:
+    # One message per job, each taking 0.3 s to be answered: sends are in flight while
+    # 50 reloads arrive. A reload used to cancel the send apprise then completed anyway,
+    # and the new configuration sent it again.
+    config = servers.config(interval="5s", extra_rules=ONE_PER_JOB_RULE)
+    jobs = [servers.add_job(state="AUDITING")["job_id"] for _ in range(20)]
+    daemon = Daemon(config, child_env())
+    daemons.append(daemon)
+    daemon.wait_log("poll_finished")
+    servers.loop.call(servers.hook.hang_next, 1000, 0.3)
+    for job_id in jobs:
+        servers.set_state(job_id, "SUCCEED")
+    wait_for("the first send in flight", lambda: len(servers.hook.requests) >= 1, SEEN_WITHIN)
+    for _ in range(50):
+        daemon.signal(signal.SIGHUP)
+        time.sleep(0.05)
+    daemon.wait_log("config_reloaded")
+    wait_for("every alert", lambda: len(servers.hook.received) >= len(jobs), 60)
+    # Let any late duplicate arrive before counting.
+    with Store.open(str(servers.storage)) as store:
+        wait_for(
+            "an empty outbox", lambda: not store.list_outbox([OutboxStatus.PENDING]), SEEN_WITHIN
+        )
+    time.sleep(1.0)
+    titles = alert_titles(servers)
+    assert sorted(titles) == sorted(set(titles))  # 0 duplicates
+    assert sorted(t.split()[3] for t in titles) == sorted(jobs)  # and none lost
+    assert len(daemon.events("config_reloaded")) >= 2
+    assert daemon.stop() == 0
