@@ -348,3 +348,54 @@ def test_a_storm_of_sighups_during_delivery_loses_nothing_and_doubles_nothing(
     assert sorted(t.split()[3] for t in titles) == sorted(jobs)  # and none lost
     assert len(daemon.events("config_reloaded")) >= 2
     assert daemon.stop() == 0
+
+
+def run_cli(config: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "watcher", *argv, "-c", config],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_one_daemon_per_state_file_whatever_the_path_and_after_it_is_deleted(
+    servers: Servers, daemons: list[Daemon]
+) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    config = servers.config(interval="5s", extra=f"http:\n  listen: 127.0.0.1:{port}\n")
+    daemon = Daemon(config, child_env())
+    daemons.append(daemon)
+    daemon.wait_log("poll_finished")
+
+    # A second watcher whose storage is a symlink to the same file is refused.
+    link = servers.tmp_path / "alias" / "link.db"
+    link.parent.mkdir()
+    link.symlink_to(servers.storage)
+    aliased = servers.config("aliased.yaml", interval="5s")
+    Path(aliased).write_text(Path(aliased).read_text().replace(str(servers.storage), str(link)))
+    refused = run_cli(aliased, "once")
+    assert refused.returncode != 0
+    assert f"already using {link} (pid {daemon.proc.pid})" in refused.stderr
+
+    # The state directory vanishes under the running daemon: logged, /readyz 503, `status`
+    # names the daemon, and the path is still no door for a second one.
+    state_dir = servers.tmp_path / "state"
+    state_dir.mkdir()
+    moved = servers.storage.rename(state_dir / "state.db")  # the file is gone from its path
+    lost = daemon.wait_log("state_file_lost", within=10)
+    assert lost["error"] == f"{servers.storage}: the state file was deleted under the daemon"
+    code, body = http_get(f"{base}/readyz")
+    assert code == 503
+    assert json.loads(body)["reason"] == lost["error"]
+    status = run_cli(config, "status")
+    assert status.returncode != 0
+    assert f"a watcher (pid {daemon.proc.pid}) still runs on it" in status.stderr
+    second = run_cli(config, "once")
+    assert f"already using {servers.storage} (pid {daemon.proc.pid})" in second.stderr
+    daemon.assert_running()
+    assert daemon.stop() == 0
+    assert moved.exists()

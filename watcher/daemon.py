@@ -578,13 +578,17 @@ async def serve(
     # Retry times on the monotonic clock: one memory for the daemon's life, across reloads.
     memory = DeliveryMemory()
     current: list[Watcher] = []
+    lost: list[str] = []  # why the state file is no longer ours, once that happened
 
     def ready() -> Readiness:
         if not current:
             return Readiness(False, ())
         watcher = current[0]
         intervals = {s.name: s.poll_interval for s in watcher.config.sources}
-        return readiness(watcher.last_ok(), intervals, watcher.clock())
+        verdict = readiness(watcher.last_ok(), intervals, watcher.clock())
+        if lost:
+            return Readiness(False, verdict.stale, lost[0])
+        return verdict
 
     http_runner = None
     if config.http_listen:
@@ -601,6 +605,7 @@ async def serve(
             watchdog = asyncio.create_task(
                 _watchdog(sd, current, running, shutdown), name="watchdog"
             )
+            guard = asyncio.create_task(_guard_state(store, lost, shutdown), name="state-guard")
             sd.ready()
             log.info("watcher_started", sources=[s.name for s in config.sources])
             while True:
@@ -636,6 +641,7 @@ async def serve(
             stop_watcher.set()
             await task
             watchdog.cancel()
+            guard.cancel()
             notifier.close()
             if watcher.failure is not None:
                 exit_code = 1
@@ -647,6 +653,23 @@ async def serve(
         sd.close()
     log.info("watcher_stopped", exit_code=exit_code)
     return exit_code
+
+
+STATE_CHECK_EVERY = 2.0  # seconds between looks at the state file
+
+
+async def _guard_state(store: Store, lost: list[str], stop: asyncio.Event) -> None:
+    """Notice a state file deleted or replaced under the daemon: logged, and /readyz says so.
+
+    The daemon keeps its lock (see `watcher.statelock`), so no second daemon starts on the
+    path meanwhile; an operator restarts it once the file is restored or given up.
+    """
+    while not stop.is_set():
+        problem = store.file_problem()
+        if problem is not None and not lost:
+            lost.append(problem)
+            log.error("state_file_lost", error=problem, action="restart the watcher")
+        await _wait(stop, STATE_CHECK_EVERY)
 
 
 async def _watchdog(

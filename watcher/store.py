@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import sqlite3
@@ -35,6 +34,7 @@ from watcher.model import (
     Silence,
     Snapshot,
 )
+from watcher.statelock import DaemonLock
 
 log = structlog.get_logger()
 
@@ -321,11 +321,11 @@ class HistoryEntry:
 class Store:
     """The SQLite state file. Synchronous: every operation is a few small statements."""
 
-    def __init__(self, path: str, conn: sqlite3.Connection, lock_fd: int | None) -> None:
+    def __init__(self, path: str, conn: sqlite3.Connection, lock: DaemonLock | None) -> None:
         # Use Store.open(): it prepares the file, the lock and the schema.
         self.path = path
         self._conn = conn
-        self._lock_fd = lock_fd
+        self._lock = lock
         self._mutex = threading.RLock()
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -334,18 +334,19 @@ class Store:
     def open(cls, path: str, *, exclusive: bool = False) -> Store:
         """Open (creating if needed) the state file and bring its schema up to date.
 
-        `exclusive=True` is for the daemon: a second daemon on the same file is refused.
+        `exclusive=True` is for the daemon: a second daemon on the same file is refused,
+        whatever path names it (see `watcher.statelock`).
         """
         if path != ":memory:":
             _prepare_file(path)
-        lock_fd = _take_lock(path) if exclusive and path != ":memory:" else None
+        lock = DaemonLock.acquire(path) if exclusive and path != ":memory:" else None
         try:
             conn = _connect(path)
         except BaseException:
-            if lock_fd is not None:
-                os.close(lock_fd)
+            if lock is not None:
+                lock.release()
             raise
-        store = cls(path, conn, lock_fd)
+        store = cls(path, conn, lock)
         try:
             store._migrate()
         except BaseException:
@@ -358,9 +359,14 @@ class Store:
         with self._mutex:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.close()
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)  # closing the descriptor releases the flock
-                self._lock_fd = None
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+
+    def file_problem(self) -> str | None:
+        """For the daemon: why its state file is no longer the one at its path (deleted,
+        replaced, its directory removed), or None while all is well."""
+        return self._lock.problem() if self._lock is not None else None
 
     def __enter__(self) -> Store:
         return self
@@ -920,31 +926,6 @@ def _free_bytes(path: str) -> int | None:
     except OSError:
         return None
     return stat.f_bavail * stat.f_frsize
-
-
-def _take_lock(path: str) -> int:
-    """flock `<path>.lock` so a second daemon on the same file refuses to start."""
-    lock_path = f"{path}.lock"
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as err:
-        raise StoreError(
-            f"cannot create {lock_path}: {_os_hint(err, os.path.dirname(lock_path))}"
-        ) from err
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as err:
-        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise StoreError(
-                f"another metastudio-watcher is already using {path} (pid {holder}); "
-                "stop it first or give this one a different storage path"
-            ) from err
-        raise StoreError(f"cannot lock {lock_path}: {err.strerror}") from err
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
 
 
 def _connect(path: str) -> sqlite3.Connection:
