@@ -64,11 +64,15 @@ class DeliveryMemory:
                 out[item.id] = timedelta(seconds=due - mono)
         return out
 
-    def attempted(self, item: OutboxItem, now: datetime) -> float:
-        """Record an attempt; return the time spent trying so far, this attempt included."""
+    def attempted(self, item: OutboxItem, now: datetime, started: float) -> float:
+        """Record an attempt that began at monotonic `started` and just ended; return the time
+        spent trying so far (from the first attempt's start to this one's end)."""
         mono = self.monotonic()
         last = self.last_attempt.get(item.id)
-        gap = mono - last if last is not None else gap_since_last_attempt(item, now)
+        if last is not None:
+            gap = mono - last
+        else:
+            gap = gap_since_last_attempt(item, now) + (mono - started)
         self.last_attempt[item.id] = mono
         return item.elapsed + max(gap, 0.0)
 
@@ -169,6 +173,7 @@ class Dispatcher:
                 break  # the rest go on the next pass (of the next configuration)
             if job_order(message.items, failed_items).held:
                 continue  # an earlier alert about one of its jobs just failed: it goes first
+            started = self.memory.monotonic()
             result = await self.notifier.send(
                 message.channel,
                 message.title,
@@ -202,7 +207,7 @@ class Dispatcher:
                     )
                     continue
                 error = result.error or "delivery failed"
-                elapsed = self.memory.attempted(item, now)
+                elapsed = self.memory.attempted(item, now, started)
                 decision = after_failure(item, elapsed, self.config.delivery, self.rng)
                 if decision.delay is None:
                     self.store.mark_dead(item.id, now, error, elapsed=elapsed)

@@ -346,6 +346,9 @@ class DeliveryConfig:
     send_timeout: timedelta = timedelta(seconds=30)
 
 
+DEFAULT_RETENTION = timedelta(days=30)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     path: str
@@ -363,4 +366,4 @@ class Config:
     # whole URLs): the log redactor masks each of them wherever it appears.
     secrets: frozenset[str] = field(default=frozenset(), repr=False)
     # How long history (events, sent, dead and silenced alerts, the send log) is kept.
-    retention: timedelta = timedelta(days=30)
+    retention: timedelta = DEFAULT_RETENTION
