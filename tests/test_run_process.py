@@ -399,3 +399,51 @@ def test_one_daemon_per_state_file_whatever_the_path_and_after_it_is_deleted(
     daemon.assert_running()
     assert daemon.stop() == 0
     assert moved.exists()
+
+
+LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+
+
+@pytest.mark.skipif(not LIBFAKETIME.exists(), reason="libfaketime is not installed (apt faketime)")
+def test_retries_survive_wall_clock_steps_back_and_forward(
+    servers: Servers, daemons: list[Daemon]
+) -> None:
+    # The daemon's wall clock is libfaketime's, moved by rewriting a file; its monotonic
+    # clock stays real, as a kernel's does when NTP or an operator steps the time.
+    offset = servers.tmp_path / "faketime"
+    offset.write_text("+0\n")
+    env = child_env(
+        LD_PRELOAD=str(LIBFAKETIME),
+        FAKETIME_TIMESTAMP_FILE=str(offset),
+        FAKETIME_NO_CACHE="1",
+        FAKETIME_DONT_FAKE_MONOTONIC="1",
+    )
+    config = servers.config(interval="5s", retry_initial="1s", retry_max="2s", give_up_after="1h")
+    first, second = (servers.add_job(state="AUDITING")["job_id"] for _ in range(2))
+    daemon = Daemon(config, env)
+    daemons.append(daemon)
+    daemon.wait_log("poll_finished")
+
+    # Back ten minutes while an alert is backing off: it goes as soon as its backoff is over,
+    # not ten minutes later. (The simulator tolerates 15 minutes of signature skew.)
+    servers.hook.refuse = True
+    servers.set_state(first, "AUDIT_FAILED")
+    daemon.wait_log("alert_send_failed")
+    offset.write_text("-10m\n")
+    servers.hook.refuse = False
+    wait_for("the retried alert", lambda: len(servers.hook.received) >= 1, 10)
+    assert alert_titles(servers)[0].startswith(f"AUDIT_FAILED: voice job {first}")
+
+    # Forward 25 hours, past give_up_after (1h), while another alert is backing off: it is
+    # retried and delivered, not dead-lettered (it has been tried for seconds, not a day).
+    servers.hook.refuse = True
+    servers.set_state(second, "AUDIT_FAILED")
+    failed = len(daemon.events("alert_send_failed"))
+    daemon.wait_log("alert_send_failed", count=failed + 1)
+    offset.write_text("+25h\n")
+    daemon.wait_log("alert_send_failed", count=failed + 2, within=10)
+    servers.hook.refuse = False
+    wait_for("the second alert", lambda: len(servers.hook.received) >= 2, 10)
+    assert alert_titles(servers)[1].startswith(f"AUDIT_FAILED: voice job {second}")
+    assert daemon.events("alert_dead_lettered") == []
+    assert daemon.stop() == 0
