@@ -396,6 +396,7 @@ def test_one_daemon_per_state_file_whatever_the_path_and_after_it_is_deleted(
     assert f"a watcher (pid {daemon.proc.pid}) still runs on it" in status.stderr
     second = run_cli(config, "once")
     assert f"already using {servers.storage} (pid {daemon.proc.pid})" in second.stderr
+    assert not servers.storage.exists()  # the refused one created nothing
     daemon.assert_running()
     assert daemon.stop() == 0
     assert moved.exists()

@@ -46,6 +46,7 @@ def test_a_deleted_state_directory_is_no_door_for_a_second_daemon(db: Path) -> N
         assert holder(str(db)) == os.getpid()
         with pytest.raises(StoreError, match=f"already using {db} \\(pid {os.getpid()}\\)"):
             Store.open(str(db), exclusive=True)
+        assert not db.parent.exists()  # the refused daemon created nothing
     # Once the first one stopped, the path is free again.
     assert holder(str(db)) is None
     Store.open(str(db), exclusive=True).close()

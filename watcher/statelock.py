@@ -15,6 +15,7 @@ import os
 import socket
 import struct
 import sys
+from collections.abc import Callable
 
 from watcher.errors import StoreError
 
@@ -42,12 +43,16 @@ class DaemonLock:
         self._identity = _identity(real)
 
     @classmethod
-    def acquire(cls, path: str) -> DaemonLock:
-        """Lock the state file at `path` (which must exist), or raise StoreError naming the
-        holder. Call after the file was created, so a symlink resolves to its target."""
-        real = real_path(path)
-        claim = _claim(real, path)
+    def acquire(cls, path: str, prepare: Callable[[str], None]) -> DaemonLock:
+        """Lock the state file at `path`, or raise StoreError naming the holder.
+
+        `prepare(path)` creates the file once the path is claimed (so a refused daemon creates
+        nothing), before it is resolved again and flocked (so a symlink leads to its target).
+        """
+        claim = _claim(real_path(path), path)
         try:
+            prepare(path)
+            real = real_path(path)
             fd = _flock(real, path)
         except BaseException:
             if claim is not None:

@@ -337,9 +337,13 @@ class Store:
         `exclusive=True` is for the daemon: a second daemon on the same file is refused,
         whatever path names it (see `watcher.statelock`).
         """
-        if path != ":memory:":
+        lock = None
+        if path == ":memory:":
+            pass
+        elif exclusive:
+            lock = DaemonLock.acquire(path, prepare=_prepare_file)
+        else:
             _prepare_file(path)
-        lock = DaemonLock.acquire(path) if exclusive and path != ":memory:" else None
         try:
             conn = _connect(path)
         except BaseException:
