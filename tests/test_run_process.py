@@ -394,6 +394,9 @@ def test_one_daemon_per_state_file_whatever_the_path_and_after_it_is_deleted(
     status = run_cli(config, "status")
     assert status.returncode != 0
     assert f"a watcher (pid {daemon.proc.pid}) still runs on it" in status.stderr
+    health = run_cli(config, "health")
+    assert health.returncode == 1
+    assert f"unhealthy: {lost['error']} (daemon at {base}/readyz)" in health.stderr
     second = run_cli(config, "once")
     assert f"already using {servers.storage} (pid {daemon.proc.pid})" in second.stderr
     assert not servers.storage.exists()  # the refused one created nothing
