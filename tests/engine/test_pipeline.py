@@ -91,7 +91,7 @@ def test_retry_stage_holds_an_alert_for_its_remaining_wait() -> None:
     assert ids(step.passed) == [2]
     (held,) = step.held
     assert held.until == NOW + timedelta(seconds=40)
-    assert held.reason == "retry 3 in 40s"
+    assert held.reason == "attempt 3 in 40s"
 
 
 def test_job_order_holds_later_alerts_of_a_held_job_for_as_long() -> None:
@@ -218,7 +218,10 @@ def test_a_retry_wait_holds_the_later_alerts_of_its_job() -> None:
     items = [item(1, job="a", key="k1"), item(2, job="a", key="k2"), item(3, key="k3")]
     messages, held = run(items, waits={1: timedelta(seconds=30)})
     assert messages == [[3]]
-    assert held == {1: "retry 1 in 30s", 2: "waits for alert 1 about the same job (retry 1 in 30s)"}
+    assert held == {
+        1: "attempt 1 in 30s",
+        2: "waits for alert 1 about the same job (attempt 1 in 30s)",
+    }
 
 
 def test_quiet_hours_hold_non_urgent_alerts_and_keep_job_order() -> None:

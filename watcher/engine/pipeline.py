@@ -115,7 +115,7 @@ def retry_schedule(
     for item in items:
         wait = waits.get(item.id, timedelta(0))
         if wait > timedelta(0):
-            held.append(Held(item, now + wait, f"retry {item.attempts + 1} in {_secs(wait)}"))
+            held.append(Held(item, now + wait, f"attempt {item.attempts + 1} in {_secs(wait)}"))
         else:
             passed.append(item)
     return Step(tuple(passed), tuple(held))
