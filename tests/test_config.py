@@ -293,7 +293,7 @@ KNOWN = (
     "SPLIT_FAILED, SUCCEED, SYSTEM_AUDITING, UPLOADING, USER_RESULT_REVIEW, USER_REVIEW_REJECT, "
     "WAITING, WAITING_SPLIT"
 )
-TOP_KEYS = "sources, channels, rules, storage, first_run, delivery, http"
+TOP_KEYS = "sources, channels, rules, storage, first_run, delivery, http, retention"
 SOURCE_KEYS = (
     "name, region, endpoint, project_id, ak, ak_file, sk, sk_file, security_token, "
     "security_token_file, app_user_id, poll_interval, request_timeout, filters, "

@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 import structlog
 
-from watcher import __version__
+from watcher import __version__, statelock
 from watcher.advice import advice
 from watcher.config import (
     config_warnings,
@@ -440,6 +440,12 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 def _open_reader(config: Config) -> Store:
     """The store without the daemon lock, so these commands work while the daemon runs."""
     if config.storage != ":memory:" and not os.path.exists(config.storage):
+        pid = statelock.holder(config.storage)
+        if pid is not None:
+            raise StoreError(
+                f"{config.storage}: the state file is gone, but a watcher (pid {pid}) still runs "
+                "on it: it was deleted under the running daemon; restore it or restart the daemon"
+            )
         raise StoreError(
             f"{config.storage}: no state database yet; the watcher has not run with this "
             "config (start it, or run `once`)"
@@ -700,9 +706,12 @@ def _health_over_http(listen: str) -> tuple[bool, str] | None:
             if err.code != 503:
                 return None
             try:
-                stale = json.loads(err.read()).get("stale", [])
+                answer = json.loads(err.read())
+                stale, reason = answer.get("stale", []), answer.get("reason")
             except (ValueError, AttributeError, OSError):
                 return None
+        if reason:
+            return False, f"unhealthy: {_clean(str(reason))} (daemon at {url})"
         names = ", ".join(_clean(str(name)) for name in stale) or "unknown"
         return False, f"unhealthy: no successful poll lately from: {names} (daemon at {url})"
     except (OSError, http.client.HTTPException):  # refused, timed out, not HTTP at all

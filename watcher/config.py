@@ -26,6 +26,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from watcher.errors import ConfigError
 from watcher.metastudio.regions import REGION_ENDPOINTS
 from watcher.model import (
+    DEFAULT_RETENTION,
     KNOWN_STATES,
     BodyFormat,
     ChannelPolicy,
@@ -59,7 +60,18 @@ LISTEN_EXPECTED = "expected HOST:PORT like 127.0.0.1:9464 or [::1]:9464"
 
 UrlValidator = Callable[[str], str | None]
 
-_TOP_KEYS = ("sources", "channels", "rules", "storage", "first_run", "delivery", "http")
+_TOP_KEYS = (
+    "sources",
+    "channels",
+    "rules",
+    "storage",
+    "first_run",
+    "delivery",
+    "http",
+    "retention",
+)
+# History older than this is pruned; an hour at least, so recent history is always there.
+MIN_RETENTION = timedelta(hours=1)
 _SOURCE_KEYS = (
     "name",
     "region",
@@ -694,6 +706,9 @@ class _Reader:
         http_listen = None
         if "http" in top:
             http_listen = self.http(top["http"], "http")
+        retention = DEFAULT_RETENTION
+        if "retention" in top:
+            retention = self.duration(top["retention"], "retention", MIN_RETENTION)
         return Config(
             path=self.file,
             sources=sources,
@@ -706,6 +721,7 @@ class _Reader:
             channel_policies=MappingProxyType(dict(self.channel_policies)),
             lines=MappingProxyType({k: v for k, v in self.lines.items() if k}),
             secrets=frozenset(self.secrets),
+            retention=retention,
         )
 
     def channels(self, value: Any, path: str) -> dict[str, tuple[Secret, ...]]:

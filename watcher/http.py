@@ -27,6 +27,7 @@ class Readiness:
 
     ready: bool
     stale: tuple[str, ...]
+    reason: str | None = None  # not ready for a reason of its own (the state file went away)
 
 
 _METRICS = web.AppKey("metrics", Metrics)
@@ -91,7 +92,10 @@ async def _healthz(request: web.Request) -> web.Response:
 
 async def _readyz(request: web.Request) -> web.Response:
     state = request.app[_READY]()
-    body = json.dumps({"ready": state.ready, "stale": list(state.stale)})
+    answer: dict[str, object] = {"ready": state.ready, "stale": list(state.stale)}
+    if state.reason is not None:
+        answer["reason"] = state.reason
+    body = json.dumps(answer)
     return web.Response(
         text=body + "\n", status=200 if state.ready else 503, content_type="application/json"
     )

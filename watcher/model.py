@@ -214,8 +214,22 @@ class OutboxItem:
     next_attempt_at: datetime
     last_error: str | None = None
     sent_at: datetime | None = None
-    # When it was queued (again, after `outbox retry`): `give_up_after` counts from here.
+    # When it was queued (again, after `outbox retry`).
     queued_at: datetime | None = None
+    # The backoff chosen after the last failed send (None: never failed), and how long
+    # delivery has been tried so far, measured on monotonic clocks: `give_up_after` counts
+    # this, so no step of the wall clock can dead-letter an alert or stall its retry.
+    retry_delay: float | None = None
+    elapsed: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SentMessage:
+    """One message a channel accepted, as the send log keeps it (rate limits, group_interval)."""
+
+    channel: str
+    group_keys: tuple[str, ...]
+    sent_at: datetime
 
 
 # --- configuration ------------------------------------------------------------------------
@@ -347,6 +361,9 @@ class DeliveryConfig:
     send_timeout: timedelta = timedelta(seconds=30)
 
 
+DEFAULT_RETENTION = timedelta(days=30)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     path: str
@@ -363,3 +380,5 @@ class Config:
     # Every secret value seen while loading (credentials, substituted ${VAR} values in URLs,
     # whole URLs): the log redactor masks each of them wherever it appears.
     secrets: frozenset[str] = field(default=frozenset(), repr=False)
+    # How long history (events, sent, dead and silenced alerts, the send log) is kept.
+    retention: timedelta = DEFAULT_RETENTION
