@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import shlex
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -49,6 +50,7 @@ channels:
   mail: ["{mail}"]
   batch_hook: ["{batch_hook}"]
   slack_style: ["{slack_style}"]
+  capped: ["{capped}"]
 rules:
   - name: failures
     on: [AUDIT_FAILED, SPLIT_FAILED, FAILED]
@@ -61,6 +63,10 @@ rules:
     on: [AUDIT_FAILED, SPLIT_FAILED, FAILED]
     notify: [mail]
     format: html
+  - name: failures-capped
+    on: [AUDIT_FAILED, SPLIT_FAILED, FAILED]
+    notify: [capped]
+    group_limit: 1
   - name: failures-slack
     on: [AUDIT_FAILED, SPLIT_FAILED, FAILED]
     notify: [slack_style]
@@ -139,6 +145,7 @@ async def make_world(
         machines=json_url(base, "/machines"),
         batch_hook=json_url(base, "/batches"),
         slack_style=json_url(base, "/markdown"),
+        capped=json_url(base, "/capped"),
         mail=mailto_url(smtp.host, smtp.port, "ops@example.com"),
         storage=tmp_path / "state.db",
         enrich_timeout=enrich_timeout,
@@ -240,29 +247,26 @@ async def test_email_gets_an_html_list_of_every_job(world: World) -> None:
 
 async def test_alerts_command_prints_exactly_the_group(
     world: World,
-    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     jobs = await three_failures(world)
-    (chat,) = world.posts("/chat")
+    (capped,) = world.posts("/capped")
     world.close()
-    ids = _ids_of(world, "hook")
+    listed = [line for line in str(capped["message"]).splitlines() if line.startswith("- ")]
+    assert len(listed) == 1
+    tail = str(capped["message"]).splitlines()[-1]
+    assert tail.startswith("+2 more not listed here; all of them: metastudio-watcher alerts -c ")
+    command = shlex.split(tail.split("all of them: ", 1)[1])
+    assert command[0] == "metastudio-watcher"
     monkeypatch.setenv("TEST_AK", AK)
     monkeypatch.setenv("TEST_SK", SK)
     capsys.readouterr()
-    argv = ["alerts", "-c", str(tmp_path / "config.yaml"), "--channel", "hook"]
-    argv += ["--group", "source=prod|rule=failures", "--ids", f"{min(ids)}-{max(ids)}"]
-    assert main(argv) == 0
+    assert main(command[1:]) == 0  # the command exactly as the message gave it
     out = capsys.readouterr().out
-    assert out.splitlines()[0] == str(chat["message"]).splitlines()[0]
+    assert out.splitlines()[0] == str(capped["message"]).splitlines()[0]
     listed = [line for line in out.splitlines() if any(str(j["job_id"]) in line for j in jobs)]
     assert len(listed) == 3
-
-
-def _ids_of(world: World, channel: str) -> list[int]:
-    with Store.open(world.config.storage) as store:
-        return [i.id for i in store.alerts_of_group(channel, [], 0, 10**9)]
 
 
 def _capture(name: str, text: str) -> None:

@@ -376,7 +376,8 @@ class Watcher:
         return state.config.poll_interval * 3
 
     def _route(self, events: Sequence[Event]) -> Routed:
-        routed = route(events, self.config.rules)
+        # The config path lets a grouped message name the exact `alerts -c …` command.
+        routed = route(events, self.config.rules, config_path=self.config.path)
         for problem in routed.problems:
             log.warning("template_failed_using_default", rule=problem.rule, error=problem.error)
         return routed

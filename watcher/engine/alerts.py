@@ -29,7 +29,9 @@ class Routed:
     problems: tuple[TemplateProblem, ...]
 
 
-def route(events: Iterable[Event], rules: Sequence[RuleConfig]) -> Routed:
+def route(
+    events: Iterable[Event], rules: Sequence[RuleConfig], *, config_path: str | None = None
+) -> Routed:
     """Every alert the events produce under the rules, in event order."""
     alerts: list[Alert] = []
     problems: list[TemplateProblem] = []
@@ -39,7 +41,7 @@ def route(events: Iterable[Event], rules: Sequence[RuleConfig]) -> Routed:
             if rendered.error is not None:
                 problems.append(TemplateProblem(rule.name, event.key, rendered.error))
             labels = labels_for(event)
-            facts = alert_facts(event, rule)
+            facts = alert_facts(event, rule, config_path=config_path)
             body = rendered.body
             if rule.format is BodyFormat.JSON:
                 # For machines: the same document a group gets, with one entry.

@@ -65,9 +65,13 @@ def alert_entry(event: Event, rule: str) -> dict[str, Any]:
     }
 
 
-def alert_facts(event: Event, rule: RuleConfig) -> dict[str, Any]:
+def alert_facts(
+    event: Event, rule: RuleConfig, *, config_path: str | None = None
+) -> dict[str, Any]:
     """What an alert keeps for composing messages later, after restarts and reloads."""
     compose: dict[str, Any] = {"limit": rule_list_limit(rule)}
+    if config_path:
+        compose["config"] = config_path
     if rule.group_title:
         compose["group_title"] = rule.group_title
     if rule.group_body:
@@ -192,10 +196,15 @@ def sendable(body_format: BodyFormat) -> BodyFormat:
     return BodyFormat.TEXT if body_format is BodyFormat.JSON else body_format
 
 
-def list_command(channel: str, keys: Sequence[str], ids: Sequence[int]) -> str:
-    """The command that prints exactly the alerts of this message: its channel, its group
-    keys and the span of outbox ids it carried."""
-    parts = ["metastudio-watcher", "alerts", "--channel", shlex.quote(channel)]
+def list_command(
+    channel: str, keys: Sequence[str], ids: Sequence[int], config: str | None = None
+) -> str:
+    """The command that prints exactly the alerts of this message: its config, channel,
+    group keys and the span of outbox ids it carried."""
+    parts = ["metastudio-watcher", "alerts"]
+    if config:
+        parts += ["-c", shlex.quote(config)]
+    parts += ["--channel", shlex.quote(channel)]
     for key in keys:
         if not key.startswith("#"):  # "#id": an ungrouped alert, found by its id alone
             parts += ["--group", shlex.quote(key)]
@@ -228,7 +237,7 @@ def compose(
     limit = min(_limit(a) for a in alerts)
     summary = summary_line(entries)
     more = len(entries) - limit if len(entries) > limit else 0
-    command = list_command(channel, keys, ids)
+    command = list_command(channel, keys, ids, _config_of(alerts[0]))
     if body_format is BodyFormat.HTML:
         body = _html_body(summary, entries[:limit], more, command)
     elif body_format is BodyFormat.MARKDOWN:
@@ -255,6 +264,12 @@ def _group_templates(
         entries,
         counts_by_state(entries),
     )
+
+
+def _config_of(alert: Alert) -> str | None:
+    compose_facts = alert.facts.get("compose")
+    config = compose_facts.get("config") if isinstance(compose_facts, Mapping) else None
+    return config if isinstance(config, str) else None
 
 
 def _limit(alert: Alert) -> int:
