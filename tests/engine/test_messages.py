@@ -221,3 +221,19 @@ def test_default_html_body_keeps_its_lines() -> None:
     (alert,) = alerts_for([failed(1, reason="<noise> & hum")], BodyFormat.HTML)
     assert "<br>\n" in alert.body
     assert "&lt;noise&gt; &amp; hum" in alert.body
+
+
+def test_group_says_where_and_when_batches_and_time_span() -> None:
+    later = Event(
+        EventKind.TRANSITION,
+        "prod",
+        NOW.replace(minute=7),
+        "r",
+        job=Job(job_id="z", state="FAILED", batch_name="b2"),
+        previous_state="PROCESSING",
+    )
+    _, body = group(alerts_for([failed(1), failed(2), later]))
+    assert (
+        body.splitlines()[-1]
+        == "source prod · batches b1, b2 · detected 2026-11-25 12:00–12:07 UTC"
+    )

@@ -13,7 +13,7 @@ import re
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from watcher.engine.shorten import MAX_TEXT, shorten
@@ -154,6 +154,34 @@ def summary_line(entries: Sequence[Mapping[str, Any]]) -> str:
     return " · ".join(parts)
 
 
+def context_line(entries: Sequence[Mapping[str, Any]]) -> str:
+    """Where and when: sources, batches and the detection time (or span) of a group."""
+    sources = sorted({str(e.get("source")) for e in entries if e.get("source")})
+    batches = sorted(
+        {str(e["job"]["batch_name"]) for e in entries if (e.get("job") or {}).get("batch_name")}
+    )
+    times = sorted(t for e in entries if isinstance(t := _when(e.get("detected_at")), datetime))
+    parts = [f"source {', '.join(sources)}"] if sources else []
+    if batches:
+        shown = ", ".join(shorten(b, 40) for b in batches[:5])
+        more = f" and {len(batches) - 5} more" if len(batches) > 5 else ""
+        parts.append(f"batch{'es' if len(batches) > 1 else ''} {shown}{more}")
+    if times:
+        first, last = (t.astimezone(UTC) for t in (times[0], times[-1]))
+        span = first.strftime("%Y-%m-%d %H:%M")
+        if last.strftime("%H:%M") != first.strftime("%H:%M"):
+            span += "–" + last.strftime("%H:%M")
+        parts.append(f"detected {span} UTC")
+    return " · ".join(parts)
+
+
+def _when(value: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
 def detail_lines(entry: Mapping[str, Any]) -> list[str]:
     """Under a job's line: the failure code's documented meaning, then the fetched why."""
     job = entry.get("job") or {}
@@ -238,12 +266,13 @@ def compose(
     summary = summary_line(entries)
     more = len(entries) - limit if len(entries) > limit else 0
     command = list_command(channel, keys, ids, _config_of(alerts[0]))
+    context = context_line(entries)
     if body_format is BodyFormat.HTML:
-        body = _html_body(summary, entries[:limit], more, command)
+        body = _html_body(summary, entries[:limit], more, command, context)
     elif body_format is BodyFormat.MARKDOWN:
-        body = _markdown_body(summary, entries[:limit], more, command)
+        body = _markdown_body(summary, entries[:limit], more, command, context)
     else:
-        body = _text_body(summary, entries[:limit], more, command)
+        body = _text_body(summary, entries[:limit], more, command, context)
     return Composed(title, body, severity, body_format)
 
 
@@ -282,11 +311,15 @@ def _more(more: int, command: str) -> str:
     return f"+{more} more not listed here; all of them: {command}"
 
 
-def _text_body(summary: str, entries: Sequence[Mapping[str, Any]], more: int, command: str) -> str:
+def _text_body(
+    summary: str, entries: Sequence[Mapping[str, Any]], more: int, command: str, context: str
+) -> str:
     lines = [summary, ""]
     for entry in entries:
         lines.append(f"- {job_line(entry)}")
         lines.extend(f"    {w}" for w in detail_lines(entry))
+    if context:
+        lines += ["", context]
     if more:
         lines += ["", _more(more, command)]
     return "\n".join(lines)
@@ -303,18 +336,22 @@ def _md(text: str) -> str:
 
 
 def _markdown_body(
-    summary: str, entries: Sequence[Mapping[str, Any]], more: int, command: str
+    summary: str, entries: Sequence[Mapping[str, Any]], more: int, command: str, context: str
 ) -> str:
     lines = [f"**{_md(summary)}**", ""]
     for entry in entries:
         lines.append(f"- {_md(job_line(entry))}")
         lines.extend(f"    - {_md(w)}" for w in detail_lines(entry))
+    if context:
+        lines += ["", f"_{_md(context)}_"]
     if more:
         lines += ["", f"+{more} more not listed here; all of them: `{command.replace('`', '')}`"]
     return "\n".join(lines)
 
 
-def _html_body(summary: str, entries: Sequence[Mapping[str, Any]], more: int, command: str) -> str:
+def _html_body(
+    summary: str, entries: Sequence[Mapping[str, Any]], more: int, command: str, context: str
+) -> str:
     out = [f"<p><b>{html.escape(summary)}</b></p>", "<ul>"]
     for entry in entries:
         item = html.escape(job_line(entry))
@@ -323,6 +360,8 @@ def _html_body(summary: str, entries: Sequence[Mapping[str, Any]], more: int, co
             item += "<ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in why) + "</ul>"
         out.append(f"<li>{item}</li>")
     out.append("</ul>")
+    if context:
+        out.append(f"<p><small>{html.escape(context)}</small></p>")
     if more:
         out.append(
             f"<p>+{more} more not listed here; all of them: <code>{html.escape(command)}</code></p>"
