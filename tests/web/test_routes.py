@@ -381,3 +381,13 @@ async def test_probes_stay_open_with_auth(serve: ServerFactory) -> None:
     server = await _auth_server(serve)
     assert (await server.get("/healthz"))[0] == 200
     assert (await server.get("/readyz"))[0] == 200
+
+
+async def test_api_batches_pages_by_offset(serve: ServerFactory) -> None:
+    server = await serve()
+    _, first = await server.json("/api/v1/batches?limit=2")
+    assert (len(first["batches"]), first["total"], first["next_offset"]) == (2, 3, 2)
+    _, rest = await server.json("/api/v1/batches?limit=2&offset=2")
+    assert (len(rest["batches"]), rest["next_offset"]) == (1, None)
+    names = {b["name"] for b in first["batches"] + rest["batches"]}
+    assert names == {"spring-sale", "<b>bold</b>", "done-batch"}

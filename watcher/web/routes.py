@@ -411,11 +411,16 @@ async def _api_batches(request: web.Request) -> web.Response:
     page = request.app[_PAGE]
     source = _param(request, "source")
     only_open = _param(request, "open") in ("1", "true", "yes")
+    limit = _int(request, "limit", 100, 1, _MAX_LIMIT) or 100
+    offset = _int(request, "offset", 0, 0, 10**9) or 0
 
     def build() -> dict[str, Any]:
         now = page.clock()
         rows = [b for b in page.model.batches(source=source) if b.open or not only_open]
-        return dict(page.scrub(views.batches_view(rows, now)))
+        view = views.batches_view(rows[offset : offset + limit], now)
+        view["total"] = len(rows)
+        view["next_offset"] = offset + limit if offset + limit < len(rows) else None
+        return dict(page.scrub(view))
 
     return _json(await _in_thread(build))
 
