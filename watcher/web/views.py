@@ -140,19 +140,25 @@ def _age(value: datetime | None, now: datetime) -> str | None:
 
 def _bar(counts: Mapping[str, int]) -> list[dict[str, Any]]:
     """Segments of a stacked bar over 1000 units (SVG rect x/width: no inline styles)."""
-    total = sum(counts.values())
-    if not total:
-        return []
     order = {"succeed": 0, "failed": 1, "review": 2, "progress": 3}
     items = sorted(counts.items(), key=lambda kv: (order[state_class(kv[0])], kv[0]))
-    out, x = [], 0
-    for index, (state, count) in enumerate(items):
-        width = 1000 - x if index == len(items) - 1 else round(1000 * count / total)
-        out.append(
-            {"state": state, "count": count, "x": x, "width": width, "class": state_class(state)}
-        )
-        x += width
-    return out
+    return [
+        {"state": state, "count": count, "x": x, "width": width, "class": state_class(state)}
+        for (state, count), (x, width) in zip(items, _tile([n for _, n in items]), strict=True)
+    ]
+
+
+def _tile(counts: Sequence[int]) -> list[tuple[int, int]]:
+    """(x, width) per count over 1000 units, rounding the running total so widths never go
+    negative and always add up to exactly 1000."""
+    total = sum(counts)
+    if not total:
+        return [(0, 0) for _ in counts]
+    edges, running = [0], 0
+    for count in counts:
+        running += count
+        edges.append(round(1000 * running / total))
+    return [(edges[i], edges[i + 1] - edges[i]) for i in range(len(counts))]
 
 
 # --- sources -------------------------------------------------------------------------------
@@ -254,13 +260,11 @@ def batch_summary(batch: BatchRow, now: datetime) -> dict[str, Any]:
         "in_progress": batch.in_progress,
     }
     total = batch.total or 1
-    x, segments = 0, []
-    for key in ("succeeded", "failed", "in_progress"):
-        width = round(1000 * progress[key] / total)
-        if key == "in_progress":
-            width = 1000 - x
-        segments.append({"key": key, "count": progress[key], "x": x, "width": width})
-        x += width
+    keys = ("succeeded", "failed", "in_progress")
+    segments = [
+        {"key": key, "count": progress[key], "x": x, "width": width}
+        for key, (x, width) in zip(keys, _tile([progress[k] for k in keys]), strict=True)
+    ]
     return {
         "source": batch.source,
         "name": batch.name,
