@@ -140,4 +140,6 @@ def test_check_refuses_a_public_listen_without_auth_with_exit_78(
     assert "Traceback" not in err
     path.write_text(SRC + f"http:\n  listen: 0.0.0.0:9464\n  auth:\n    token: {TOKEN}\n")
     assert main(["check", "-c", str(path)]) == 0
-    assert TOKEN not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "http auth: bearer token; /healthz and /readyz stay open" in out
+    assert TOKEN not in out
