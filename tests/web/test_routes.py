@@ -242,6 +242,15 @@ async def test_pages_have_no_inline_script_or_style(serve: ServerFactory) -> Non
         assert not re.search(r"<[^>]+\son\w+=", html), path  # no inline event handlers
 
 
+async def test_pages_reference_nothing_outside_the_watcher(serve: ServerFactory) -> None:
+    server = await serve()
+    for path in PAGES:
+        _, page, _ = await server.get(path)
+        for target in re.findall(r'(?:src|href|action)="([^"]*)"', page):
+            assert target.startswith(("/", "?")) and not target.startswith("//"), (path, target)
+        assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in page
+
+
 def _size(path: str) -> int:
     return os.stat(path).st_size
 
