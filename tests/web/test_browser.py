@@ -163,6 +163,15 @@ def test_pages_load_in_chromium_against_a_polling_daemon(
     browser.get(f"{base}/events?kind=transition")
     assert "AUDIT_FAILED" in browser.find_element(By.CSS_SELECTOR, "table.events").text
     assert console_errors(browser) == []
+    # The simulator hands out phone numbers and signed links: none may reach a page.
+    planted = servers.loop.call(
+        lambda: [
+            v for j in servers.sim.jobs.values() for v in (j["phone"], j["voice_authorization_url"])
+        ]
+    )
+    for path in ("/", "/batch?source=prod&name=spring-sale", f"/job?source=prod&id={failed}"):
+        browser.get(base + path)
+        assert [v for v in planted if v in browser.page_source] == [], path
     assert odd["job_id"]
     assert http_get(f"{base}/healthz")[0] == 200
     assert daemon.stop() == 0
