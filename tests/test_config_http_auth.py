@@ -143,3 +143,23 @@ def test_check_refuses_a_public_listen_without_auth_with_exit_78(
     out = capsys.readouterr().out
     assert "http auth: bearer token; /healthz and /readyz stay open" in out
     assert TOKEN not in out
+
+
+def test_the_example_http_block_is_valid_once_uncommented() -> None:
+    example = (Path(__file__).resolve().parent.parent / "config.example.yaml").read_text()
+    lines = example.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("# http:"))
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("#"):
+            break
+        block.append(line[2:].split("  #")[0].rstrip())
+    text = "\n".join(b for b in block if b.strip() and not b.lstrip().startswith("#"))
+    text = text.replace('"$scrypt$ln=15,r=8,p=1$…"', f"'{HASH}'")
+    config = load(
+        SRC + text + "\n",
+        env={"CLOUD_SDK_AK": "a", "CLOUD_SDK_SK": "b", "WATCHER_HTTP_TOKEN": TOKEN},
+    )
+    assert config.http_listen == "127.0.0.1:9464"
+    assert config.http_auth is not None
+    assert config.http_auth.token is not None and config.http_auth.basic_user == "ops"
