@@ -400,3 +400,22 @@ async def test_api_batches_pages_by_offset(serve: ServerFactory) -> None:
     assert (len(rest["batches"]), rest["next_offset"]) == (1, None)
     names = {b["name"] for b in first["batches"] + rest["batches"]}
     assert names == {"spring-sale", "<b>bold</b>", "done-batch"}
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:80", "192.168.1.9:9464"])
+async def test_without_auth_a_foreign_host_header_is_refused(
+    serve: ServerFactory, host: str
+) -> None:
+    # DNS rebinding: a web page elsewhere reaching 127.0.0.1 sends its own host name.
+    server = await serve()
+    for path in ["/", "/api/v1/overview", "/metrics"]:
+        status, text, _ = await server.get(path, headers={"Host": host})
+        assert status == 403, path
+        assert "prod" not in text
+    assert (await server.get("/healthz", headers={"Host": host}))[0] == 200
+
+
+@pytest.mark.parametrize("host", ["localhost:9464", "127.0.0.1", "[::1]:9464"])
+async def test_loopback_host_headers_are_served(serve: ServerFactory, host: str) -> None:
+    server = await serve()
+    assert (await server.get("/", headers={"Host": host}))[0] == 200

@@ -17,7 +17,7 @@ from aiohttp import web
 from watcher.errors import StoreError
 from watcher.model import KNOWN_STATES, Config, EventKind, OutboxStatus
 from watcher.web import views
-from watcher.web.auth import Verifier
+from watcher.web.auth import Verifier, is_loopback
 from watcher.web.readmodel import EventFilter, ReadModel
 from watcher.web.render import STATIC, render_html, render_json
 
@@ -108,7 +108,9 @@ def install(app: web.Application, page: StatusPage) -> None:
 async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     page = request.app[_PAGE]
     response: web.StreamResponse
-    if not await _allowed(page, request):
+    if not _expected_host(page, request):
+        response = web.Response(status=403, text="403: unexpected Host header\n")
+    elif not await _allowed(page, request):
         response = web.Response(status=401, text="401: credentials required\n")
         for challenge in _CHALLENGE:
             response.headers.add("WWW-Authenticate", challenge)
@@ -127,6 +129,18 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         response.headers.setdefault(name, value)
     response.headers.setdefault("Cache-Control", "no-store")
     return response
+
+
+def _expected_host(page: StatusPage, request: web.Request) -> bool:
+    """Without credentials the page is for this machine only: a request naming another host
+    is a web page elsewhere reaching loopback through DNS rebinding, and is refused."""
+    if page.verifier is not None or request.path in OPEN_PATHS:
+        return True
+    try:
+        host = request.url.host
+    except ValueError:
+        return False
+    return host is not None and is_loopback(host.strip("[]"))
 
 
 async def _allowed(page: StatusPage, request: web.Request) -> bool:
