@@ -165,6 +165,8 @@ ROUTES = [
     "/events?batch=batch-0420",
     "/events?since=2026-11-15T00:00&until=2026-11-16T00:00",
     "/events?before=500000",
+    "/events?until=2026-11-03T00:00",  # worst case: walks back through the newer events
+    "/events?since=2026-12-01T11:00",  # nothing that recent: a walk that finds nothing
     "/api/v1/overview",
     "/api/v1/sources",
     "/api/v1/jobs",

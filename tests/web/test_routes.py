@@ -71,6 +71,7 @@ async def test_overview_shows_sources_batches_stuck_jobs_outbox_and_silences(
     assert stuck.index("id=a3") < stuck.index("id=f00d")
     assert "id=a1" not in stuck
     assert "<b>1</b> held (retrying)" in html and "<b>1</b> dead" in html
+    assert "<b>0</b> pending" in html
     assert "<code>voice_name=shop-*</code>" in html and "maintenance" in html
     assert "no jobs yet: first poll under way" in html  # lab never polled
 
@@ -160,7 +161,7 @@ async def test_api_sources_and_overview(serve: ServerFactory) -> None:
     assert (lab["name"], lab["health"], lab["jobs"]) == ("lab", "starting", 0)
     _, overview = await server.json("/api/v1/overview")
     assert [b["name"] for b in overview["open_batches"]] == ["spring-sale", "<b>bold</b>"]
-    assert overview["outbox"] == {"pending": 0, "held": 1, "dead": 1, "silenced": 0, "sent": 1}
+    assert overview["outbox"] == {"pending": 0, "held": 1, "dead": 1, "silenced": 0}
 
 
 async def test_api_jobs_filters_and_pages_by_key(serve: ServerFactory) -> None:

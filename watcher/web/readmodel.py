@@ -154,13 +154,12 @@ class AlertRow:
 
 @dataclass(frozen=True, slots=True)
 class OutboxCounts:
-    """pending: due now; held: queued but waiting (retry backoff); dead; silenced; sent."""
+    """pending: due now; held: queued but waiting (retry backoff); dead; silenced."""
 
     pending: int = 0
     held: int = 0
     dead: int = 0
     silenced: int = 0
-    sent: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,10 +263,18 @@ class ReadModel:
         )
         return [_job(r) for r in self._all(sql, (*args, limit))]
 
-    def stuck_jobs(self, limit: int = 10) -> list[JobRow]:
-        """Unsettled jobs with the oldest last update: one indexed probe per (source, state)."""
-        pairs = self._all(
-            "SELECT DISTINCT source, state FROM jobs INDEXED BY jobs_by_state ORDER BY 1, 2"
+    def stuck_jobs(
+        self, limit: int = 10, sources: Sequence[SourceRow] | None = None
+    ) -> list[JobRow]:
+        """Unsettled jobs with the oldest last update: one indexed probe per (source, state).
+
+        `sources` (from `sources()`) already names every (source, state) there is."""
+        pairs = (
+            [(s.name, state) for s in sources for state in s.by_state]
+            if sources is not None
+            else self._all(
+                "SELECT DISTINCT source, state FROM jobs INDEXED BY jobs_by_state ORDER BY 1, 2"
+            )
         )
         found: list[JobRow] = []
         for source, state in pairs:
@@ -288,28 +295,43 @@ class ReadModel:
     # --- batches ---------------------------------------------------------------------------
 
     def batches(self, *, source: str | None = None) -> list[BatchRow]:
-        """Every batch, newest first, aggregated from the batch index (never job rows)."""
-        rows = self._all(
-            "SELECT source, batch_name, state, count(*), min(create_time), max(lastupdate_time) "
-            "FROM jobs INDEXED BY jobs_by_batch "
-            "WHERE batch_name IS NOT NULL AND (:source IS NULL OR source = :source) "
-            "GROUP BY source, batch_name, state",
-            {"source": source},
+        """Every batch, newest first, aggregated from the batch index (never job rows).
+
+        SQLite folds the per-state counts into one JSON object per batch, so Python handles
+        one row per batch rather than one per batch and state.
+        """
+        return self._batches(
+            "batch_name IS NOT NULL AND (? IS NULL OR source = ?)", (source, source)
         )
-        return _fold_batches(rows)
 
     def batch(self, source: str, name: str) -> BatchRow | None:
+        found = self._batches("source = ? AND batch_name = ?", (source, name))
+        return found[0] if found else None
+
+    def _batches(self, where: str, args: tuple[Any, ...]) -> list[BatchRow]:
         rows = self._all(
-            "SELECT source, batch_name, state, count(*), min(create_time), max(lastupdate_time) "
-            "FROM jobs INDEXED BY jobs_by_batch WHERE source = ? AND batch_name = ? "
-            "GROUP BY source, batch_name, state",
-            (source, name),
+            "SELECT source, batch_name, json_group_object(state, n), min(first), max(last) "
+            "FROM (SELECT source, batch_name, state, count(*) AS n, min(create_time) AS first, "
+            "max(lastupdate_time) AS last FROM jobs INDEXED BY jobs_by_batch "
+            f"WHERE {where} GROUP BY source, batch_name, state) "
+            "GROUP BY source, batch_name",
+            args,
         )
-        folded = _fold_batches(rows)
-        return folded[0] if folded else None
+        out = [
+            BatchRow(
+                source=r[0],
+                name=r[1],
+                by_state=dict(sorted(json.loads(r[2]).items())),
+                started_at=_dt(r[3]),
+                updated_at=_dt(r[4]),
+            )
+            for r in rows
+        ]
+        out.sort(key=lambda b: (b.started_at or datetime.min, b.source, b.name), reverse=True)
+        return out
 
     def batch_jobs(self, source: str, name: str, limit: int = 1000) -> list[JobRow]:
-        """A batch's jobs, failed first, then unsettled, then by job id."""
+        """A batch's jobs, at most `limit` (the view puts them in order)."""
         return [
             _job(r)
             for r in self._all(
@@ -405,22 +427,24 @@ class ReadModel:
     # --- outbox and silences ---------------------------------------------------------------
 
     def outbox_counts(self, now: datetime) -> OutboxCounts:
-        counts: dict[str, int] = {}
-        for status, count in self._all(
-            "SELECT status, count(*) FROM outbox INDEXED BY outbox_due GROUP BY status"
-        ):
-            counts[status] = count
+        """Alerts not (yet) sent, by status: each a range of the due index. Sent ones are
+        history, counted on no page: at hundreds of thousands that count alone costs more
+        than a whole page."""
+        counts = dict.fromkeys(("pending", "dead", "silenced"), 0)
+        for status in counts:
+            counts[status] = self._one(
+                "SELECT count(*) FROM outbox INDEXED BY outbox_due WHERE status = ?", (status,)
+            )[0]
         held = self._one(
             "SELECT count(*) FROM outbox INDEXED BY outbox_due "
             "WHERE status = 'pending' AND next_attempt_at > ?",
             (_ts(now),),
         )[0]
         return OutboxCounts(
-            pending=counts.get("pending", 0) - held,
+            pending=counts["pending"] - held,
             held=held,
-            dead=counts.get("dead", 0),
-            silenced=counts.get("silenced", 0),
-            sent=counts.get("sent", 0),
+            dead=counts["dead"],
+            silenced=counts["silenced"],
         )
 
     def outbox(self, statuses: Sequence[str], limit: int = 100) -> list[OutboxRow]:
@@ -480,29 +504,6 @@ class ReadModel:
                 return self._connection().execute(sql, args).fetchone()
             except sqlite3.Error as err:
                 raise StoreError(f"{self.path}: cannot read: {err}") from err
-
-
-def _fold_batches(rows: Sequence[Any]) -> list[BatchRow]:
-    by_key: dict[tuple[str, str], tuple[dict[str, int], list[str], list[str]]] = {}
-    for source, name, state, count, first, last in rows:
-        states, firsts, lasts = by_key.setdefault((source, name), ({}, [], []))
-        states[state] = count
-        if first:
-            firsts.append(first)
-        if last:
-            lasts.append(last)
-    out = [
-        BatchRow(
-            source=source,
-            name=name,
-            by_state=dict(sorted(states.items())),
-            started_at=_dt(min(firsts)) if firsts else None,
-            updated_at=_dt(max(lasts)) if lasts else None,
-        )
-        for (source, name), (states, firsts, lasts) in by_key.items()
-    ]
-    out.sort(key=lambda b: (b.started_at or datetime.min, b.source, b.name), reverse=True)
-    return out
 
 
 def _ts(value: datetime) -> str:

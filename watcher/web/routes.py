@@ -255,13 +255,14 @@ def _event_filter(request: web.Request) -> EventFilter:
 
 def _overview_data(page: StatusPage) -> dict[str, Any]:
     model, now = page.model, page.clock()
+    sources = model.sources()
     return dict(
         page.scrub(
             views.overview(
-                sources=model.sources(),
+                sources=sources,
                 infos=page.infos(),
                 batches=model.batches(),
-                stuck=model.stuck_jobs(),
+                stuck=model.stuck_jobs(sources=sources),
                 events=model.events(EventFilter(limit=15)),
                 outbox=model.outbox_counts(now),
                 silences=model.active_silences(now),

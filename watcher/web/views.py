@@ -323,7 +323,6 @@ def _counts_view(counts: OutboxCounts) -> dict[str, int]:
         "held": counts.held,
         "dead": counts.dead,
         "silenced": counts.silenced,
-        "sent": counts.sent,
     }
 
 
