@@ -135,3 +135,14 @@ def test_readers_see_commits_made_after_they_opened(model: ReadModel) -> None:
     conn.commit()
     conn.close()
     assert len(model.events(EventFilter())) == 4
+
+
+def test_time_windows_are_exact_at_their_edges(model: ReadModel) -> None:
+    events = model.events(EventFilter())
+    times = sorted({e.detected_at for e in events})
+    assert model.events(EventFilter(until=times[0])) == []  # until is exclusive
+    assert [e.detected_at for e in model.events(EventFilter(since=times[-1]))] == [times[-1]]
+    middle = model.events(EventFilter(since=times[1], until=times[-1]))
+    assert {e.detected_at for e in middle} == {times[1]}
+    both = model.events(EventFilter(since=times[0], until=times[-1], kind="transition"))
+    assert len(both) == 2

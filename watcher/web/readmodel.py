@@ -362,12 +362,30 @@ class ReadModel:
                 where.append(f"{column} = ?")
                 args.append(value)
                 index = by or index
+        # A time window becomes an id range too, found in the time index in O(log n): events
+        # are recorded in time order (detected_at is the committing cycle's clock), so the
+        # walk in id order starts and stops at the window instead of crossing the newer or
+        # older events. The detected_at test stays, so the answer is exact either way.
         if wanted.since is not None:
-            where.append("detected_at >= ?")
-            args.append(_ts(wanted.since))
+            first = self._one(
+                "SELECT id FROM events INDEXED BY events_by_time WHERE detected_at >= ? "
+                "ORDER BY detected_at, id LIMIT 1",
+                (_ts(wanted.since),),
+            )
+            if first is None:
+                return []
+            where.append("detected_at >= ? AND id >= ?")
+            args.extend([_ts(wanted.since), first[0]])
         if wanted.until is not None:
-            where.append("detected_at < ?")
-            args.append(_ts(wanted.until))
+            last = self._one(
+                "SELECT id FROM events INDEXED BY events_by_time WHERE detected_at < ? "
+                "ORDER BY detected_at DESC, id DESC LIMIT 1",
+                (_ts(wanted.until),),
+            )
+            if last is None:
+                return []
+            where.append("detected_at < ? AND id <= ?")
+            args.extend([_ts(wanted.until), last[0]])
         if wanted.before_id is not None:
             where.append("id < ?")
             args.append(wanted.before_id)
