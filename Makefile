@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit bench soak clean
+.PHONY: demo test lint typecheck unit bench bench-web soak clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,3 +47,7 @@ soak: $(VENV)/.installed-test
 # Polling cost, full scans against incremental cycles (10k and 100k jobs): prints a table.
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_polling.py
+
+# Status page and API latency with 100k jobs and 1M events in the store: prints a table.
+bench-web: $(VENV)/.installed
+	$(BIN)/python benchmarks/bench_status_page.py

@@ -221,8 +221,20 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"  rules: {len(config.rules)} ({', '.join(r.name for r in config.rules)})")
     print(f"  storage: {config.storage}")
     if config.http_listen:
-        print(f"  http: /healthz /readyz /metrics on {config.http_listen}")
+        print(f"  http: status page, /api/v1, /healthz /readyz /metrics on {config.http_listen}")
+        print(f"  http auth: {_http_auth_text(config)}")
     return EX_OK
+
+
+def _http_auth_text(config: Config) -> str:
+    """What protects the page, for `check` (never the token or the hash)."""
+    auth = config.http_auth
+    if auth is None:
+        return "none (loopback only)"
+    parts = ["bearer token"] if auth.token else []
+    if auth.basic_user:
+        parts.append(f"basic user {auth.basic_user}")
+    return ", ".join(parts) + "; /healthz and /readyz stay open"
 
 
 def template_problems(config: Config) -> list[ConfigError]:

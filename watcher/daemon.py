@@ -51,6 +51,7 @@ from watcher.model import (
 from watcher.notify import Notifier
 from watcher.sdnotify import SystemdNotifier
 from watcher.store import Store
+from watcher.web.routes import StatusPage, install
 
 log = structlog.get_logger(__name__)
 
@@ -686,7 +687,10 @@ async def serve(
 
     http_runner = None
     if config.http_listen:
-        http_runner = await start_http(config.http_listen, metrics, ready)
+        page = StatusPage(lambda: current[0].config if current else config)
+        http_runner = await start_http(
+            config.http_listen, metrics, ready, lambda app: install(app, page)
+        )
     exit_code = 0
     try:
         async with aiohttp.ClientSession(timeout=session_timeout(config)) as session:

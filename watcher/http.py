@@ -52,9 +52,15 @@ def readiness(
     return Readiness(ready=not stale, stale=stale)
 
 
-async def start_http(listen: str, metrics: Metrics, ready: ReadinessProbe) -> web.AppRunner:
+async def start_http(
+    listen: str,
+    metrics: Metrics,
+    ready: ReadinessProbe,
+    extend: Callable[[web.Application], None] | None = None,
+) -> web.AppRunner:
     """Serve the endpoints on `listen` (`HOST:PORT`, `[::1]:PORT`; port 0 picks a free one).
 
+    `extend` adds more to the app (the status page, `watcher.web.routes.install`).
     Stop with `await runner.cleanup()`; `bound_port(runner)` tells which port was taken.
     """
     try:
@@ -67,6 +73,8 @@ async def start_http(listen: str, metrics: Metrics, ready: ReadinessProbe) -> we
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
+    if extend is not None:  # the status page: its routes and its credential check
+        extend(app)
     # No access log: probes every few seconds would drown the watcher's own lines.
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

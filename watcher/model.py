@@ -354,6 +354,17 @@ class Silence:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpAuth:
+    """Credentials for the HTTP endpoints: a bearer token, a basic-auth user, or both.
+
+    The password is kept only as a hash (`$scrypt$…`, see `watcher.web.auth`)."""
+
+    token: Secret | None = None
+    basic_user: str | None = None
+    basic_password_hash: Secret | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class DeliveryConfig:
     retry_initial: timedelta = timedelta(seconds=30)
     retry_max: timedelta = timedelta(minutes=10)
@@ -374,6 +385,7 @@ class Config:
     first_run: FirstRun = FirstRun.BASELINE
     delivery: DeliveryConfig = DeliveryConfig()
     http_listen: str | None = None  # "127.0.0.1:9464": serve /healthz /readyz /metrics
+    http_auth: HttpAuth | None = None  # who may read the status page, API and /metrics
     channel_policies: Mapping[str, ChannelPolicy] = field(default_factory=dict)
     # "rules[2].title" -> line in the file, so later checks can point at the right place.
     lines: Mapping[str, int] = field(default_factory=dict, repr=False)
