@@ -91,7 +91,11 @@ async def _healthz(request: web.Request) -> web.Response:
 
 async def _readyz(request: web.Request) -> web.Response:
     state = request.app[_READY]()
-    body = json.dumps({"ready": state.ready, "stale": list(state.stale)})
+    answer: dict[str, object] = {"ready": state.ready, "stale": list(state.stale)}
+    # A first scan of a large tenant takes a while: say how far it has got, not just "stale".
+    if scans := request.app[_METRICS].scan_notes():
+        answer["scans"] = scans
+    body = json.dumps(answer)
     return web.Response(
         text=body + "\n", status=200 if state.ready else 503, content_type="application/json"
     )

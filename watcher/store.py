@@ -179,6 +179,21 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
+    # poll cursors: what a source's next cycle needs (watermark, strategy, demotions) so a
+    # `once` from cron is as cheap as the daemon, and how far a scan in flight has got.
+    (
+        """
+        CREATE TABLE poll_cursors (
+            source TEXT PRIMARY KEY,
+            cursor TEXT NOT NULL DEFAULT '{}',
+            strategy TEXT,
+            scan_pages_done INTEGER,
+            scan_pages_total INTEGER,
+            scan_baseline INTEGER NOT NULL DEFAULT 0,
+            scan_updated_at TEXT
+        )
+        """,
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -252,6 +267,18 @@ _SELECT_HISTORY_ALERTS = """
     ORDER BY id
 """
 _CORRUPT_HINT = "move it aside or restore a backup"
+
+
+@dataclass(frozen=True, slots=True)
+class PollStrategy:
+    """A source's polling strategy (`changed_since`, `active_set`, `full_only`) and the
+    scan in flight (`pages_done` is None when none is)."""
+
+    strategy: str | None
+    pages_done: int | None
+    pages_total: int | None
+    baseline: bool
+    progress_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -559,6 +586,66 @@ class Store:
             )
             for row in rows
         ]
+
+    # --- poll cursors ------------------------------------------------------------------------
+
+    def load_cursor(self, source: str) -> dict[str, Any] | None:
+        """The incremental-polling cursor last saved for `source` (None if never)."""
+        row = self._query_one(
+            "read the poll cursor", "SELECT cursor FROM poll_cursors WHERE source = ?", (source,)
+        )
+        if row is None:
+            return None
+        value = json.loads(row[0])
+        return value if isinstance(value, dict) else None
+
+    def save_cursor(self, source: str, cursor: Mapping[str, Any], strategy: str) -> None:
+        """Save the cursor after a committed cycle (and clear the scan progress: it landed).
+
+        Written after `commit_cycle`, not in it: a crash in between leaves the older cursor,
+        whose watermark only makes the next cycle list a little more than needed.
+        """
+        with self._transaction(f"save the poll cursor of source {source!r}") as conn:
+            conn.execute(
+                "INSERT INTO poll_cursors (source, cursor, strategy) VALUES (?, ?, ?) "
+                "ON CONFLICT (source) DO UPDATE SET cursor = excluded.cursor, "
+                "strategy = excluded.strategy, scan_pages_done = NULL, "
+                "scan_pages_total = NULL, scan_baseline = 0, scan_updated_at = NULL",
+                (source, json.dumps(dict(cursor), sort_keys=True), strategy),
+            )
+
+    def save_scan_progress(
+        self, source: str, done: int, total: int | None, *, baseline: bool, now: datetime
+    ) -> None:
+        """How far the scan in flight has got, for `status` in another process."""
+        with self._transaction(f"save the scan progress of source {source!r}") as conn:
+            conn.execute(
+                "INSERT INTO poll_cursors (source, scan_pages_done, scan_pages_total, "
+                "scan_baseline, scan_updated_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (source) DO UPDATE SET scan_pages_done = excluded.scan_pages_done, "
+                "scan_pages_total = excluded.scan_pages_total, "
+                "scan_baseline = excluded.scan_baseline, "
+                "scan_updated_at = excluded.scan_updated_at",
+                (source, done, total, int(baseline), _ts(now)),
+            )
+
+    def poll_strategies(self) -> dict[str, PollStrategy]:
+        """Per source: the strategy in use and the scan in flight, if any."""
+        rows = self._query_all(
+            "read the poll cursors",
+            "SELECT source, strategy, scan_pages_done, scan_pages_total, scan_baseline, "
+            "scan_updated_at FROM poll_cursors ORDER BY source",
+        )
+        return {
+            row[0]: PollStrategy(
+                strategy=row[1],
+                pages_done=row[2],
+                pages_total=row[3],
+                baseline=bool(row[4]),
+                progress_at=_dt_or_none(row[5]),
+            )
+            for row in rows
+        }
 
     # --- history -----------------------------------------------------------------------------
 
