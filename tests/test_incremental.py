@@ -60,7 +60,7 @@ sources:
     poll_interval: 60s
     request_timeout: 5s
     full_scan_every: {full_scan_every}
-    max_requests_per_second: 1000
+    max_requests_per_second: {rate}
 channels:
   hook: ["json://127.0.0.1:9/never-called"]
 rules:
@@ -88,12 +88,17 @@ class Sim:
         self.now[0] += timedelta(seconds=seconds)
         return self.now[0]
 
-    def watcher(self, name: str, full_scan_every: str) -> Watcher:
+    def watcher(
+        self, name: str, full_scan_every: str, *, rate: int = 1000, stall_limit: float | None = None
+    ) -> Watcher:
+        """A watcher with its own store; a second call with the same name is a new process
+        on the same state file (what `once` from cron is)."""
         text = CONFIG.format(
             endpoint=self.endpoint,
             project=PROJECT,
             full_scan_every=full_scan_every,
             storage=self.tmp / f"{name}.db",
+            rate=rate,
         )
         config = load_config_text(
             text, str(self.tmp / f"{name}.yaml"), {"TEST_AK": AK, "TEST_SK": SK}, check_url
@@ -109,6 +114,7 @@ class Sim:
             clock=self.clock,
             rng=random.Random(1),
             retry=FAST,
+            stall_limit=stall_limit,
         )
 
     def close(self) -> None:
@@ -400,6 +406,7 @@ def test_only_documented_states_are_ever_sent_as_filters() -> None:
             project=PROJECT,
             full_scan_every="1h",
             storage="/nonexistent/x.db",
+            rate=5,
         ),
         "x.yaml",
         {"TEST_AK": AK, "TEST_SK": SK},

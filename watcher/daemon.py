@@ -189,7 +189,7 @@ class Watcher:
         except TimeoutError:
             total = f" of {progress.pages_total}" if progress.pages_total else ""
             err = ApiError(
-                f"the poll made no progress for {stall:.0f}s ({progress.pages_done}{total} "
+                f"the poll made no progress for {stall:g}s ({progress.pages_done}{total} "
                 "pages fetched) and was abandoned; nothing was committed, the next poll "
                 "starts from the last complete scan",
                 retryable=True,

@@ -11,17 +11,24 @@ Why it is safe (the engine's contract is unchanged: `advance()` always gets ever
   listing started, minus `UPDATE_OVERLAP` for clock skew between the API's nodes and for
   same-second updates; compared on the server's clock, so our clock's skew does not matter),
   sorted by `update_time` ascending so new updates land on the last page. The parameter is
-  undocumented on the page, so its first page is checked: a job updated before the bound, or
-  a count as large as the whole listing's, means the region ignores it; the source then
-  falls back, once and for good, logging why.
+  undocumented on the page, so every page is checked: a job updated before the bound means
+  the region ignores it (decisive whatever the number of changes; and a listing without one
+  holds every changed job whatever the API did).
+* Demotion: a strategy the API refuses (400, MSS.00000003) or shows it ignores is demoted
+  for `full_scan_every`, logged loudly once and counted; the same cycle tries the next
+  strategy, down to a full scan. A scheduled full scan lifts every demotion, so a region
+  that starts honouring a parameter is used again. The cursor (with its demotions) is
+  stored after each committed cycle, so `once` from cron continues where the last run was.
 * Strategy 2, active-set: settled states (`settled_states`, default SUCCEED and FAILED) are
-  assumed final. One listing of every other known state, one of jobs created since the last
-  cycle (a job created and settled between two polls), and for each job that was active but
-  is in neither, a lookup by id — or one `state=<settled>&create_since=<oldest such job>`
-  listing when that is estimated (from the stored jobs) to cost fewer requests. A 404 on a
-  lookup keeps the stored job; the next full scan decides whether it vanished.
-* A full scan still runs at start-up and every `full_scan_every`; whatever it finds changed
-  before the last incremental cycle started, and not seen by it, is a miss (`find_misses`):
+  assumed final. One listing of every other documented state (only the 14 values the page
+  lists are sent; a job in another unsettled state is looked up by id each cycle), one of
+  jobs created since the last cycle (a job created and settled between two polls), and for
+  each job that was active but is in neither, a lookup by id — or one
+  `state=<settled>&create_since=<oldest such job>` listing when that is estimated (from
+  the stored jobs) to cost fewer requests. A 404 on a lookup keeps the stored job; the
+  next full scan decides whether it vanished.
+* A full scan still runs at the first start and every `full_scan_every`; whatever it finds
+  changed before the last incremental cycle started, and not seen by it, is a miss (`find_misses`):
   logged and counted, so a wrong assumption shows in monitoring instead of silently.
 """
 
