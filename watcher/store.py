@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
+import msgspec
 import structlog
 
 from watcher.errors import StoreError
@@ -1118,21 +1119,22 @@ def _row_to_job(row: Sequence[Any]) -> Job:
     )
 
 
-def _interned_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # 100k jobs share a handful of keys and values: one string object each, as parse does.
-    return {
-        sys.intern(k): sys.intern(v) if isinstance(v, str) and len(v) <= 32 else v for k, v in pairs
-    }
-
-
-_EXTRA_DECODER = json.JSONDecoder(object_pairs_hook=_interned_pairs)
+# msgspec decodes the stored `extra` objects about twice as fast as json with a pairs hook;
+# interning afterwards keeps what the hook did (one string object per repeated value).
+_decode_json = msgspec.json.Decoder().decode
 
 
 def _decode_extra(text: str) -> dict[str, Any]:
     if text == "{}":
         return {}
-    value = _EXTRA_DECODER.decode(text)
-    return value if isinstance(value, dict) else {}
+    value = _decode_json(text)
+    if not isinstance(value, dict):
+        return {}
+    intern = sys.intern
+    # 100k jobs share a handful of keys and values: one string object each, as parse does.
+    return {
+        intern(k): intern(v) if type(v) is str and len(v) <= 32 else v for k, v in value.items()
+    }
 
 
 def _event_to_row(event: Event) -> tuple[Any, ...]:

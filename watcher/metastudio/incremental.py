@@ -44,6 +44,7 @@ from typing import Any
 
 import structlog
 
+from watcher.engine.diff import Overlay
 from watcher.errors import ApiError
 from watcher.metastudio.client import ListingRejected, MetaStudioClient, PageCheck
 from watcher.metastudio.parse import JobsPage
@@ -350,13 +351,8 @@ def overlay(stored: Mapping[str, Job], fetched: Mapping[str, Job]) -> tuple[dict
     Deduplication is by job and content: a job re-listed because of the overlap, with the
     same `lastupdate_time` and fields, counts as unchanged (and diffs as such).
     """
-    jobs = dict(stored)
-    changed = 0
-    for job_id, job in fetched.items():
-        if jobs.get(job_id) != job:
-            changed += 1
-            jobs[job_id] = job
-    return jobs, changed
+    touched = {j: job for j, job in fetched.items() if stored.get(j) != job}
+    return Overlay(stored, touched), len(touched)
 
 
 def missing_after_partial_scan(before: Mapping[str, int], seen: Collection[str]) -> dict[str, int]:

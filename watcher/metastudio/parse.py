@@ -5,13 +5,14 @@ Pure: any malformed input becomes an `ApiError(retryable=True)` whose message ne
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from sys import intern
 from typing import Any
+
+import msgspec
 
 from watcher.errors import ApiError
 from watcher.model import DROPPED_JOB_FIELDS, KNOWN_STATES, Job
@@ -128,6 +129,11 @@ def _short_str(value: object) -> str | None:
     return intern(value) if len(value) <= 32 else value
 
 
+# msgspec decodes a page about twice as fast as json.loads, into the same plain objects, and
+# fails on the same inputs (plus UTF-16/32 bodies and NaN, which the API never sends).
+_decode = msgspec.json.Decoder().decode
+
+
 def _describe_content_type(content_type: str | None) -> str:
     if not content_type:
         return "no content type"
@@ -141,8 +147,8 @@ def parse_jobs_page(body: bytes, content_type: str | None) -> JobsPage:
     if "html" in media.lower():
         raise ApiError(f"response is not JSON ({media})", retryable=True)
     try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
+        data = _decode(body)
+    except (ValueError, RecursionError, msgspec.DecodeError):
         # ValueError covers truncated JSON and bytes that are not UTF-8/16/32 at all.
         stripped = body.lstrip()[:1]
         if stripped in (b"{", b"["):
