@@ -1131,10 +1131,9 @@ def _decode_extra(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         return {}
     intern = sys.intern
-    # 100k jobs share a handful of keys and values: one string object each, as parse does.
-    return {
-        intern(k): intern(v) if type(v) is str and len(v) <= 32 else v for k, v in value.items()
-    }
+    # 100k jobs share a handful of values: one string object each, as parse does (keys are
+    # already shared: msgspec caches short keys).
+    return {k: intern(v) if type(v) is str and len(v) <= 32 else v for k, v in value.items()}
 
 
 def _event_to_row(event: Event) -> tuple[Any, ...]:

@@ -55,6 +55,9 @@ class JobsPage:
 
 def parse_timestamp(value: object) -> datetime | None:
     """Seconds or milliseconds since the epoch (number or numeric string) as aware UTC."""
+    if type(value) is int and 0 < value < 10**14:
+        # The API's usual form, milliseconds: the fast path of every job of every scan.
+        return datetime.fromtimestamp(value / 1000 if value > _MS_THRESHOLD else value, UTC)
     if isinstance(value, bool):
         return None
     number: float
@@ -101,8 +104,9 @@ def parse_job(obj: Mapping[str, Any]) -> Job:
     # Interned: 100k jobs share a handful of values (CN, FEMALE, PACKAGE, BASIC...), and one
     # string object each instead of 100k copies is most of a large snapshot's memory.
     # (Written out rather than through helpers: this runs once per job of every scan.)
+    # (Keys need no interning: msgspec hands out one cached object per short key.)
     extra = {
-        intern(key): intern(value) if type(value) is str and len(value) <= 32 else value
+        key: intern(value) if type(value) is str and len(value) <= 32 else value
         for key, value in obj.items()
         if key not in _NOT_EXTRA
     }
