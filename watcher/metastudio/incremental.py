@@ -45,7 +45,7 @@ from typing import Any
 import structlog
 
 from watcher.engine.diff import Overlay
-from watcher.errors import ApiError
+from watcher.errors import ApiError, AuthError
 from watcher.metastudio.client import ListingRejected, MetaStudioClient, PageCheck
 from watcher.metastudio.parse import JobsPage
 from watcher.model import DOCUMENTED_STATES, Job, SourceConfig
@@ -213,6 +213,8 @@ def reverifies(cursor: Cursor, source: SourceConfig, *, now: datetime) -> bool:
 def is_refusal(err: ApiError) -> bool:
     """The API refused a parameter (HTTP 400 or MSS.00000003): a reason to demote the
     strategy that sent it, never a failed poll."""
+    if isinstance(err, AuthError):
+        return False  # wrong credentials are wrong for every listing: a real failure
     return err.status == 400 or err.code == "MSS.00000003"
 
 
