@@ -11,13 +11,14 @@ import asyncio
 import math
 import random
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from tests.test_incremental import AK, PROJECT, SK, Sim, events, poll, populate
+from tests.test_incremental import AK, PROJECT, SK, START, Sim, events, poll, populate
 from watcher import daemon
 from watcher.http import Readiness, bound_port, start_http
 from watcher.model import SETTLED_STATES
@@ -262,3 +263,43 @@ async def test_a_scan_that_stops_making_progress_is_abandoned(sim: Sim) -> None:
     assert "made no progress for 0.3s" in str(outcome.error)
     assert "pages fetched) and was abandoned" in str(outcome.error)
     assert not inc.store.has_baseline("prod")
+
+
+@pytest.mark.parametrize("behaviour", [ApiBehaviour.FULL, ApiBehaviour.DOCUMENTED])
+async def test_jobs_created_while_a_full_scan_pages_do_not_spoil_it(
+    sim: Sim, behaviour: ApiBehaviour
+) -> None:
+    populate(sim, 1000)
+    sim.state.api_behaviour = behaviour
+    inc = sim.watcher("inc", "1h")
+    # The probe of the API's clock, then a job created before every page of the scan (a
+    # little later each time, as the virtual clock does not move by itself):
+    # newest first (documented) each one would shift every page, in create order each
+    # would change the count.
+    sim.state.faults += [{}] + [{"kind": "create_before_page", "after": 2}] * 40
+    first = await inc.poll("prod")
+    assert first.ok, first.error  # unbounded, three passes would shift and the poll fail
+    assert first.baseline and first.jobs == 1000
+    assert first.requests == 1 + 10  # the probe and one pass: nothing discarded
+    sim.state.faults.clear()
+    assert "list?create_until" in sim.state.requests_by_kind
+    sim.tick()
+    second = await poll(inc)
+    assert second.jobs == len(sim.state.jobs) > 1000
+    assert second.events == len(sim.state.jobs) - 1000  # each one `new`, on the next cycle
+
+
+def test_a_bounded_full_scan_keeps_stored_jobs_created_after_its_bound() -> None:
+    from watcher.metastudio.incremental import keep_created_after
+    from watcher.model import Job
+
+    bound = START
+    stored = {
+        "old": Job("old", "SUCCEED", 1, START - timedelta(days=1)),
+        "late": Job("late", "CREATING", 1, START + timedelta(seconds=1)),
+    }
+    scanned = {"other": Job("other", "FAILED", 1, START - timedelta(hours=1))}
+    kept = keep_created_after(stored, scanned, bound)
+    # "old" is really absent (a miss); "late" could not be listed, so it is not.
+    assert set(kept) == {"other", "late"}
+    assert keep_created_after(stored, scanned, None) is scanned

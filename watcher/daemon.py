@@ -32,10 +32,13 @@ from watcher.metastudio.incremental import (
     Strategy,
     cursor_scope,
     find_misses,
+    full_scan_bound,
     full_scan_reason,
+    keep_created_after,
     missing_after_partial_scan,
     overlay,
     reverifies,
+    rfc3339,
 )
 from watcher.metastudio.parse import novelties
 from watcher.metrics import Metrics
@@ -349,13 +352,23 @@ class Watcher:
                     gone=inc.gone,
                 )
         log.debug("full_scan_started", source=state.config.name, reason=reason)
-        scan = await state.client.list_all_jobs()
+        if state.cursor.server_offset is None:
+            # Once per state file: where the API's clock is, for the bound below.
+            server_now = await state.client.server_now()
+            if server_now is not None:
+                state.cursor.server_offset = (server_now - self.clock()).total_seconds()
+        bound = full_scan_bound(state.config, now, state.cursor.server_offset or 0.0)
+        params = [("create_until", rfc3339(bound))] if bound is not None else []
+        scan = await state.client.list_jobs(params)
+        server_time = scan.server_time
+        if bound is not None and server_time is not None:
+            server_time = min(server_time, bound)  # what the bound left out is listed next
         return _Listing(
-            scan.jobs,
+            keep_created_after(previous, scan.jobs, bound),
             scan.requests,
             full=True,
             mode="full",
-            server_time=scan.server_time,
+            server_time=server_time,
             count=scan.count,
             reverify=reverify,
         )
@@ -413,6 +426,8 @@ class Watcher:
         """After a commit only: a cycle that did not land must be listed again."""
         cursor = state.cursor
         server_time = listing.server_time or cycle_at
+        if listing.server_time is not None:
+            cursor.server_offset = (listing.server_time - cycle_at).total_seconds()
         if listing.full:
             cursor.full_scan_committed(
                 now=cycle_at,

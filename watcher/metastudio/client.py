@@ -317,6 +317,14 @@ class MetaStudioClient:
             retryable=True,
         )
 
+    async def server_now(self) -> datetime | None:
+        """The API's clock (its `Date`), from one smallest page of the listing."""
+        tally = _Tally()
+        query = [(k, v) for k, v in self._source.filters if k not in ("offset", "limit")]
+        await self._fetch(self._path, [*query, ("limit", "1"), ("offset", "0")], tally, "probe")
+        self.progress.last_progress = self._monotonic()
+        return tally.server_time
+
     async def get_job(self, job_id: str) -> tuple[Job | None, int]:
         """One job by id (ShowVoiceTrainingJob) and the requests it took; None when 404."""
         tally = _Tally()

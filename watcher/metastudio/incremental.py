@@ -102,6 +102,9 @@ class Cursor:
     # Strategies whose demotion was already logged as a warning: re-verification that
     # fails again is not news.
     noted: set[Strategy] = field(default_factory=set)
+    # The API's clock minus ours, in seconds, as last seen (for a full scan's create_until);
+    # None until a listing has shown it.
+    server_offset: float | None = None
 
     def strategy_at(self, now: datetime) -> Strategy:
         """The cheapest strategy not demoted at `now`."""
@@ -149,6 +152,7 @@ class Cursor:
             "demoted": {str(k): _iso(v) for k, v in sorted(self.demoted.items())},
             "reasons": {str(k): v for k, v in sorted(self.reasons.items())},
             "noted": sorted(str(s) for s in self.noted),
+            "server_offset": self.server_offset,
         }
 
     @classmethod
@@ -164,7 +168,9 @@ class Cursor:
             if key in strategies and until is not None:
                 demoted[strategies[key]] = until
         count = data.get("full_count")
+        offset = data.get("server_offset")
         return cls(
+            server_offset=float(offset) if isinstance(offset, int | float) else None,
             watermark=_from_iso(data.get("watermark")),
             last_full_at=_from_iso(data.get("last_full_at")),
             full_count=count if isinstance(count, int) else None,
@@ -202,6 +208,35 @@ def full_scan_reason(
         why = "; ".join(cursor.reasons.get(s, "demoted") for s in LADDER)
         return f"every cheaper strategy is demoted ({why})"
     return None
+
+
+def full_scan_bound(source: SourceConfig, now: datetime, server_offset: float) -> datetime | None:
+    """The `create_until` of a full scan: the end of the API's current second (our clock
+    corrected by the offset last seen, which the whole-second `Date` under-states by up to
+    a second). Jobs created while a long scan pages would otherwise shift its pages and
+    have it discarded (a 1M-job baseline takes over half an hour); they are left to the
+    next cycle instead. None when the source sets its own create_until."""
+    if any(key == "create_until" for key, _ in source.filters):
+        return None
+    server_now = now + timedelta(seconds=server_offset + 1)
+    return server_now.astimezone(UTC).replace(microsecond=0)
+
+
+def keep_created_after(
+    previous: Mapping[str, Job] | None, scanned: Mapping[str, Job], bound: datetime | None
+) -> Mapping[str, Job]:
+    """A bounded full scan's jobs, plus stored ones it could not list because they were
+    created after its bound: those are not absent, and must not count towards `vanished`."""
+    if bound is None or previous is None:
+        return scanned
+    kept = {
+        job_id: job
+        for job_id, job in previous.items()
+        if job_id not in scanned and job.create_time is not None and job.create_time > bound
+    }
+    if not kept:
+        return scanned
+    return {**scanned, **kept}
 
 
 def reverifies(cursor: Cursor, source: SourceConfig, *, now: datetime) -> bool:

@@ -234,6 +234,11 @@ class SimulatorApi:
             oldest = min((job["create_time"] for job in self.state.jobs.values()), default=0)
             self.state.add_job(now=now, create_time=oldest - 1000, lastupdate_time=to_ms(now))
             return None
+        if kind == "create_before_page":
+            # A job created while a scan pages (`after` seconds from now): the listing grows.
+            after = timedelta(seconds=float(fault.get("after", 0)))
+            self.state.add_job(now=self.clock() + after)
+            return None
         if kind == "delete_before_page":
             ordered = select_jobs(self.state, _query_dict(request))
             if ordered:
