@@ -276,7 +276,7 @@ async def test_jobs_created_while_a_full_scan_pages_do_not_spoil_it(
     # little later each time, as the virtual clock does not move by itself):
     # newest first (documented) each one would shift every page, in create order each
     # would change the count.
-    sim.state.faults += [{}] + [{"kind": "create_before_page", "after": 2}] * 40
+    sim.state.faults += [{}] + [{"kind": "create_before_page", "after": 5}] * 40
     first = await inc.poll("prod")
     assert first.ok, first.error  # unbounded, three passes would shift and the poll fail
     assert first.baseline and first.jobs == 1000

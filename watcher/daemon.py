@@ -354,9 +354,7 @@ class Watcher:
         log.debug("full_scan_started", source=state.config.name, reason=reason)
         if state.cursor.server_offset is None:
             # Once per state file: where the API's clock is, for the bound below.
-            server_now = await state.client.server_now()
-            if server_now is not None:
-                state.cursor.server_offset = (server_now - self.clock()).total_seconds()
+            state.cursor.server_offset = await state.client.server_offset()
         bound = full_scan_bound(state.config, now, state.cursor.server_offset or 0.0)
         params = [("create_until", rfc3339(bound))] if bound is not None else []
         scan = await state.client.list_jobs(params)

@@ -317,13 +317,18 @@ class MetaStudioClient:
             retryable=True,
         )
 
-    async def server_now(self) -> datetime | None:
-        """The API's clock (its `Date`), from one smallest page of the listing."""
+    async def server_offset(self) -> float | None:
+        """Seconds the API's clock (its whole-second `Date`) is ahead of ours, from one
+        smallest page of the listing; measured from when the request left, so it errs
+        by at most a second low, never high. None when the API sent no `Date`."""
         tally = _Tally()
         query = [(k, v) for k, v in self._source.filters if k not in ("offset", "limit")]
+        sent_at = self._clock()
         await self._fetch(self._path, [*query, ("limit", "1"), ("offset", "0")], tally, "probe")
         self.progress.last_progress = self._monotonic()
-        return tally.server_time
+        if tally.server_time is None:
+            return None
+        return (tally.server_time - sent_at).total_seconds()
 
     async def get_job(self, job_id: str) -> tuple[Job | None, int]:
         """One job by id (ShowVoiceTrainingJob) and the requests it took; None when 404."""

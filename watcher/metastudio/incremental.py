@@ -211,14 +211,15 @@ def full_scan_reason(
 
 
 def full_scan_bound(source: SourceConfig, now: datetime, server_offset: float) -> datetime | None:
-    """The `create_until` of a full scan: the end of the API's current second (our clock
-    corrected by the offset last seen, which the whole-second `Date` under-states by up to
-    a second). Jobs created while a long scan pages would otherwise shift its pages and
-    have it discarded (a 1M-job baseline takes over half an hour); they are left to the
-    next cycle instead. None when the source sets its own create_until."""
+    """The `create_until` of a full scan: a little past the API's now (our clock corrected
+    by the offset last seen, which the whole-second `Date` under-states by up to a second;
+    never before it, or a job created just before the scan would be left out). Jobs
+    created while a long scan pages would otherwise shift its pages and have it discarded
+    (a 1M-job baseline takes over half an hour); they are left to the next cycle instead.
+    None when the source sets its own create_until."""
     if any(key == "create_until" for key, _ in source.filters):
         return None
-    server_now = now + timedelta(seconds=server_offset + 1)
+    server_now = now + timedelta(seconds=server_offset + 2)
     return server_now.astimezone(UTC).replace(microsecond=0)
 
 
