@@ -257,7 +257,7 @@ async def test_a_slow_scan_that_progresses_is_never_abandoned(
 async def test_a_scan_that_stops_making_progress_is_abandoned(sim: Sim) -> None:
     populate(sim, 500)
     inc = sim.watcher("inc", "1h", stall_limit=0.3)
-    sim.state.faults += [{}, {}, {"kind": "hang", "seconds": 2}]  # the third page hangs
+    sim.state.faults += [{}, {}, {}, {"kind": "hang", "seconds": 1}]  # a page hangs
     outcome = await inc.poll("prod")
     assert not outcome.ok
     assert "made no progress for 0.3s" in str(outcome.error)
