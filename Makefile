@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit bench bench-web soak clean
+.PHONY: demo test lint typecheck unit bench bench-cycles bench-web soak clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,8 +44,14 @@ clean:
 soak: $(VENV)/.installed-test
 	SOAK=1 $(BIN)/pytest tests/reliability -q -s -p no:cacheprovider
 
-# Polling cost, full scans against incremental cycles (10k and 100k jobs): prints a table.
+# once side by side with a naive SDK poller and a minimal aiohttp loop, in the three API
+# behaviours (10k and 100k jobs, 5 rounds): writes benchmarks/RESULTS.md.
 bench: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python benchmarks/bench_side_by_side.py
+
+# Polling cost in a warm daemon, full scans against incremental cycles: prints a table.
+bench-cycles: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_polling.py
 
 # Status page and API latency with 100k jobs and 1M events in the store: prints a table.

@@ -29,7 +29,7 @@ from tests.receivers import WebhookReceiver, json_url
 from watcher.cli import EX_CONFIG, EX_FAILURE, EX_OK, EX_USAGE, TEST_TITLE, main
 from watcher.simulator.app import create_app
 from watcher.simulator.runner import serve_app
-from watcher.simulator.state import SimulatorState
+from watcher.simulator.state import ApiBehaviour, SimulatorState
 from watcher.store import Store
 
 T = TypeVar("T")
@@ -428,6 +428,53 @@ def test_status_shows_each_source_its_jobs_by_state_and_the_outbox(
     assert source["consecutive_failures"] == 0
     assert datetime.fromisoformat(source["last_ok_at"]) > datetime.now(UTC) - timedelta(minutes=1)
     assert status["outbox"]["pending"] == 0
+
+
+def test_status_shows_the_strategy_in_use_and_a_scan_in_flight(
+    servers: Servers, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, _ = baseline_then_failure(servers, capsys)
+    code, out, _ = cli(capsys, "status", "-c", config)
+    assert code == EX_OK
+    assert "prod: strategy changed_since" in out.splitlines()
+    with Store.open(str(servers.storage)) as store:  # what a daemon mid-scan writes
+        store.save_scan_progress("prod", 12, 1000, baseline=True, now=datetime.now(UTC))
+    code, out, _ = cli(capsys, "status", "-c", config)
+    assert "prod: strategy changed_since; baseline in progress: 12 of 1000 pages" in out
+    code, out, _ = cli(capsys, "status", "-c", config, "--json")
+    (source,) = json.loads(out)["sources"]
+    assert source["strategy"] == "changed_since"
+    assert source["scan"]["text"] == "baseline in progress: 12 of 1000 pages"
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "budget"),
+    [("full", lambda active: 3), ("documented", lambda active: -(-active // 100) + 3)],
+)
+def test_once_from_cron_is_as_cheap_as_the_daemon(
+    servers: Servers,
+    capsys: pytest.CaptureFixture[str],
+    behaviour: str,
+    budget: Callable[[int], int],
+) -> None:
+    now = datetime.now(UTC)
+    for i in range(1000):
+        # 2 % active, created over the last week.
+        state = "PROCESSING" if i % 50 == 0 else "SUCCEED"
+        created = int(now.timestamp() * 1000) - (i + 1) * 600_000
+        servers.add_job(state=state, create_time=created, lastupdate_time=created)
+    servers.sim.api_behaviour = ApiBehaviour(behaviour)
+    config = servers.config()
+    assert cli(capsys, "once", "-c", config)[0] == EX_OK  # the baseline
+    active = [j for j, job in servers.sim.jobs.items() if job["state"] == "PROCESSING"]
+    costs = []
+    for job_id in active[:3]:
+        servers.set_state(job_id, "FAILED")
+        before = servers.sim.requests
+        assert cli(capsys, "once", "-c", config)[0] == EX_OK
+        costs.append(servers.sim.requests - before)
+    assert all(cost <= budget(len(active)) for cost in costs), costs
+    assert len(servers.titles()) == 3
 
 
 def test_status_shows_the_last_error_of_a_failing_source(

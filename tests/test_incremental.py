@@ -7,6 +7,7 @@ polls incrementally. They must find the same transitions; the request counts sho
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import sqlite3
@@ -18,19 +19,27 @@ from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from watcher.config import load_config_text
 from watcher.daemon import PollOutcome, Watcher
-from watcher.metastudio.client import RetryPolicy
+from watcher.metastudio.client import PageCheck, RetryPolicy
 from watcher.metastudio.incremental import (
+    Cursor,
     Miss,
+    Strategy,
+    active_states,
+    created_since_check,
     find_misses,
     missing_after_partial_scan,
+    settled_states,
+    state_check,
     updated_since_check,
     use_settled_listing,
 )
 from watcher.metastudio.parse import JobsPage
-from watcher.model import SETTLED_STATES, Job
+from watcher.model import DOCUMENTED_STATES, SETTLED_STATES, Job
 from watcher.notify import Notifier, check_url
 from watcher.simulator.app import create_app
 from watcher.simulator.runner import serve_app
@@ -51,7 +60,7 @@ sources:
     poll_interval: 60s
     request_timeout: 5s
     full_scan_every: {full_scan_every}
-    max_requests_per_second: 1000
+    max_requests_per_second: {rate}
 channels:
   hook: ["json://127.0.0.1:9/never-called"]
 rules:
@@ -79,12 +88,17 @@ class Sim:
         self.now[0] += timedelta(seconds=seconds)
         return self.now[0]
 
-    def watcher(self, name: str, full_scan_every: str) -> Watcher:
+    def watcher(
+        self, name: str, full_scan_every: str, *, rate: int = 1000, stall_limit: float | None = None
+    ) -> Watcher:
+        """A watcher with its own store; a second call with the same name is a new process
+        on the same state file (what `once` from cron is)."""
         text = CONFIG.format(
             endpoint=self.endpoint,
             project=PROJECT,
             full_scan_every=full_scan_every,
             storage=self.tmp / f"{name}.db",
+            rate=rate,
         )
         config = load_config_text(
             text, str(self.tmp / f"{name}.yaml"), {"TEST_AK": AK, "TEST_SK": SK}, check_url
@@ -100,6 +114,7 @@ class Sim:
             clock=self.clock,
             rng=random.Random(1),
             retry=FAST,
+            stall_limit=stall_limit,
         )
 
     def close(self) -> None:
@@ -321,15 +336,104 @@ def test_one_settled_listing_replaces_lookups_only_when_cheaper() -> None:
     assert use_settled_listing(recent[:1], stored, SETTLED_STATES, 100) is None
 
 
-def test_changed_since_check_needs_evidence_before_calling_the_filter_ignored() -> None:
+def _pages(jobs: list[Job], size: int = 100) -> list[JobsPage]:
+    return [JobsPage(len(jobs), tuple(jobs[i : i + size])) for i in range(0, len(jobs), size)]
+
+
+def _rejected(check: PageCheck, jobs: list[Job]) -> bool:
+    return any(check(page) for page in _pages(jobs))
+
+
+@given(
+    total=st.integers(1, 450),
+    changed=st.integers(0, 450),
+    order=st.sampled_from(["update_asc", "create_desc", "shuffled"]),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=150, deadline=None)
+def test_changed_since_verdict_holds_whatever_the_number_of_changes(
+    total: int, changed: int, order: str, seed: int
+) -> None:
+    """Hundreds of changes between two cycles never read as "update_since ignored"; an API
+    that ignores it is caught whenever some job did not change, and when every job did the
+    listing it gave is complete anyway."""
+    rng = random.Random(seed)
     since = START
-    fresh = {f"j{i}": _job(f"j{i}", "CREATING", START + timedelta(seconds=1)) for i in range(150)}
-    page = JobsPage(150, tuple(list(fresh.values())[:100]))
-    # Every job really changed since: a full-size count is no evidence.
-    assert updated_since_check(since, 150, 100, fresh)(page) is None
-    stale = {**fresh, "old": _job("old", "SUCCEED", START - timedelta(days=1))}
-    assert "ignores update_since" in (
-        updated_since_check(since, 151, 100, stale)(JobsPage(151, page.jobs)) or ""
+    changed = min(changed, total)
+    moved = set(rng.sample(range(total), changed))
+    jobs = [
+        _job(
+            f"j{i:04d}",
+            "PROCESSING",
+            since + timedelta(seconds=rng.randrange(0, 60))
+            if i in moved
+            else since - timedelta(seconds=rng.randrange(1, 86400)),
+            START - timedelta(days=3) + timedelta(minutes=i),
+        )
+        for i in range(total)
+    ]
+    if order == "update_asc":
+        jobs.sort(key=lambda j: (j.lastupdate_time, j.job_id))
+    elif order == "create_desc":
+        jobs.sort(key=lambda j: j.create_time or START, reverse=True)
+    else:
+        rng.shuffle(jobs)
+    check = updated_since_check(since)
+    honoured = [j for j in jobs if j.lastupdate_time is not None and j.lastupdate_time >= since]
+    assert not _rejected(check, honoured)  # never misfires, whatever len(honoured)
+    if changed < total:
+        assert _rejected(check, jobs)  # an ignored filter is always caught
+    else:
+        assert not _rejected(check, jobs)  # ...and when it is not, nothing is lost
+        assert {j.job_id for j in jobs} == {j.job_id for j in honoured}
+
+
+def test_ignored_state_and_create_filters_are_caught_on_the_page_that_shows_it() -> None:
+    jobs = [_job(f"j{i}", "SUCCEED", START, START + timedelta(minutes=i)) for i in range(250)]
+    jobs[230] = _job("late", "PROCESSING", START, START + timedelta(minutes=230))
+    assert not state_check({"SUCCEED"})(_pages(jobs)[0])
+    assert "ignores state" in (state_check({"SUCCEED"})(_pages(jobs)[2]) or "")
+    assert "ignores create_since" in (
+        created_since_check(START + timedelta(minutes=1))(_pages(jobs)[0]) or ""
     )
-    older = JobsPage(151, (stale["old"], *page.jobs[:99]))
-    assert "last updated" in (updated_since_check(since, 151, 100, stale)(older) or "")
+    assert not created_since_check(START)(_pages(jobs)[0])
+
+
+def test_only_documented_states_are_ever_sent_as_filters() -> None:
+    config = load_config_text(
+        CONFIG.format(
+            endpoint="http://127.0.0.1:9",
+            project=PROJECT,
+            full_scan_every="1h",
+            storage="/nonexistent/x.db",
+            rate=5,
+        ),
+        "x.yaml",
+        {"TEST_AK": AK, "TEST_SK": SK},
+        check_url,
+    )
+    (source,) = config.sources
+    sent = set(active_states(source)) | set(settled_states(source))
+    assert sent <= DOCUMENTED_STATES
+    assert "USER_RESULT_REVIEW" not in sent and "USER_REVIEW_REJECT" not in sent
+    assert len(DOCUMENTED_STATES) == 14
+
+
+def test_a_demotion_holds_then_expires_and_a_scheduled_full_scan_lifts_it() -> None:
+    cursor = Cursor()
+    hour = timedelta(hours=1)
+    assert cursor.strategy_at(START) is Strategy.CHANGED_SINCE
+    assert cursor.demote(Strategy.CHANGED_SINCE, now=START, hold=hour, reason="400")
+    assert cursor.strategy_at(START) is Strategy.ACTIVE_SET
+    assert cursor.demote(Strategy.ACTIVE_SET, now=START, hold=hour, reason="ignored")
+    # Demoted again (a re-verification that failed): not news, so not logged loudly.
+    assert not cursor.demote(Strategy.CHANGED_SINCE, now=START, hold=hour, reason="400")
+    assert cursor.strategy_at(START + timedelta(minutes=59)) is Strategy.FULL_ONLY
+    assert cursor.strategy_at(START + hour) is Strategy.CHANGED_SINCE
+    restored = Cursor.from_json(json.loads(json.dumps(cursor.to_json("s"))), "s")
+    assert restored == cursor
+    assert Cursor.from_json(cursor.to_json("s"), "other scope") == Cursor()
+    cursor.full_scan_committed(now=START, server_time=START, count=3, reverify=False)
+    assert cursor.strategy_at(START) is Strategy.FULL_ONLY
+    cursor.full_scan_committed(now=START, server_time=START, count=3, reverify=True)
+    assert cursor.strategy_at(START) is Strategy.CHANGED_SINCE

@@ -732,3 +732,18 @@ def test_delta_commit_writes_only_what_changed_and_matches_a_full_commit(tmp_pat
         nxt["new"] = job("new", "CREATING")
         s.commit_cycle("cn", Snapshot("cn", T0, nxt), [], [], now=T0, previous=jobs)
         assert s.load_jobs("cn") == nxt
+
+
+def test_poll_cursor_and_scan_progress_survive_a_reopen(tmp_path: Path) -> None:
+    path = str(tmp_path / "cursor.db")
+    with Store.open(path) as s:
+        assert s.load_cursor("prod") is None
+        s.save_scan_progress("prod", 3, 1000, baseline=True, now=T0)
+        (progress,) = s.poll_strategies().values()
+        assert (progress.pages_done, progress.pages_total, progress.baseline) == (3, 1000, True)
+        s.save_cursor("prod", {"watermark": T0.isoformat(), "gone": ["a"]}, "active_set")
+    with Store.open(path) as s:
+        assert s.load_cursor("prod") == {"watermark": T0.isoformat(), "gone": ["a"]}
+        polling = s.poll_strategies()["prod"]
+        # A saved cursor means the scan landed: its progress is cleared.
+        assert polling.strategy == "active_set" and polling.pages_done is None

@@ -44,9 +44,10 @@ from watcher.errorcodes import with_explanation
 from watcher.errors import ConfigError, StoreError, UsageError, WatcherError
 from watcher.http import readiness
 from watcher.logs import REDACTOR, configure
+from watcher.metrics import scan_note
 from watcher.model import BodyFormat, Config, EventKind, NotifyType, OutboxStatus
 from watcher.notify import Notifier, check_url, mask_url
-from watcher.store import HistoryEntry, SourceStatus, Store
+from watcher.store import HistoryEntry, PollStrategy, SourceStatus, Store
 
 EX_OK, EX_FAILURE, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
 DEFAULT_CONFIG = "config.yaml"
@@ -471,12 +472,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         known = {s.name: s for s in store.source_status()}
         by_state = store.jobs_by_state()
         counts = store.outbox_counts()
+        polling = store.poll_strategies()
     now = datetime.now(UTC)
     intervals = {s.name: s.poll_interval for s in config.sources}
     # Configured sources in config order, then any the store still remembers.
     names = [*intervals, *(name for name in known if name not in intervals)]
     sources = [
-        _source_json(name, known.get(name), intervals.get(name), by_state.get(name, {}))
+        {
+            **_source_json(name, known.get(name), intervals.get(name), by_state.get(name, {})),
+            **_polling_json(polling.get(name)),
+        }
         for name in names
     ]
     outbox = {str(status): count for status, count in counts.items()}
@@ -508,6 +513,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"{_clean(name)}: {status.consecutive_failures} failed poll(s) in a row, "
                 f"last {_ago(status.last_error_at, now)}: {_clean(status.last_error)}"
             )
+    for name in names:
+        if (line := _polling_line(polling.get(name))) is not None:
+            print(f"{_clean(name)}: {line}")
     pending = counts.get(OutboxStatus.PENDING, 0)
     dead = counts.get(OutboxStatus.DEAD, 0)
     # Statuses added later (silenced, ...) are shown when there is something in them.
@@ -519,6 +527,32 @@ def cmd_status(args: argparse.Namespace) -> int:
     hint = " (`outbox` lists them)" if pending or dead else ""
     print(f"outbox: {pending} pending, {dead} dead{others}{hint}")
     return EX_OK
+
+
+def _polling_json(polling: PollStrategy | None) -> dict[str, Any]:
+    """The strategy in use and the scan in flight (see `Store.poll_strategies`)."""
+    scan = None
+    if polling is not None and polling.pages_done is not None:
+        scan = {
+            "baseline": polling.baseline,
+            "pages_done": polling.pages_done,
+            "pages_total": polling.pages_total,
+            "text": scan_note(polling.pages_done, polling.pages_total, baseline=polling.baseline),
+            "updated_at": _iso(polling.progress_at),
+        }
+    return {"strategy": polling.strategy if polling else None, "scan": scan}
+
+
+def _polling_line(polling: PollStrategy | None) -> str | None:
+    """`strategy active_set; baseline in progress: 12 of 1000 pages`, or None."""
+    if polling is None:
+        return None
+    parts = []
+    if polling.strategy:
+        parts.append(f"strategy {polling.strategy}")
+    if polling.pages_done is not None:
+        parts.append(scan_note(polling.pages_done, polling.pages_total, baseline=polling.baseline))
+    return "; ".join(parts) or None
 
 
 def _source_json(

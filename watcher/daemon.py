@@ -11,7 +11,7 @@ import contextlib
 import random
 import signal
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,15 +28,21 @@ from watcher.engine.why import detail_resource, failure_key, unavailable
 from watcher.errorcodes import with_explanation
 from watcher.errors import ApiError, AuthError, StoreError, WatcherError
 from watcher.http import Readiness, readiness, start_http
-from watcher.metastudio.client import ListingRejected, MetaStudioClient, RetryPolicy
+from watcher.metastudio.client import ListingRejected, MetaStudioClient, RetryPolicy, ScanProgress
 from watcher.metastudio.details import fetch_why
 from watcher.metastudio.incremental import (
     Cursor,
     IncrementalPoller,
+    Strategy,
+    cursor_scope,
     find_misses,
+    full_scan_bound,
     full_scan_reason,
+    keep_created_after,
     missing_after_partial_scan,
     overlay,
+    reverifies,
+    rfc3339,
 )
 from watcher.metastudio.parse import novelties
 from watcher.metrics import Metrics
@@ -56,6 +62,8 @@ from watcher.web.routes import StatusPage, install
 log = structlog.get_logger(__name__)
 
 Clock = Callable[[], datetime]
+# How often a scan in flight reports its progress (metrics, /readyz, the store for `status`).
+_PROGRESS_REPORT_EVERY = 2.0
 
 
 def utc_now() -> datetime:
@@ -87,6 +95,8 @@ class _SourceState:
     last_error: str | None = None
     last_ok: datetime | None = None
     cursor: Cursor = field(default_factory=Cursor)
+    # The cursor is read from the store on the first poll (so `once` continues from it).
+    cursor_loaded: bool = False
     # The last committed snapshot's jobs, so an incremental cycle need not re-read them.
     jobs: dict[str, Job] | None = None
 
@@ -102,6 +112,7 @@ class _Listing:
     server_time: datetime | None = None
     count: int = 0
     gone: frozenset[str] = frozenset()  # lookups that answered 404
+    reverify: bool = False  # a scheduled full scan: lifts strategy demotions once committed
 
 
 class Watcher:
@@ -121,8 +132,10 @@ class Watcher:
         metrics: Metrics | None = None,
         memory: DeliveryMemory | None = None,
         monotonic: Callable[[], float] | None = None,
+        stall_limit: float | None = None,
     ) -> None:
         self.config = config
+        self.stall_limit = stall_limit  # None: from each source's timeouts (_cycle_deadline)
         self.store = store
         self.notifier = notifier
         self.clock = clock
@@ -174,13 +187,20 @@ class Watcher:
         started = time.monotonic()
         cycle_at = self.clock()
         previous = self._previous_jobs(state)
-        deadline = self._cycle_deadline(state)
+        self._load_cursor(state)
+        stall = self._cycle_deadline(state)
+        progress = state.client.begin_cycle()
+        requests_before = state.client.requests_made
         try:
-            listing = await asyncio.wait_for(self._list(state, previous, cycle_at), deadline)
+            listing = await self._while_progressing(
+                state, self._list(state, previous, cycle_at), progress, stall, previous is None
+            )
         except TimeoutError:
+            total = f" of {progress.pages_total}" if progress.pages_total else ""
             err = ApiError(
-                f"the poll took longer than {deadline:.0f}s and was abandoned; nothing was "
-                "committed, the next poll starts from the last complete scan",
+                f"the poll made no progress for {stall:g}s ({progress.pages_done}{total} "
+                "pages fetched) and was abandoned; nothing was committed, the next poll "
+                "starts from the last complete scan",
                 retryable=True,
             )
             self._poll_failed(state, err, time.monotonic() - started)
@@ -188,6 +208,9 @@ class Watcher:
         except ApiError as err:
             self._poll_failed(state, err, time.monotonic() - started)
             return PollOutcome(name, False, error=err)
+        finally:
+            self.metrics.scan_finished(name)
+        listing = replace(listing, requests=state.client.requests_made - requests_before)
         now = self.clock()
         self._note_novelties(name, listing.jobs.values())
         tracking_before = self._tracking(name)
@@ -239,6 +262,11 @@ class Watcher:
         self._trackings[name] = tracking
         state.jobs = committed
         self._advance_cursor(state, listing, cycle_at)
+        self.store.save_cursor(
+            name,
+            state.cursor.to_json(cursor_scope(state.config)),
+            str(state.cursor.strategy_at(cycle_at)),
+        )
         self.store.record_source_poll(name, True, now, None)
         bound = log.bind(source=name)
         if state.last_error is not None:
@@ -252,7 +280,7 @@ class Watcher:
                 job_id=miss.job_id,
                 state=miss.state,
                 previous_state=miss.previous_state,
-                strategy=str(state.cursor.strategy),
+                strategy=str(state.cursor.strategy_at(cycle_at)),
             )
         for event in events:
             self.metrics.event(name, str(event.kind))
@@ -307,14 +335,21 @@ class Watcher:
         reason = full_scan_reason(
             state.cursor, state.config, now=now, has_baseline=previous is not None
         )
+        reverify = reverifies(state.cursor, state.config, now=now)
         state.client.known = previous or {}
         if reason is None and previous is not None:
+            name = state.config.name
+
+            def demoted(strategy: Strategy, why: str) -> None:
+                self.metrics.strategy_demoted(name, str(strategy))
+
+            poller = IncrementalPoller(
+                state.client, state.config, state.cursor, now=now, on_demote=demoted
+            )
             try:
-                inc = await IncrementalPoller(state.client, state.config, state.cursor).poll(
-                    previous
-                )
+                inc = await poller.poll(previous)
             except ListingRejected as rejected:
-                reason = rejected.reason  # the fallback was logged: scan everything instead
+                reason = rejected.reason  # the demotions were logged: scan everything instead
             else:
                 return _Listing(
                     inc.jobs,
@@ -325,23 +360,87 @@ class Watcher:
                     gone=inc.gone,
                 )
         log.debug("full_scan_started", source=state.config.name, reason=reason)
-        scan = await state.client.list_all_jobs()
+        if state.cursor.server_offset is None:
+            # Once per state file: where the API's clock is, for the bound below.
+            state.cursor.server_offset = await state.client.server_offset()
+        bound = full_scan_bound(state.config, now, state.cursor.server_offset or 0.0)
+        params = [("create_until", rfc3339(bound))] if bound is not None else []
+        scan = await state.client.list_jobs(params)
+        server_time = scan.server_time
+        if bound is not None and server_time is not None:
+            server_time = min(server_time, bound)  # what the bound left out is listed next
         return _Listing(
-            scan.jobs,
+            keep_created_after(previous, scan.jobs, bound),
             scan.requests,
             full=True,
             mode="full",
-            server_time=scan.server_time,
+            server_time=server_time,
             count=scan.count,
+            reverify=reverify,
         )
 
-    @staticmethod
-    def _advance_cursor(state: _SourceState, listing: _Listing, cycle_at: datetime) -> None:
+    def _load_cursor(self, state: _SourceState) -> None:
+        """The cursor the last committed cycle saved, once per process (cron `once` too)."""
+        if state.cursor_loaded:
+            return
+        state.cursor_loaded = True
+        stored = self.store.load_cursor(state.config.name)
+        state.cursor = Cursor.from_json(stored, cursor_scope(state.config))
+
+    async def _while_progressing(
+        self,
+        state: _SourceState,
+        work: Awaitable[_Listing],
+        progress: ScanProgress,
+        stall: float,
+        baseline: bool,
+    ) -> _Listing:
+        """Await the cycle's listing for as long as pages keep arriving; TimeoutError once
+        none has for `stall` seconds. A 1M-job baseline at 5 requests/s takes over half an
+        hour and must never be abandoned for its length, only for standing still."""
+        name = state.config.name
+        task = asyncio.ensure_future(work)
+        reported = -1
+        try:
+            while True:
+                idle = state.client.idle_for()
+                wait = min(max(0.0, stall - idle), _PROGRESS_REPORT_EVERY)
+                done, _ = await asyncio.wait({task}, timeout=wait)
+                if done:
+                    return task.result()
+                if state.client.idle_for() >= stall:
+                    raise TimeoutError
+                if progress.pages_total and progress.pages_done != reported:
+                    reported = progress.pages_done
+                    self.metrics.scan_progress(
+                        name, progress.pages_done, progress.pages_total, baseline=baseline
+                    )
+                    self.store.save_scan_progress(
+                        name,
+                        progress.pages_done,
+                        progress.pages_total,
+                        baseline=baseline,
+                        now=self.clock(),
+                    )
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+
+    def _advance_cursor(self, state: _SourceState, listing: _Listing, cycle_at: datetime) -> None:
         """After a commit only: a cycle that did not land must be listed again."""
         cursor = state.cursor
         server_time = listing.server_time or cycle_at
+        if listing.server_time is not None:
+            cursor.server_offset = (listing.server_time - cycle_at).total_seconds()
         if listing.full:
-            cursor.full_scan_committed(now=cycle_at, server_time=server_time, count=listing.count)
+            cursor.full_scan_committed(
+                now=cycle_at,
+                server_time=server_time,
+                count=listing.count,
+                reverify=listing.reverify,
+            )
         else:
             cursor.increment_committed(server_time, listing.gone)
 
@@ -363,11 +462,13 @@ class Watcher:
             self._trackings[name] = Tracking.from_json(stored) if stored else Tracking()
         return self._trackings[name]
 
-    @staticmethod
-    def _cycle_deadline(state: _SourceState) -> float:
-        """However the API behaves, one poll ends: a hung cycle must not silence a source.
+    def _cycle_deadline(self, state: _SourceState) -> float:
+        """How long a poll may go without progress (a page or lookup answered) before it is
+        abandoned: a hung cycle must not silence a source, a slow one that moves is fine.
         (systemd's watchdog is fed by its own task, so a long but healthy scan never trips
         it; this bounds the unhealthy kind.)"""
+        if self.stall_limit is not None:
+            return self.stall_limit
         config = state.config
         return max(
             10 * config.request_timeout.total_seconds(), 3 * config.poll_interval.total_seconds()

@@ -103,6 +103,9 @@ async def _readyz(request: web.Request) -> web.Response:
     answer: dict[str, object] = {"ready": state.ready, "stale": list(state.stale)}
     if state.reason is not None:
         answer["reason"] = state.reason
+    # A first scan of a large tenant takes a while: say how far it has got, not just "stale".
+    if scans := request.app[_METRICS].scan_notes():
+        answer["scans"] = scans
     body = json.dumps(answer)
     return web.Response(
         text=body + "\n", status=200 if state.ready else 503, content_type="application/json"

@@ -75,6 +75,20 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self._demotions = Counter(
+            "watcher_strategy_demotions",
+            "Incremental strategies demoted because the API refused or ignored a parameter",
+            ["source", "strategy"],
+            registry=r,
+        )
+        self._scan_pages = Gauge(
+            "watcher_scan_pages",
+            "Pages of the scan in flight: fetched (done) and implied by its count (total)",
+            ["source", "kind"],
+            registry=r,
+        )
+        # source -> (pages done, pages total, first scan?) of the scan in flight, for /readyz.
+        self.scans: dict[str, tuple[int, int | None, bool]] = {}
         self._states_seen: dict[str, set[str]] = {}
         self._statuses_seen = {status.value for status in OutboxStatus}
         for status in self._statuses_seen:
@@ -124,5 +138,33 @@ class Metrics:
     def incremental_miss(self, source: str) -> None:
         self._incremental_misses.labels(source=source).inc()
 
+    def strategy_demoted(self, source: str, strategy: str) -> None:
+        self._demotions.labels(source=source, strategy=strategy).inc()
+
+    def scan_progress(self, source: str, done: int, total: int | None, *, baseline: bool) -> None:
+        """A scan of `source` is in flight: `done` pages of `total` (None: not known yet)."""
+        self.scans[source] = (done, total, baseline)
+        self._scan_pages.labels(source=source, kind="done").set(done)
+        self._scan_pages.labels(source=source, kind="total").set(total or 0)
+
+    def scan_finished(self, source: str) -> None:
+        if self.scans.pop(source, None) is not None:
+            self._scan_pages.labels(source=source, kind="done").set(0)
+            self._scan_pages.labels(source=source, kind="total").set(0)
+
+    def scan_notes(self) -> dict[str, str]:
+        """Per source with a scan in flight: "baseline in progress: N of M pages"."""
+        return {
+            source: scan_note(done, total, baseline=baseline)
+            for source, (done, total, baseline) in sorted(self.scans.items())
+        }
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def scan_note(done: int, total: int | None, *, baseline: bool) -> str:
+    """`baseline in progress: 12 of 1000 pages` (`full scan …` for a later one)."""
+    what = "baseline" if baseline else "full scan"
+    of = f" of {total}" if total is not None else ""
+    return f"{what} in progress: {done}{of} pages"

@@ -50,6 +50,10 @@ KNOWN_STATES: frozenset[str] = frozenset(
         USER_REVIEW_REJECT,
     }
 )
+# The 14 values the list API page documents for its `state` filter: the only ones ever sent
+# (an API validating the parameter answers 400 MSS.00000003 to any other). The USER_* states
+# come back from some regions but are not documented filter values.
+DOCUMENTED_STATES: frozenset[str] = KNOWN_STATES - {USER_RESULT_REVIEW, USER_REVIEW_REJECT}
 FAILURE_STATES: frozenset[str] = frozenset({AUDIT_FAILED, SPLIT_FAILED, FAILED})
 SETTLED_STATES: frozenset[str] = frozenset({SUCCEED, FAILED})
 

@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from watcher.engine.diff import (
+    Overlay,
     apply_events,
     diff,
     first_run_events,
@@ -59,6 +60,21 @@ def test_events_do_not_depend_on_job_order(
     a = diff(previous, snap(current_jobs))
     b = diff(dict(prev_items), snap(shuffled))
     assert a == b
+
+
+@given(jobs_strategy, jobs_strategy, st.dictionaries(st.text("ab", max_size=2), st.integers(1, 5)))
+def test_an_overlay_diffs_exactly_like_the_same_jobs_in_a_plain_dict(
+    old: dict[str, tuple[str, int | None]],
+    laid: dict[str, tuple[str, int | None]],
+    missing: dict[str, int],
+) -> None:
+    """The incremental cycle's shortcut (look at the touched jobs only) changes nothing."""
+    previous = to_jobs(old)
+    touched = to_jobs(laid)
+    overlaid = Overlay(previous, touched)
+    plain = snap(list(dict(overlaid).values()))
+    fast = diff(previous, Snapshot("prod", NOW, overlaid), missing=missing)
+    assert fast == diff(previous, plain, missing=missing)
 
 
 @given(jobs_strategy, jobs_strategy)

@@ -165,7 +165,7 @@ async def test_an_older_region_ignores_update_filters_when_told_to(sim: Sim) -> 
     jobs = add_jobs(sim.state, 5)
     base = f"{sim.base_url}/_sim"
     async with sim.session.post(f"{base}/config", json={"ignore_update_filters": True}) as r:
-        assert (await r.json()) == {"ignore_update_filters": True}
+        assert (await r.json()) == {"ignore_update_filters": True, "api_behaviour": "documented"}
     query = [("update_since", "2030-01-01T00:00:00Z"), ("sort_key", "update_time")]
     status, body, _ = await sim.get([*query, ("sort_dir", "asc")])
     assert status == 200

@@ -30,6 +30,20 @@ class DiffResult:
     retained: Mapping[str, Job] = field(default_factory=dict)
 
 
+class Overlay(dict[str, Job]):
+    """A complete snapshot's jobs built as `base` with `touched` jobs laid over it: only
+    those can differ from `base` and none of `base` is missing, so a diff against `base`
+    looks at `touched` alone (an incremental cycle's cost follows its changes)."""
+
+    __slots__ = ("base", "touched")
+
+    def __init__(self, base: Mapping[str, Job], touched: Mapping[str, Job]) -> None:
+        super().__init__(base)
+        self.update(touched)
+        self.base = base
+        self.touched = frozenset(touched)
+
+
 def diff(
     previous: Mapping[str, Job],
     current: Snapshot,
@@ -47,13 +61,21 @@ def diff(
     """
     missing = missing or {}
     now = current.taken_at
-    events: list[Event] = []
+    found: list[tuple[str, Event]] = []
     next_missing: dict[str, int] = {}
     retained: dict[str, Job] = {}
 
-    for job_id in sorted(current.jobs):
-        job = current.jobs[job_id]
-        old = previous.get(job_id)
+    # Unsorted: an idle cycle over 1M jobs must not sort 1M ids to find nothing. Only the
+    # few events are sorted, so the cost follows the changes.
+    before = previous.get
+    jobs = current.jobs
+    # An overlay on `previous` (an incremental cycle): only its touched jobs can differ.
+    touched = jobs.touched if isinstance(jobs, Overlay) and jobs.base is previous else None
+    candidates = jobs.items() if touched is None else ((j, jobs[j]) for j in touched)
+    for job_id, job in candidates:
+        old = before(job_id)
+        if old is job:
+            continue  # the same object: unchanged (the client reuses what it already held)
         if old is None:
             was_missing = missing.get(job_id, 0)
             kind = EventKind.REAPPEARED if was_missing >= vanish_after else EventKind.NEW
@@ -62,15 +84,16 @@ def diff(
                 if kind is EventKind.REAPPEARED
                 else f"new job {job_id} first seen in state {job.state}"
             )
-            events.append(Event(kind, current.source, now, reason, job=job))
+            found.append((job_id, Event(kind, current.source, now, reason, job=job)))
             continue
-        if old is job:
-            continue  # the same object: unchanged (the client reuses what it already held)
         event = _compare(old, job, current.source, now, offline_gap)
         if event is not None:
-            events.append(event)
+            found.append((job_id, event))
+    found.sort(key=lambda pair: pair[0])
+    events = [event for _, event in found]
 
-    for job_id in sorted(previous.keys() - current.jobs.keys()):
+    gone = set() if touched is not None or not previous else previous.keys() - jobs.keys()
+    for job_id in sorted(gone):
         count = missing.get(job_id, 0) + 1
         old = previous[job_id]
         if count >= vanish_after:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -73,8 +74,19 @@ class ListingRejected(Exception):
         self.requests = requests
 
 
-# Looks at a listing's first page; returns why the listing cannot be trusted, or None.
+# Looks at each page of a listing; returns why the listing cannot be trusted, or None.
 PageCheck = Callable[[JobsPage], str | None]
+
+
+@dataclass(slots=True)
+class ScanProgress:
+    """How far the listing in flight has got: pages fetched of the pages its count implies,
+    and when the last page arrived (monotonic), so a slow scan that progresses is told
+    from a stalled one."""
+
+    pages_done: int = 0
+    pages_total: int | None = None
+    last_progress: float = 0.0
 
 
 class TokenBucket:
@@ -241,6 +253,10 @@ class MetaStudioClient:
         self._path = f"/v1/{source.project_id}/voice-training-manage/user/jobs"
         self._concurrency = max(1, source.page_concurrency)
         self.bucket = TokenBucket(source.max_requests_per_second, monotonic=monotonic, sleep=sleep)
+        self._monotonic = monotonic
+        # Every HTTP request this client made (attempts included): what a cycle cost.
+        self.requests_made = 0
+        self.progress = ScanProgress(last_progress=monotonic())
 
     @property
     def page_size(self) -> int:
@@ -260,9 +276,9 @@ class MetaStudioClient:
         """Every job matching the source's filters plus `params` (which override a filter of
         the same name), from one listing that saw a stable result.
 
-        `check` looks at the first page before more are fetched: when it names a reason the
-        listing cannot be trusted (an API ignoring `update_since`), `ListingRejected` is
-        raised at once instead of paging through everything.
+        `check` looks at every page as it arrives, the first one before more are fetched:
+        when it names a reason the listing cannot be trusted (an API ignoring
+        `update_since`), `ListingRejected` is raised at once instead of paging on.
         """
         tally = _Tally()
         problem = ""
@@ -301,6 +317,19 @@ class MetaStudioClient:
             retryable=True,
         )
 
+    async def server_offset(self) -> float | None:
+        """Seconds the API's clock (its whole-second `Date`) is ahead of ours, from one
+        smallest page of the listing; measured from when the request left, so it errs
+        by at most a second low, never high. None when the API sent no `Date`."""
+        tally = _Tally()
+        query = [(k, v) for k, v in self._source.filters if k not in ("offset", "limit")]
+        sent_at = self._clock()
+        await self._fetch(self._path, [*query, ("limit", "1"), ("offset", "0")], tally, "probe")
+        self.progress.last_progress = self._monotonic()
+        if tally.server_time is None:
+            return None
+        return (tally.server_time - sent_at).total_seconds()
+
     async def get_job(self, job_id: str) -> tuple[Job | None, int]:
         """One job by id (ShowVoiceTrainingJob) and the requests it took; None when 404."""
         tally = _Tally()
@@ -308,8 +337,10 @@ class MetaStudioClient:
             body = await self._fetch(f"{self._path}/{job_id}", [], tally, f"job {job_id}")
         except ApiError as err:
             if err.status == 404:
+                self.progress.last_progress = self._monotonic()
                 return None, tally.requests
             raise
+        self.progress.last_progress = self._monotonic()
         return body_to_job(body), tally.requests
 
     async def get_job_resource(
@@ -321,6 +352,15 @@ class MetaStudioClient:
             f"{self._path}/{job_id}/{resource}", list(query), _Tally(), f"{resource} of {job_id}"
         )
         return dict(body)
+
+    def idle_for(self) -> float:
+        """Seconds since the last page or lookup of this cycle was answered."""
+        return self._monotonic() - self.progress.last_progress
+
+    def begin_cycle(self) -> ScanProgress:
+        """Start counting a new cycle's progress from now; returns the live record."""
+        self.progress = ScanProgress(last_progress=self._monotonic())
+        return self.progress
 
     @staticmethod
     def _inconsistency(state: _ScanState) -> str:
@@ -354,6 +394,9 @@ class MetaStudioClient:
         self._absorb(state, first, sort_key)
         if len(first.jobs) < self._page_size or len(first.jobs) >= first.count:
             return state
+        self.progress.pages_total = self.progress.pages_done + math.ceil(
+            (first.count - len(first.jobs)) / self._page_size
+        )
         offsets = iter(range(len(first.jobs), first.count, self._page_size))
         pages: dict[int, JobsPage] = {}
         short_at: list[int] = []  # an offset whose page came back short: nothing after it
@@ -364,6 +407,8 @@ class MetaStudioClient:
                 if short_at and offset > min(short_at):
                     continue
                 page = await self._fetch_page(offset, tally, params, sort_key)
+                if check is not None and (reason := check(page)):
+                    raise ListingRejected(reason, tally.requests)
                 pages[offset] = page
                 if len(page.jobs) < self._page_size:
                     short_at.append(offset)
@@ -417,6 +462,8 @@ class MetaStudioClient:
             self._path, self._query(offset, params, sort_key), tally, f"offset {offset}"
         )
         assert isinstance(page, JobsPage)
+        self.progress.pages_done += 1
+        self.progress.last_progress = self._monotonic()
         return page
 
     async def _fetch(
@@ -514,6 +561,7 @@ class MetaStudioClient:
         )
         timeout_s = source.request_timeout.total_seconds()
         tally.requests += 1
+        self.requests_made += 1
         try:
             async with self._session.get(
                 URL(signed.url, encoded=True),

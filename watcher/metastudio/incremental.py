@@ -11,17 +11,24 @@ Why it is safe (the engine's contract is unchanged: `advance()` always gets ever
   listing started, minus `UPDATE_OVERLAP` for clock skew between the API's nodes and for
   same-second updates; compared on the server's clock, so our clock's skew does not matter),
   sorted by `update_time` ascending so new updates land on the last page. The parameter is
-  undocumented on the page, so its first page is checked: a job updated before the bound, or
-  a count as large as the whole listing's, means the region ignores it; the source then
-  falls back, once and for good, logging why.
+  undocumented on the page, so every page is checked: a job updated before the bound means
+  the region ignores it (decisive whatever the number of changes; and a listing without one
+  holds every changed job whatever the API did).
+* Demotion: a strategy the API refuses (400, MSS.00000003) or shows it ignores is demoted
+  for `full_scan_every`, logged loudly once and counted; the same cycle tries the next
+  strategy, down to a full scan. A scheduled full scan lifts every demotion, so a region
+  that starts honouring a parameter is used again. The cursor (with its demotions) is
+  stored after each committed cycle, so `once` from cron continues where the last run was.
 * Strategy 2, active-set: settled states (`settled_states`, default SUCCEED and FAILED) are
-  assumed final. One listing of every other known state, one of jobs created since the last
-  cycle (a job created and settled between two polls), and for each job that was active but
-  is in neither, a lookup by id — or one `state=<settled>&create_since=<oldest such job>`
-  listing when that is estimated (from the stored jobs) to cost fewer requests. A 404 on a
-  lookup keeps the stored job; the next full scan decides whether it vanished.
-* A full scan still runs at start-up and every `full_scan_every`; whatever it finds changed
-  before the last incremental cycle started, and not seen by it, is a miss (`find_misses`):
+  assumed final. One listing of every other documented state (only the 14 values the page
+  lists are sent; a job in another unsettled state is looked up by id each cycle), one of
+  jobs created since the last cycle (a job created and settled between two polls), and for
+  each job that was active but is in neither, a lookup by id — or one
+  `state=<settled>&create_since=<oldest such job>` listing when that is estimated (from
+  the stored jobs) to cost fewer requests. A 404 on a lookup keeps the stored job; the
+  next full scan decides whether it vanished.
+* A full scan still runs at the first start and every `full_scan_every`; whatever it finds
+  changed before the last incremental cycle started, and not seen by it, is a miss (`find_misses`):
   logged and counted, so a wrong assumption shows in monitoring instead of silently.
 """
 
@@ -29,16 +36,19 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 import structlog
 
+from watcher.engine.diff import Overlay
+from watcher.errors import ApiError, AuthError
 from watcher.metastudio.client import ListingRejected, MetaStudioClient, PageCheck
 from watcher.metastudio.parse import JobsPage
-from watcher.model import KNOWN_STATES, Job, SourceConfig
+from watcher.model import DOCUMENTED_STATES, Job, SourceConfig
 
 log = structlog.get_logger()
 
@@ -50,15 +60,33 @@ UPDATE_OVERLAP = timedelta(seconds=5)
 class Strategy(StrEnum):
     CHANGED_SINCE = "changed_since"
     ACTIVE_SET = "active_set"
-    # The API ignores even `create_since`: nothing cheaper than a full scan can be trusted.
+    # Every cheaper strategy is demoted: nothing but a full scan can be trusted.
     FULL_ONLY = "full_only"
+
+
+# Tried in this order; the first one not demoted is used.
+LADDER = (Strategy.CHANGED_SINCE, Strategy.ACTIVE_SET)
+
+
+def _iso(when: datetime | None) -> str | None:
+    return None if when is None else when.isoformat()
+
+
+def _from_iso(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 @dataclass(slots=True)
 class Cursor:
-    """What one source's incremental polling remembers; in memory only (start-up scans fully)."""
+    """What one source's incremental polling remembers between cycles (and runs: it is
+    stored, so `once` from cron is as cheap as the daemon)."""
 
-    strategy: Strategy = Strategy.CHANGED_SINCE
     # The API's time when the last committed listing started: every later change is newer.
     watermark: datetime | None = None
     last_full_at: datetime | None = None  # our clock
@@ -68,18 +96,100 @@ class Cursor:
     covered_until: datetime | None = None
     # Jobs a lookup answered 404 for since the last full scan: not looked up again.
     gone: set[str] = field(default_factory=set)
+    # Strategies found unusable, until when (our clock), and why.
+    demoted: dict[Strategy, datetime] = field(default_factory=dict)
+    reasons: dict[Strategy, str] = field(default_factory=dict)
+    # Strategies whose demotion was already logged as a warning: re-verification that
+    # fails again is not news.
+    noted: set[Strategy] = field(default_factory=set)
+    # The API's clock minus ours, in seconds, as last seen (for a full scan's create_until);
+    # None until a listing has shown it.
+    server_offset: float | None = None
 
-    def full_scan_committed(self, *, now: datetime, server_time: datetime, count: int) -> None:
+    def strategy_at(self, now: datetime) -> Strategy:
+        """The cheapest strategy not demoted at `now`."""
+        for strategy in LADDER:
+            until = self.demoted.get(strategy)
+            if until is None or now >= until:
+                return strategy
+        return Strategy.FULL_ONLY
+
+    def demote(self, strategy: Strategy, *, now: datetime, hold: timedelta, reason: str) -> bool:
+        """Stop using `strategy` for `hold`; True when this is news (never demoted before)."""
+        self.demoted[strategy] = now + hold
+        self.reasons[strategy] = reason
+        first = strategy not in self.noted
+        self.noted.add(strategy)
+        return first
+
+    def full_scan_committed(
+        self, *, now: datetime, server_time: datetime, count: int, reverify: bool = False
+    ) -> None:
+        """After a committed full scan; `reverify` (a scheduled one) lifts every demotion, so
+        the next cycle checks again whether the region honours the cheaper parameters."""
         self.watermark = server_time
         self.last_full_at = now
         self.full_count = count
         self.covered_until = None
         self.gone.clear()
+        if reverify:
+            self.demoted.clear()
 
     def increment_committed(self, watermark: datetime, gone: Collection[str]) -> None:
         self.watermark = watermark
         self.covered_until = watermark
         self.gone.update(gone)
+
+    def to_json(self, scope: str) -> dict[str, Any]:
+        """Plain JSON for the store; `scope` fingerprints what the cursor is valid for."""
+        return {
+            "scope": scope,
+            "watermark": _iso(self.watermark),
+            "last_full_at": _iso(self.last_full_at),
+            "full_count": self.full_count,
+            "covered_until": _iso(self.covered_until),
+            "gone": sorted(self.gone),
+            "demoted": {str(k): _iso(v) for k, v in sorted(self.demoted.items())},
+            "reasons": {str(k): v for k, v in sorted(self.reasons.items())},
+            "noted": sorted(str(s) for s in self.noted),
+            "server_offset": self.server_offset,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None, scope: str) -> Cursor:
+        """A stored cursor, or a fresh one when there is none or it was for another scope
+        (other filters, project or endpoint: its watermark would say nothing)."""
+        if not data or data.get("scope") != scope:
+            return cls()
+        strategies = {s.value: s for s in Strategy}
+        demoted: dict[Strategy, datetime] = {}
+        for key, value in dict(data.get("demoted") or {}).items():
+            until = _from_iso(value)
+            if key in strategies and until is not None:
+                demoted[strategies[key]] = until
+        count = data.get("full_count")
+        offset = data.get("server_offset")
+        return cls(
+            server_offset=float(offset) if isinstance(offset, int | float) else None,
+            watermark=_from_iso(data.get("watermark")),
+            last_full_at=_from_iso(data.get("last_full_at")),
+            full_count=count if isinstance(count, int) else None,
+            covered_until=_from_iso(data.get("covered_until")),
+            gone={str(j) for j in data.get("gone") or ()},
+            demoted=demoted,
+            reasons={
+                strategies[k]: str(v)
+                for k, v in dict(data.get("reasons") or {}).items()
+                if k in strategies
+            },
+            noted={strategies[k] for k in data.get("noted") or () if k in strategies},
+        )
+
+
+def cursor_scope(source: SourceConfig) -> str:
+    """What a stored cursor is valid for: the same listing of the same project."""
+    filters = "&".join(f"{k}={v}" for k, v in sorted(source.filters))
+    return f"{source.endpoint}|{source.project_id}|{filters}"
 
 
 def full_scan_reason(
@@ -90,13 +200,58 @@ def full_scan_reason(
         return "incremental polling disabled (full_scan_every: 0)"
     if not has_baseline:
         return "first scan of the source"
-    if cursor.strategy is Strategy.FULL_ONLY:
-        return "the API ignores create_since"
     if cursor.watermark is None or cursor.last_full_at is None:
         return "start-up"
     if now - cursor.last_full_at >= source.full_scan_every:
         return "full_scan_every elapsed"
+    if cursor.strategy_at(now) is Strategy.FULL_ONLY:
+        why = "; ".join(cursor.reasons.get(s, "demoted") for s in LADDER)
+        return f"every cheaper strategy is demoted ({why})"
     return None
+
+
+def full_scan_bound(source: SourceConfig, now: datetime, server_offset: float) -> datetime | None:
+    """The `create_until` of a full scan: a little past the API's now (our clock corrected
+    by the offset last seen, which the whole-second `Date` under-states by up to a second;
+    never before it, or a job created just before the scan would be left out). Jobs
+    created while a long scan pages would otherwise shift its pages and have it discarded
+    (a 1M-job baseline takes over half an hour); they are left to the next cycle instead.
+    None when the source sets its own create_until."""
+    if any(key == "create_until" for key, _ in source.filters):
+        return None
+    server_now = now + timedelta(seconds=server_offset + 2)
+    return server_now.astimezone(UTC).replace(microsecond=0)
+
+
+def keep_created_after(
+    previous: Mapping[str, Job] | None, scanned: Mapping[str, Job], bound: datetime | None
+) -> Mapping[str, Job]:
+    """A bounded full scan's jobs, plus stored ones it could not list because they were
+    created after its bound: those are not absent, and must not count towards `vanished`."""
+    if bound is None or previous is None:
+        return scanned
+    kept = {
+        job_id: job
+        for job_id, job in previous.items()
+        if job_id not in scanned and job.create_time is not None and job.create_time > bound
+    }
+    if not kept:
+        return scanned
+    return {**scanned, **kept}
+
+
+def reverifies(cursor: Cursor, source: SourceConfig, *, now: datetime) -> bool:
+    """Whether a full scan now is a scheduled one (start-up or `full_scan_every`), which
+    lifts every demotion once committed."""
+    return cursor.last_full_at is None or now - cursor.last_full_at >= source.full_scan_every
+
+
+def is_refusal(err: ApiError) -> bool:
+    """The API refused a parameter (HTTP 400 or MSS.00000003): a reason to demote the
+    strategy that sent it, never a failed poll."""
+    if isinstance(err, AuthError):
+        return False  # wrong credentials are wrong for every listing: a real failure
+    return err.status == 400 or err.code == "MSS.00000003"
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,15 +276,11 @@ def lower_bound(watermark: datetime) -> datetime:
     return (watermark - UPDATE_OVERLAP).astimezone(UTC).replace(microsecond=0)
 
 
-def updated_since_check(
-    since: datetime, full_count: int | None, page_size: int, stored: Mapping[str, Job]
-) -> PageCheck:
-    """Evidence, on the first page, that the API ignored `update_since`.
-
-    Decisive: a job last updated before the bound. Circumstantial, for an API that ignores
-    the filter *and* the sort: a count as large as the whole listing's, when that is more
-    than a page and some stored job was last updated before the bound (so a filter would
-    have had to drop it, unless every one of them changed since the last cycle).
+def updated_since_check(since: datetime) -> PageCheck:
+    """Evidence, on any page, that the API ignored `update_since`: a job last updated before
+    the bound. Decisive whatever the number of changes, and sufficient: a listing with no
+    such job on any page holds every job changed since the bound (if the API ignored the
+    filter it returned every job, and every one of them changed), so it can be used as is.
     """
 
     def check(page: JobsPage) -> str | None:
@@ -139,25 +290,13 @@ def updated_since_check(
                     f"asked for jobs updated since {rfc3339(since)} and got job {job.job_id} "
                     f"last updated {rfc3339(job.lastupdate_time)}: the API ignores update_since"
                 )
-        if (
-            full_count is not None
-            and full_count > page_size
-            and page.count >= full_count
-            and any(
-                j.lastupdate_time is not None and j.lastupdate_time < since for j in stored.values()
-            )
-        ):
-            return (
-                f"the changed-since listing counts {page.count} jobs, as many as the full "
-                f"listing ({full_count}): the API ignores update_since"
-            )
         return None
 
     return check
 
 
 def created_since_check(since: datetime) -> PageCheck:
-    """Evidence, on the first page, that the API ignored `create_since`."""
+    """Evidence, on any page, that the API ignored `create_since`."""
 
     def check(page: JobsPage) -> str | None:
         for job in page.jobs:
@@ -171,6 +310,32 @@ def created_since_check(since: datetime) -> PageCheck:
     return check
 
 
+def state_check(states: Collection[str]) -> PageCheck:
+    """Evidence, on any page, that the API ignored `state`: a job in a state not asked for."""
+    wanted = frozenset(states)
+
+    def check(page: JobsPage) -> str | None:
+        for job in page.jobs:
+            if job.state not in wanted:
+                return (
+                    f"asked for jobs in {len(wanted)} states and got job {job.job_id} in "
+                    f"{job.state}: the API ignores state"
+                )
+        return None
+
+    return check
+
+
+def all_of(*checks: PageCheck) -> PageCheck:
+    def check(page: JobsPage) -> str | None:
+        for one in checks:
+            if reason := one(page):
+                return reason
+        return None
+
+    return check
+
+
 def _filter_states(source: SourceConfig) -> set[str] | None:
     for key, value in source.filters:
         if key == "state":
@@ -179,18 +344,28 @@ def _filter_states(source: SourceConfig) -> set[str] | None:
 
 
 def active_states(source: SourceConfig) -> list[str]:
-    """Every known state that is not settled (within the source's own `state` filter)."""
+    """Every documented state that is not settled (within the source's own `state` filter).
+
+    Only the 14 values the API page documents are ever sent: a region validating the
+    parameter refuses others. Jobs in any other unsettled state (USER_RESULT_REVIEW, a new
+    one) drop out of the active listing and are looked up by id every cycle instead.
+    """
     wanted = _filter_states(source)
     return sorted(
         s
-        for s in KNOWN_STATES
+        for s in DOCUMENTED_STATES
         if s not in source.settled_states and (wanted is None or s in wanted)
     )
 
 
 def settled_states(source: SourceConfig) -> list[str]:
+    """The documented settled states, for a settled listing (see `active_states`)."""
     wanted = _filter_states(source)
-    return sorted(s for s in source.settled_states if wanted is None or s in wanted)
+    return sorted(
+        s
+        for s in source.settled_states
+        if s in DOCUMENTED_STATES and (wanted is None or s in wanted)
+    )
 
 
 def _create_since(source: SourceConfig, bound: datetime) -> str:
@@ -214,13 +389,8 @@ def overlay(stored: Mapping[str, Job], fetched: Mapping[str, Job]) -> tuple[dict
     Deduplication is by job and content: a job re-listed because of the overlap, with the
     same `lastupdate_time` and fields, counts as unchanged (and diffs as such).
     """
-    jobs = dict(stored)
-    changed = 0
-    for job_id, job in fetched.items():
-        if jobs.get(job_id) != job:
-            changed += 1
-            jobs[job_id] = job
-    return jobs, changed
+    touched = {j: job for j, job in fetched.items() if stored.get(j) != job}
+    return Overlay(stored, touched), len(touched)
 
 
 def missing_after_partial_scan(before: Mapping[str, int], seen: Collection[str]) -> dict[str, int]:
@@ -292,41 +462,85 @@ def use_settled_listing(
     return cutoff if pages < len(departed) else None
 
 
-class IncrementalPoller:
-    """Runs one incremental cycle of a source over its client; the cursor says from where."""
+# Called once per demotion with the strategy and why (the daemon counts it in a metric).
+OnDemote = Callable[[Strategy, str], None]
 
-    def __init__(self, client: MetaStudioClient, source: SourceConfig, cursor: Cursor) -> None:
+
+class IncrementalPoller:
+    """Runs one incremental cycle of a source over its client; the cursor says from where.
+
+    A strategy the API refuses (HTTP 400, MSS.00000003) or shows it ignores (a job outside
+    the filter on any page) is demoted for `full_scan_every` and the same cycle goes on with
+    the next one; when none is left, `ListingRejected` tells the caller to scan everything.
+    """
+
+    def __init__(
+        self,
+        client: MetaStudioClient,
+        source: SourceConfig,
+        cursor: Cursor,
+        *,
+        now: datetime,
+        on_demote: OnDemote | None = None,
+    ) -> None:
         self.client = client
         self.source = source
         self.cursor = cursor
+        self.now = now
+        self.on_demote = on_demote
 
     async def poll(self, stored: Mapping[str, Job]) -> Increment:
         cursor = self.cursor
         assert cursor.watermark is not None, "an incremental cycle needs a full scan first"
-        if cursor.strategy is Strategy.CHANGED_SINCE:
+        before = self.client.requests_made
+        reasons: list[str] = []
+        for strategy in LADDER:
+            if cursor.strategy_at(self.now) is not strategy:
+                continue
             try:
-                return await self._changed_since(stored, cursor.watermark)
+                if strategy is Strategy.CHANGED_SINCE:
+                    inc = await self._changed_since(cursor.watermark)
+                else:
+                    inc = await self._active_set(stored, cursor.watermark)
             except ListingRejected as rejected:
-                self._fall_back(Strategy.ACTIVE_SET, rejected.reason)
-                inc = await self._active_set(stored, cursor.watermark)
-                return _plus_requests(inc, rejected.requests)
-        return await self._active_set(stored, cursor.watermark)
+                reasons.append(rejected.reason)
+                self._demote(strategy, rejected.reason)
+                continue
+            except ApiError as err:
+                if not is_refusal(err):
+                    raise
+                reason = f"the API refused the {strategy} listing: {err.message}"
+                reasons.append(reason)
+                self._demote(strategy, reason)
+                continue
+            return replace(inc, requests=self.client.requests_made - before)
+        raise ListingRejected(
+            "; ".join(reasons) or "every cheaper strategy is demoted",
+            self.client.requests_made - before,
+        )
 
-    def _fall_back(self, strategy: Strategy, reason: str) -> None:
-        log.warning(
-            "incremental_fallback",
+    def _demote(self, strategy: Strategy, reason: str) -> None:
+        first = self.cursor.demote(
+            strategy, now=self.now, hold=self.source.full_scan_every, reason=reason
+        )
+        # Loud the first time; a re-verification that fails again is routine.
+        (log.warning if first else log.info)(
+            "strategy_demoted",
             source=self.source.name,
             strategy=str(strategy),
-            previous=str(self.cursor.strategy),
+            next=str(self.cursor.strategy_at(self.now)),
+            until=rfc3339(self.now + self.source.full_scan_every),
             reason=reason,
         )
-        self.cursor.strategy = strategy
+        if self.on_demote is not None:
+            self.on_demote(strategy, reason)
 
-    async def _changed_since(self, stored: Mapping[str, Job], watermark: datetime) -> Increment:
+    async def _changed_since(self, watermark: datetime) -> Increment:
         since = lower_bound(watermark)
-        check = updated_since_check(since, self.cursor.full_count, self.client.page_size, stored)
         scan = await self.client.list_jobs(
-            [("update_since", rfc3339(since))], sort_key="update_time", check=check
+            [("update_since", rfc3339(since))],
+            sort_key="update_time",
+            check=updated_since_check(since),
         )
         return Increment(
             scan.jobs,
@@ -350,16 +564,17 @@ class IncrementalPoller:
         ]
         if states:
             tasks.append(
-                asyncio.ensure_future(self.client.list_jobs([("state", ",".join(states))]))
+                asyncio.ensure_future(
+                    self.client.list_jobs([("state", ",".join(states))], check=state_check(states))
+                )
             )
         try:
             listings = await asyncio.gather(*tasks)
-        except ListingRejected as rejected:
-            self._fall_back(Strategy.FULL_ONLY, rejected.reason)
-            raise
         finally:
             for task in tasks:
                 task.cancel()
+            # A sibling's exception must not be left unretrieved when one failed first.
+            await asyncio.gather(*tasks, return_exceptions=True)
         jobs: dict[str, Job] = {}
         for listing in listings:
             jobs.update(listing.jobs)
@@ -391,11 +606,16 @@ class IncrementalPoller:
         requests = 0
         settled = settled_states(self.source)
         cutoff = use_settled_listing(
-            departed, stored, self.source.settled_states, self.client.page_size
+            [j for j in departed if j.state in DOCUMENTED_STATES],
+            stored,
+            self.source.settled_states,
+            self.client.page_size,
         )
         if cutoff is not None and settled:
+            since = _create_since(self.source, cutoff)
             listing = await self.client.list_jobs(
-                [("state", ",".join(settled)), ("create_since", _create_since(self.source, cutoff))]
+                [("state", ",".join(settled)), ("create_since", since)],
+                check=all_of(state_check(settled), created_since_check(cutoff)),
             )
             found.update(listing.jobs)
             requests += listing.requests
@@ -417,9 +637,3 @@ class IncrementalPoller:
         if gone:
             log.info("lookup_not_found", source=self.source.name, jobs=len(gone))
         return found, requests, len(left), gone
-
-
-def _plus_requests(inc: Increment, extra: int) -> Increment:
-    return Increment(
-        inc.jobs, inc.requests + extra, inc.watermark, inc.strategy, inc.lookups, inc.gone
-    )

@@ -5,13 +5,14 @@ Pure: any malformed input becomes an `ApiError(retryable=True)` whose message ne
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from sys import intern
 from typing import Any
+
+import msgspec
 
 from watcher.errors import ApiError
 from watcher.model import DROPPED_JOB_FIELDS, KNOWN_STATES, Job
@@ -54,6 +55,9 @@ class JobsPage:
 
 def parse_timestamp(value: object) -> datetime | None:
     """Seconds or milliseconds since the epoch (number or numeric string) as aware UTC."""
+    if type(value) is int and 0 < value < 10**14:
+        # The API's usual form, milliseconds: the fast path of every job of every scan.
+        return datetime.fromtimestamp(value / 1000 if value > _MS_THRESHOLD else value, UTC)
     if isinstance(value, bool):
         return None
     number: float
@@ -100,8 +104,9 @@ def parse_job(obj: Mapping[str, Any]) -> Job:
     # Interned: 100k jobs share a handful of values (CN, FEMALE, PACKAGE, BASIC...), and one
     # string object each instead of 100k copies is most of a large snapshot's memory.
     # (Written out rather than through helpers: this runs once per job of every scan.)
+    # (Keys need no interning: msgspec hands out one cached object per short key.)
     extra = {
-        intern(key): intern(value) if type(value) is str and len(value) <= 32 else value
+        key: intern(value) if type(value) is str and len(value) <= 32 else value
         for key, value in obj.items()
         if key not in _NOT_EXTRA
     }
@@ -128,6 +133,11 @@ def _short_str(value: object) -> str | None:
     return intern(value) if len(value) <= 32 else value
 
 
+# msgspec decodes a page about twice as fast as json.loads, into the same plain objects, and
+# fails on the same inputs (plus UTF-16/32 bodies and NaN, which the API never sends).
+_decode = msgspec.json.Decoder().decode
+
+
 def _describe_content_type(content_type: str | None) -> str:
     if not content_type:
         return "no content type"
@@ -141,8 +151,8 @@ def parse_jobs_page(body: bytes, content_type: str | None) -> JobsPage:
     if "html" in media.lower():
         raise ApiError(f"response is not JSON ({media})", retryable=True)
     try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
+        data = _decode(body)
+    except (ValueError, RecursionError, msgspec.DecodeError):
         # ValueError covers truncated JSON and bytes that are not UTF-8/16/32 at all.
         stripped = body.lstrip()[:1]
         if stripped in (b"{", b"["):

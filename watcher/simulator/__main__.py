@@ -11,6 +11,7 @@ import os
 import sys
 
 from watcher.simulator.runner import serve_forever
+from watcher.simulator.state import ApiBehaviour
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +24,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--project-id", default="sim-project")
+    parser.add_argument(
+        "--api-behaviour",
+        choices=[b.value for b in ApiBehaviour],
+        default=ApiBehaviour.FULL.value,
+        help="full: also the undocumented update_since and sort_key (default); documented: "
+        "only what the API page documents, state validated; plain: offset/limit and exact "
+        "filters only",
+    )
     args = parser.parse_args(argv)
     # Keys come from the environment rather than argv so they stay out of `ps` output.
     ak = os.environ.get("CLOUD_SDK_AK", "SIMULATORAK")
@@ -38,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
                 project_id=args.project_id,
                 ak=ak,
                 sk=sk,
+                api_behaviour=ApiBehaviour(args.api_behaviour),
             )
         )
     except OSError as err:

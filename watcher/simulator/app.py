@@ -17,8 +17,9 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 from watcher.metastudio import signer
+from watcher.model import DOCUMENTED_STATES
 from watcher.simulator.details import add_detail_routes
-from watcher.simulator.state import SimulatorState, to_ms
+from watcher.simulator.state import ApiBehaviour, SimulatorState, to_ms
 
 Clock = Callable[[], datetime]
 STATE_KEY = web.AppKey("state", SimulatorState)
@@ -67,7 +68,6 @@ def _int_param(query: Mapping[str, str], name: str, default: int, low: int, high
     return value
 
 
-_UPDATE_PARAMS = ("update_since", "update_until", "sort_key", "sort_dir")
 _PAGING = ("offset", "limit")
 
 
@@ -77,10 +77,28 @@ def request_kind(query: Mapping[str, str]) -> str:
     return "list" + ("?" + "&".join(names) if names else "")
 
 
+_DOCUMENTED_FILTERS = ("state", "create_since", "create_until", *_FILTERS_EXACT)
+
+
+def honoured_query(behaviour: ApiBehaviour, query: Mapping[str, str]) -> dict[str, str]:
+    """The part of `query` a region with `behaviour` acts on; the rest it accepts and ignores.
+
+    DOCUMENTED validates `state` like an API that checks the parameter against the page.
+    """
+    if behaviour is ApiBehaviour.FULL:
+        return dict(query)
+    if behaviour is ApiBehaviour.PLAIN:
+        return {k: v for k, v in query.items() if k in _FILTERS_EXACT}
+    if (states := query.get("state")) is not None:
+        for value in states.split(","):
+            if value.strip() not in DOCUMENTED_STATES:
+                raise _ApiFailure(400, "MSS.00000003", "invalid parameter state")
+    return {k: v for k, v in query.items() if k in _DOCUMENTED_FILTERS}
+
+
 def select_jobs(state: SimulatorState, query: Mapping[str, str]) -> list[dict[str, Any]]:
-    """The jobs matching the documented filters, in the requested order (no paging)."""
-    if state.ignore_update_filters:
-        query = {k: v for k, v in query.items() if k not in _UPDATE_PARAMS}
+    """The jobs matching the filters the simulated region honours, in its order (no paging)."""
+    query = honoured_query(state.api_behaviour, query)
     if not state.cache_listings:
         return _select(state, query)
     key = tuple(sorted((k, v) for k, v in query.items() if k not in _PAGING))
@@ -217,6 +235,11 @@ class SimulatorApi:
             oldest = min((job["create_time"] for job in self.state.jobs.values()), default=0)
             self.state.add_job(now=now, create_time=oldest - 1000, lastupdate_time=to_ms(now))
             return None
+        if kind == "create_before_page":
+            # A job created while a scan pages (`after` seconds from now): the listing grows.
+            after = timedelta(seconds=float(fault.get("after", 0)))
+            self.state.add_job(now=self.clock() + after)
+            return None
         if kind == "delete_before_page":
             ordered = select_jobs(self.state, _query_dict(request))
             if ordered:
@@ -300,15 +323,29 @@ class SimulatorApi:
                 "jobs": len(self.state.jobs),
                 "faults_pending": len(self.state.faults),
                 "ignore_update_filters": self.state.ignore_update_filters,
+                "api_behaviour": str(self.state.api_behaviour),
             }
         )
 
     async def sim_config(self, request: web.Request) -> web.Response:
-        """`POST /_sim/config {"ignore_update_filters": true}`: act like an older region."""
+        """`POST /_sim/config {"api_behaviour": "documented"}`: act like another region
+        (`full`, `documented`, `plain`; the older `{"ignore_update_filters": true}` means
+        `documented`)."""
         fields = await _json_object(request)
         if "ignore_update_filters" in fields:
             self.state.ignore_update_filters = bool(fields["ignore_update_filters"])
-        return web.json_response({"ignore_update_filters": self.state.ignore_update_filters})
+        if "api_behaviour" in fields:
+            try:
+                self.state.api_behaviour = ApiBehaviour(str(fields["api_behaviour"]))
+            except ValueError:
+                choices = ", ".join(b.value for b in ApiBehaviour)
+                raise web.HTTPBadRequest(text=f"api_behaviour must be one of {choices}") from None
+        return web.json_response(
+            {
+                "ignore_update_filters": self.state.ignore_update_filters,
+                "api_behaviour": str(self.state.api_behaviour),
+            }
+        )
 
     async def sim_faults(self, request: web.Request) -> web.Response:
         try:

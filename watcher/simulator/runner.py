@@ -15,7 +15,7 @@ import structlog
 from aiohttp import web
 
 from watcher.simulator.app import STATE_KEY, create_app
-from watcher.simulator.state import SimulatorState
+from watcher.simulator.state import ApiBehaviour, SimulatorState
 
 log = structlog.get_logger()
 
@@ -49,9 +49,11 @@ async def start_simulator(
     project_id: str,
     ak: str,
     sk: str,
+    api_behaviour: ApiBehaviour = ApiBehaviour.FULL,
 ) -> tuple[web.AppRunner, str]:
-    """Serve a simulator with `jobs` jobs; returns the runner (to clean up) and its base URL."""
-    state = SimulatorState(seed=seed)
+    """Serve a simulator with `jobs` jobs, acting like a region with `api_behaviour`;
+    returns the runner (to clean up) and its base URL."""
+    state = SimulatorState(seed=seed, api_behaviour=api_behaviour)
     state.populate(jobs, datetime.now(UTC))
     app = create_app(state, project_id=project_id, ak=ak, sk=sk)
     if step_every is not None and step_every > 0:
@@ -83,17 +85,33 @@ async def serve_forever(
     project_id: str,
     ak: str,
     sk: str,
+    api_behaviour: ApiBehaviour = ApiBehaviour.FULL,
 ) -> None:
     """Run until SIGINT or SIGTERM."""
     runner, base_url = await start_simulator(
-        host, port, jobs=jobs, step_every=step_every, seed=seed, project_id=project_id, ak=ak, sk=sk
+        host,
+        port,
+        jobs=jobs,
+        step_every=step_every,
+        seed=seed,
+        project_id=project_id,
+        ak=ak,
+        sk=sk,
+        api_behaviour=api_behaviour,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    print(f"MetaStudio simulator on {base_url} (project_id {project_id}, {jobs} jobs)", flush=True)
-    print(f"control interface: {base_url}/_sim/stats, /_sim/step, /_sim/faults", flush=True)
+    print(
+        f"MetaStudio simulator on {base_url} (project_id {project_id}, {jobs} jobs, "
+        f"API behaviour {api_behaviour})",
+        flush=True,
+    )
+    print(
+        f"control interface: {base_url}/_sim/stats, /_sim/step, /_sim/faults, /_sim/config",
+        flush=True,
+    )
     try:
         await stop.wait()
     finally:

@@ -9,6 +9,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from watcher import model
@@ -49,6 +50,21 @@ FAILURE_DETAILS: dict[str, tuple[str, str]] = {
 MAX_REJECTS = 10
 
 
+class ApiBehaviour(StrEnum):
+    """How much of the list API's query the simulator honours (regions differ).
+
+    FULL: everything, including the undocumented update_since/update_until/sort_key/sort_dir
+    (the demo's default). DOCUMENTED: only what the API page documents (state, create_since,
+    create_until, job_id, voice_name, tag, job_type, batch_name), newest created first, and
+    `state` validated against the 14 documented values (400 MSS.00000003 otherwise). PLAIN:
+    offset/limit and the exact-match filters only; state, create_* and update_* are ignored.
+    """
+
+    FULL = "full"
+    DOCUMENTED = "documented"
+    PLAIN = "plain"
+
+
 def to_ms(when: datetime) -> int:
     return int(when.timestamp() * 1000)
 
@@ -65,9 +81,8 @@ class SimulatorState:
     # Requests per kind ("show", "list", "list?state", "list?update_since", ...): what a
     # polling strategy costs, for tests and the benchmark.
     requests_by_kind: Counter[str] = field(default_factory=Counter)
-    # Emulate a region that predates update_since/update_until/sort_key/sort_dir: accept
-    # and ignore them (the listing is then the plain one, newest created first).
-    ignore_update_filters: bool = False
+    # Which region to act like: see ApiBehaviour.
+    api_behaviour: ApiBehaviour = ApiBehaviour.FULL
     # Memoise sorted listings between changes (large simulations). Only safe when every
     # change goes through this class's methods, which bump `version`.
     cache_listings: bool = False
@@ -82,6 +97,15 @@ class SimulatorState:
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
+
+    @property
+    def ignore_update_filters(self) -> bool:
+        """The older switch: a region ignoring the undocumented parameters (DOCUMENTED)."""
+        return self.api_behaviour is not ApiBehaviour.FULL
+
+    @ignore_update_filters.setter
+    def ignore_update_filters(self, value: bool) -> None:
+        self.api_behaviour = ApiBehaviour.DOCUMENTED if value else ApiBehaviour.FULL
 
     def _new_job_id(self) -> str:
         self._serial += 1
