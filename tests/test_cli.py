@@ -338,7 +338,7 @@ def test_route_prints_matching_rules_and_the_rendered_title(
     )
     assert code == EX_OK
     assert "MATCH failures: matched" in out
-    assert "done: state AUDIT_FAILED not in on=['SUCCEED']" in out
+    assert "done: state AUDIT_FAILED is not one of on: SUCCEED" in out
     assert "title: AUDIT_FAILED: voice job route-test-job" in out
     assert "channels: hook" in out
 
@@ -746,6 +746,15 @@ def test_the_example_config_passes_check_with_every_rule_form(
         "urgent:",
         "group_by:",
         "quiet_hours:",
+        "group_title:",
+        "group_limit:",
+        "batch_quiet:",
+        "enrich_timeout:",
+        "format: json",
+        "dingtalk://",
+        "wecombot://",
+        "feishu://",
+        "workflows://",
     ):
         assert form in text, form
     # Storage relative to the config: keep the example's state file out of the repo.
@@ -754,4 +763,5 @@ def test_the_example_config_passes_check_with_every_rule_form(
     copy.chmod(0o600)
     code, out, err = cli(capsys, "check", "-c", str(copy))
     assert code == EX_OK, err
-    assert "rules: 7 (review-failed, failures, batch-done, recovered, watcher-blind" in out
+    assert "rules: 11 (review-failed, failures, batch-done, failures-for-chat, " in out
+    assert "warning:" not in out

@@ -297,12 +297,13 @@ TOP_KEYS = "sources, channels, rules, storage, first_run, delivery, http, retent
 SOURCE_KEYS = (
     "name, region, endpoint, project_id, ak, ak_file, sk, sk_file, security_token, "
     "security_token_file, app_user_id, poll_interval, request_timeout, filters, "
-    "full_scan_every, settled_states, max_requests_per_second, page_concurrency"
+    "full_scan_every, settled_states, max_requests_per_second, page_concurrency, "
+    "batch_quiet, enrich_timeout"
 )
 FILTER_KEYS = "state, job_id, voice_name, tag, job_type, batch_name, create_since, create_until"
 EVENT_KINDS = (
     "transition, rejected_again, new, vanished, reappeared, stuck, recovered, batch_settled, "
-    "source_unhealthy, source_recovered, summary"
+    "batch_updated, source_unhealthy, source_recovered, summary"
 )
 REGION_HINT = (
     "known regions: cn-east-3, cn-north-4 "
@@ -509,7 +510,8 @@ BAD: list[tuple[str, str, str]] = [
     (
         "unknown_format",
         SRC + CH + RULE + "    notify: ops\n    format: rst\n",
-        "w.yaml:10: rules[0].format: unknown format 'rst'; expected one of: text, markdown, html",
+        "w.yaml:10: rules[0].format: unknown format 'rst'; expected one of: "
+        "text, markdown, html, json",
     ),
     (
         "unknown_first_run",

@@ -24,6 +24,7 @@ import aiohttp
 import structlog
 
 from watcher import __version__, statelock
+from watcher.advice import advice
 from watcher.config import (
     config_warnings,
     describe_credentials,
@@ -33,14 +34,18 @@ from watcher.config import (
 )
 from watcher.daemon import Watcher, serve, session_timeout
 from watcher.engine.diff import format_duration
+from watcher.engine.messages import entry_of, job_line, json_document, summary_line
 from watcher.engine.noise import SILENCE_FIELDS
+from watcher.engine.probe import Facts, ProbeError, probe_event
 from watcher.engine.rules import match
 from watcher.engine.templates import check_rule_templates, render
+from watcher.engine.why import why_lines
+from watcher.errorcodes import with_explanation
 from watcher.errors import ConfigError, StoreError, UsageError, WatcherError
 from watcher.http import readiness
 from watcher.logs import REDACTOR, configure
 from watcher.metrics import scan_note
-from watcher.model import BodyFormat, Config, Event, EventKind, Job, NotifyType, OutboxStatus
+from watcher.model import BodyFormat, Config, EventKind, NotifyType, OutboxStatus
 from watcher.notify import Notifier, check_url, mask_url
 from watcher.store import HistoryEntry, PollStrategy, SourceStatus, Store
 
@@ -83,19 +88,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--poll-interval", default="5s", help="daemon poll interval")
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--duration", type=float, default=None, help="stop after N seconds")
+    demo.add_argument("--logs", action="store_true", help="show the daemon's log lines too")
     outbox = with_config(add_command("outbox", help="list pending and dead alerts"))
     outbox.add_argument("action", nargs="?", choices=["list", "retry"], default="list")
     outbox.add_argument("id", nargs="?", type=int, help="with retry: one dead alert's id")
     outbox.add_argument("--all", action="store_true", help="with retry: every dead alert")
     outbox.add_argument("--json", action="store_true")
     rt = with_config(add_command("route", help="which rules and channels an event reaches"))
-    rt.add_argument("--state", required=True)
-    rt.add_argument("--from", dest="from_state")
+    rt.add_argument("--state", help="the job's new state (job events only)")
+    rt.add_argument("--from", dest="from_state", help="the state it came from (transition)")
     rt.add_argument("--event", default="transition", choices=[k.value for k in EventKind])
     rt.add_argument("--job-type")
     rt.add_argument("--voice-name")
     rt.add_argument("--batch-name")
     rt.add_argument("--source", default="sample-source")
+    alerts = with_config(
+        add_command("alerts", help="the alerts one grouped message carried (its +N more line)")
+    )
+    alerts.add_argument("--channel", required=True)
+    alerts.add_argument("--group", action="append", default=[], metavar="KEY")
+    alerts.add_argument("--ids", required=True, metavar="FIRST-LAST", help="outbox id span")
+    alerts.add_argument("--json", action="store_true", help="the JSON document (format: json)")
     status = with_config(add_command("status", help="per source: last poll, errors, jobs"))
     status.add_argument("--json", action="store_true")
     jobs = with_config(add_command("jobs", help="list the tracked jobs"))
@@ -191,7 +204,7 @@ def _load(args: argparse.Namespace) -> Config:
 def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args)
     problems = template_problems(config)
-    for warning in config_warnings(args.config):
+    for warning in [*config_warnings(args.config), *advice(config)]:
         print(f"warning: {warning}")
     if problems:
         for problem in problems:
@@ -258,7 +271,9 @@ def cmd_once(args: argparse.Namespace) -> int:
             outcomes = await watcher.once()
         failures = [o for o in outcomes if not o.ok]
         for outcome in failures:
-            print(f"metastudio-watcher: source {outcome.source}: {outcome.error}", file=sys.stderr)
+            error = outcome.error
+            text = with_explanation(str(error), error.code if error is not None else None)
+            print(f"metastudio-watcher: source {outcome.source}: {text}", file=sys.stderr)
         return EX_FAILURE if failures else EX_OK
 
     try:
@@ -313,6 +328,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             poll_interval=args.poll_interval,
             seed=args.seed,
             duration=args.duration,
+            logs=args.logs or args.log_level != "info",
+            log_format=args.log_format,
         )
     )
 
@@ -373,25 +390,23 @@ def cmd_outbox(args: argparse.Namespace) -> int:
 
 
 def cmd_route(args: argparse.Namespace) -> int:
+    """Which rules and channels an event reaches, decided by the daemon's own matching."""
     config = _load(args)
     now = datetime.now(UTC)
-    job = Job(
-        job_id="route-test-job",
-        state=args.state,
-        reject_times=1,
-        lastupdate_time=now,
-        voice_name=args.voice_name,
-        job_type=args.job_type,
-        batch_name=args.batch_name,
-    )
-    event = Event(
+    facts = Facts(
         EventKind(args.event),
         args.source,
-        now,
-        f"job route-test-job went from {args.from_state} to {args.state}",
-        job=job,
-        previous_state=args.from_state,
+        state=args.state,
+        from_state=args.from_state,
+        job_type=args.job_type,
+        voice_name=args.voice_name,
+        batch_name=args.batch_name,
     )
+    try:
+        event = probe_event(facts, now)
+    except ProbeError as err:
+        raise UsageError(str(err)) from None
+    print(f"event: {event.kind} · {event.reason}")
     matched = 0
     for decision in match(config.rules, event):
         mark = "MATCH" if decision.matched else "  -  "
@@ -409,6 +424,30 @@ def cmd_route(args: argparse.Namespace) -> int:
 
 
 # --- operator commands: read the store next to a running daemon ----------------------------
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    """Every alert of one grouped message, as the message would list it, none left out."""
+    first, sep, last = str(args.ids).partition("-")
+    if not (first.isdigit() and (not sep or last.isdigit())):
+        raise UsageError(f"--ids {args.ids}: expected FIRST-LAST, e.g. --ids 12-57")
+    span = (int(first), int(last) if sep else int(first))
+    config = _load(args)
+    with _open_reader(config) as store:
+        items = store.alerts_of_group(args.channel, args.group, *span)
+    entries = [entry_of(i.alert) for i in items]
+    if args.json:
+        print(json_document(entries))
+        return EX_OK
+    if not items:
+        print("no such alerts: check --channel, --group and --ids against the message")
+        return EX_FAILURE
+    print(summary_line(entries))
+    for item, entry in zip(items, entries, strict=True):
+        print(f"{item.id:>6} {item.status:<8} {job_line(entry)}")
+        for line in why_lines(entry.get("why")):
+            print(f"{'':>16}{line}")
+    return EX_OK
 
 
 def _open_reader(config: Config) -> Store:
@@ -946,6 +985,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": cmd_demo,
     "outbox": cmd_outbox,
     "route": cmd_route,
+    "alerts": cmd_alerts,
     "status": cmd_status,
     "silence": cmd_silence,
     "jobs": cmd_jobs,

@@ -93,6 +93,8 @@ _SOURCE_KEYS = (
     "settled_states",
     "max_requests_per_second",
     "page_concurrency",
+    "batch_quiet",
+    "enrich_timeout",
 )
 _FILTER_KEYS = (
     "state",
@@ -121,6 +123,9 @@ _RULE_KEYS = (
     "group_by",
     "group_wait",
     "group_interval",
+    "group_title",
+    "group_body",
+    "group_limit",
 )
 _CHANNEL_KEYS = ("urls", "max_per_minute", "quiet_hours", "timezone")
 _QUIET_HOURS = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)-([01]?\d|2[0-3]):([0-5]\d)")
@@ -138,6 +143,13 @@ _CREDENTIALS = (
     ("security_token", "CLOUD_SDK_SECURITY_TOKEN", "security token"),
 )
 _MAX_CREDENTIAL_FILE = 64 * 1024
+# Channel schemes apprise dropped, and what to use instead (apprise's plugins/workflows.py).
+_REMOVED_SCHEMES = {
+    "msteams": (
+        "msteams:// (Office 365 connector webhooks) was removed in apprise 2; Microsoft Teams "
+        "now takes workflows://HOST/WORKFLOW/SIGNATURE (a Teams Workflows webhook)"
+    ),
+}
 
 _SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _CHANNEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
@@ -789,6 +801,8 @@ class _Reader:
         problem: str | None = None if scheme else "expected scheme://… (an apprise URL)"
         if problem is None and self.validate_url is not None:
             problem = self.validate_url(url)
+        if problem is not None and scheme is not None:
+            problem = _REMOVED_SCHEMES.get(scheme.group(1).lower(), problem)
         if problem is not None:
             # The validator already keeps the URL's own parts out; mask what ${VAR}s brought
             # in (masking the whole URL too would garble "mailto://" in the message itself).
@@ -865,6 +879,14 @@ class _Reader:
                     source["page_concurrency"], _child(path, "page_concurrency"), integer=True
                 )
             )
+        batch_quiet = timedelta(minutes=10)
+        if "batch_quiet" in source:
+            batch_quiet = self.duration(source["batch_quiet"], _child(path, "batch_quiet"))
+        enrich_timeout = timedelta(seconds=10)
+        if "enrich_timeout" in source:
+            enrich_timeout = self.duration(
+                source["enrich_timeout"], _child(path, "enrich_timeout"), timedelta(seconds=1)
+            )
         return SourceConfig(
             name=name,
             endpoint=endpoint,
@@ -881,6 +903,8 @@ class _Reader:
             settled_states=settled_states,
             max_requests_per_second=max_rps,
             page_concurrency=page_concurrency,
+            batch_quiet=batch_quiet,
+            enrich_timeout=enrich_timeout,
         )
 
     def full_scan_every(self, value: Any, path: str, poll_interval: timedelta) -> timedelta:
@@ -1103,6 +1127,14 @@ class _Reader:
             group_wait = self.duration(rule["group_wait"], _child(path, "group_wait"))
         if "group_interval" in rule:
             group_interval = self.duration(rule["group_interval"], _child(path, "group_interval"))
+        group_title, group_body, group_limit = self.group_message(rule, path)
+        if body_format is BodyFormat.JSON and body is not None:
+            # The JSON document is the body; a template there would be silently ignored.
+            self.fail(
+                _child(path, "body"),
+                "format: json sends the JSON document as the body; remove body: (title: "
+                "still applies) or use another format",
+            )
         return RuleConfig(
             name=name,
             on=on,
@@ -1120,7 +1152,24 @@ class _Reader:
             group_by=group_by,
             group_wait=group_wait,
             group_interval=group_interval,
+            group_title=group_title,
+            group_body=group_body,
+            group_limit=group_limit,
         )
+
+    def group_message(self, rule: _Map, path: str) -> tuple[str | None, str | None, int | None]:
+        """A rule's templates and list length for grouped messages."""
+        title = body = None
+        if "group_title" in rule:
+            title = self.text(rule["group_title"], _child(path, "group_title")).value
+        if "group_body" in rule:
+            body = self.text(rule["group_body"], _child(path, "group_body")).value
+        limit = None
+        if "group_limit" in rule:
+            limit = int(
+                self.positive_number(rule["group_limit"], _child(path, "group_limit"), integer=True)
+            )
+        return title, body, limit
 
     def group_by(self, value: Any, path: str) -> tuple[str, ...]:
         out = []

@@ -15,7 +15,7 @@ import sys
 import threading
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
 
@@ -227,8 +227,24 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
+    # v8: alert facts and failure details: each alert keeps what it is about as JSON (grouped
+    # messages, JSON bodies and `alerts` are composed from it), and what the detail APIs
+    # said about a failure is kept once per failure, so a restart does not ask again.
+    (
+        "ALTER TABLE outbox ADD COLUMN facts TEXT NOT NULL DEFAULT '{}'",
+        """
+        CREATE TABLE failure_details (
+            source TEXT NOT NULL,
+            failure TEXT NOT NULL,
+            why TEXT NOT NULL,
+            fetched_at TEXT NOT NULL,
+            PRIMARY KEY (source, failure)
+        )
+        """,
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
+FAILURE_DETAIL_DAYS = 90
 
 _SELECT_JOBS = """
     SELECT job_id, state, reject_times, create_time, lastupdate_time, voice_name, job_type,
@@ -265,13 +281,13 @@ _INSERT_EVENT = """
 _INSERT_ALERT = """
     INSERT OR IGNORE INTO outbox (alert_id, event_key, source, job_id, rule, channel, title,
                                   body, notify_type, body_format, created_at, next_attempt_at,
-                                  group_key, labels, updated_at, queued_at)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                  group_key, labels, facts, updated_at, queued_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 _SELECT_OUTBOX = """
     SELECT id, event_key, source, job_id, rule, channel, title, body, notify_type, body_format,
            created_at, status, attempts, next_attempt_at, last_error, sent_at, queued_at,
-           group_key, labels, retry_delay_s, elapsed_s
+           group_key, labels, retry_delay_s, elapsed_s, facts
     FROM outbox WHERE status IN (SELECT value FROM json_each(?)) ORDER BY id
 """
 _SELECT_HISTORY = """
@@ -750,6 +766,46 @@ class Store:
             silence_id = int(cursor.lastrowid or 0)
         return Silence(silence_id, tuple(matchers), starts_at, ends_at, comment)
 
+    def alerts_of_group(
+        self, channel: str, group_keys: Collection[str], first_id: int, last_id: int
+    ) -> list[OutboxItem]:
+        """The alerts one grouped message carried: its channel, group keys and id span."""
+        rows = self._query_all(
+            "read the outbox",
+            _SELECT_OUTBOX.replace(
+                "WHERE status IN (SELECT value FROM json_each(?))",
+                "WHERE channel = ? AND (group_key IN (SELECT value FROM json_each(?)) OR ? = 0) "
+                "AND id BETWEEN ? AND ?",
+            ),
+            (channel, json.dumps(sorted(group_keys)), len(group_keys), first_id, last_id),
+        )
+        return [_row_to_item(row) for row in rows]
+
+    def failure_detail(self, source: str, failure: str) -> dict[str, Any] | None:
+        """What the detail APIs said about one failure, if it was fetched before."""
+        row = self._query_one(
+            "read a failure detail",
+            "SELECT why FROM failure_details WHERE source = ? AND failure = ?",
+            (source, failure),
+        )
+        return dict(json.loads(row[0])) if row is not None else None
+
+    def save_failure_detail(
+        self, source: str, failure: str, why: Mapping[str, Any], now: datetime
+    ) -> None:
+        with self._transaction("keep a failure detail") as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO failure_details (source, failure, why, fetched_at) "
+                "VALUES (?, ?, ?, ?)",
+                (source, failure, json.dumps(dict(why), ensure_ascii=False), _ts(now)),
+            )
+            # A failure is re-detected only within days (a crash before its commit): keep
+            # 90 days, so the table stays small however long the watcher runs.
+            conn.execute(
+                "DELETE FROM failure_details WHERE fetched_at < ?",
+                (_ts(now - timedelta(days=FAILURE_DETAIL_DAYS)),),
+            )
+
     def list_silences(self, *, active_at: datetime | None = None) -> list[Silence]:
         """Every silence (or only those active at `active_at`), oldest first."""
         rows = self._query_all(
@@ -1212,6 +1268,7 @@ def _alert_to_row(alert: Alert) -> tuple[Any, ...]:
         created,  # due as soon as it is queued
         alert.group_key,
         json.dumps(dict(alert.labels), sort_keys=True, ensure_ascii=False),
+        json.dumps(dict(alert.facts), ensure_ascii=False, default=str),  # document order
     )
 
 
@@ -1229,6 +1286,7 @@ def _row_to_item(row: Sequence[Any]) -> OutboxItem:
         created_at=_dt(row[10]),
         group_key=row[17] or "",
         labels=json.loads(row[18] or "{}"),
+        facts=json.loads(row[21] or "{}") if len(row) > 21 else {},
     )
     return OutboxItem(
         id=row[0],
