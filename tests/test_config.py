@@ -665,7 +665,9 @@ def test_missing_config_file_names_it(tmp_path: Path) -> None:
 def test_config_file_that_is_a_directory(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(str(tmp_path), ENV)
-    assert str(info.value) == f"{tmp_path}: cannot read the configuration file: Is a directory"
+    assert str(info.value) == (
+        f"{tmp_path}: the configuration must be a regular file (this is a directory)"
+    )
 
 
 def test_invalid_url_shows_only_the_scheme_and_never_the_secret() -> None:
