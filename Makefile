@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit bench soak clean
+.PHONY: demo test lint typecheck unit bench soak clean lock min-deps pythons install nspawn
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,3 +47,48 @@ soak: $(VENV)/.installed-test
 # Polling cost, full scans against incremental cycles (10k and 100k jobs): prints a table.
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_polling.py
+
+# --- dependency floors, Python versions, the lock ---------------------------------------------
+# The declared minimum versions (pyproject's >= bounds, made ==), installed on the oldest
+# supported Python; rebuilt only when pyproject.toml changes.
+MIN_PYTHON ?= python3.11
+MIN_VENV   := .venv-min
+$(MIN_VENV)/.installed: pyproject.toml .ci/min_requirements.py
+	rm -rf $(MIN_VENV)
+	$(MIN_PYTHON) -m venv $(MIN_VENV)
+	$(PYTHON) .ci/min_requirements.py > $(MIN_VENV)/requirements-min.txt
+	$(MIN_VENV)/bin/pip install --quiet -r $(MIN_VENV)/requirements-min.txt
+	$(MIN_VENV)/bin/pip install --quiet --no-deps .
+	touch $@
+
+min-deps: $(VENV)/.installed-test $(MIN_VENV)/.installed
+	CI=1 WATCHER_TEST_PYTHONS=$(MIN_VENV)/bin/python $(BIN)/pytest -p no:cacheprovider -s \
+	  tests/packaging/test_interpreters.py
+
+# The package (not editable) from requirements.lock on every supported Python this machine has
+# (on PATH, or installed by pyenv without being its active version).
+SUPPORTED_PYTHONS := 3.11 3.12 3.13
+find_python = $(shell for p in python$(1) $(wildcard $(HOME)/.pyenv/versions/$(1).*/bin/python$(1)); do \
+  $$p -c 'import sys; print(sys.executable)' 2>/dev/null && break; done)
+FOUND_PYTHONS := $(foreach v,$(SUPPORTED_PYTHONS),$(if $(call find_python,$(v)),$(v)))
+.venv-py%/.installed: pyproject.toml requirements.lock
+	rm -rf .venv-py$*
+	$(call find_python,$*) -m venv .venv-py$*
+	.venv-py$*/bin/pip install --quiet -c requirements.lock .
+	touch $@
+
+pythons: $(VENV)/.installed-test $(foreach v,$(FOUND_PYTHONS),.venv-py$(v)/.installed)
+	@test -n "$(FOUND_PYTHONS)" || { echo "no python3.11-3.13 found" >&2; exit 1; }
+	CI=1 WATCHER_TEST_PYTHONS=$(subst $(eval) ,:,$(foreach v,$(FOUND_PYTHONS),.venv-py$(v)/bin/python)) \
+	  $(BIN)/pytest -p no:cacheprovider -s tests/packaging/test_interpreters.py
+
+# requirements.lock pins every package the image installs (the Dockerfile's Python, 3.12).
+# Refresh after changing dependencies: `make lock`, then review and commit the diff.
+LOCK_PYTHON ?= $(or $(call find_python,3.12),python3.12)
+lock:
+	rm -rf .venv-lock
+	$(LOCK_PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet .
+	{ echo "# pip freeze of \`pip install .\` on $$(.venv-lock/bin/python -V); refresh: make lock"; \
+	  .venv-lock/bin/pip freeze --exclude-editable | grep -v '^metastudio-watcher'; } > requirements.lock
+	rm -rf .venv-lock
