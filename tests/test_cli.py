@@ -210,8 +210,22 @@ def columns(line: str) -> list[str]:
 
 
 def our_lines(err: str) -> list[str]:
-    """The CLI's own messages on stderr (log lines are JSON and start with `{`)."""
-    return [line for line in err.splitlines() if line.startswith("metastudio-watcher:")]
+    """The CLI's own messages on stderr: plain lines, or (for run/once, whose stderr is a log
+    stream) the JSON error records the CLI itself wrote, shown the way a terminal shows them."""
+    return [
+        line if line.startswith("metastudio-watcher:") else f"metastudio-watcher: {record['event']}"
+        for line in err.splitlines()
+        if line.startswith("metastudio-watcher:")
+        or ((record := _json_record(line)) and record.get("logger") == "watcher.cli")
+    ]
+
+
+def _json_record(line: str) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def baseline_then_failure(servers: Servers, capsys: pytest.CaptureFixture[str]) -> tuple[str, str]:

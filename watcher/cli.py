@@ -157,12 +157,15 @@ def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure(level=args.log_level, fmt=args.log_format)
+    fmt = configure(level=args.log_level, fmt=args.log_format)
+    # The daemon commands' stderr is a log stream (journald, a container's log): in JSON mode
+    # their fatal line is a JSON log record too. Other commands talk to a person.
+    args.structured_errors = fmt == "json" and args.command in _LOG_STREAM_COMMANDS
     command: Callable[[argparse.Namespace], int] = COMMANDS[args.command]
     try:
         return command(args)
     except WatcherError as err:
-        print(f"metastudio-watcher: {REDACTOR.redact(err.message)}", file=sys.stderr)
+        _say(args, REDACTOR.redact(err.message), exit_code=err.exit_code)
         return err.exit_code
     except KeyboardInterrupt:
         return EX_OK
@@ -173,12 +176,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # a bug: say so in one line unless --debug
         if args.debug:
             raise
-        print(
-            f"metastudio-watcher: internal error ({type(err).__name__}); "
-            "run again with --debug for the traceback",
-            file=sys.stderr,
+        _say(
+            args,
+            f"internal error ({type(err).__name__}); run again with --debug for the traceback",
+            exit_code=EX_FAILURE,
         )
         return EX_FAILURE
+
+
+_LOG_STREAM_COMMANDS = frozenset({"run", "once"})
+
+
+def _say(args: argparse.Namespace, message: str, *, exit_code: int | None = None) -> None:
+    """One error line on stderr: `metastudio-watcher: …`, or a JSON record in a log stream."""
+    if getattr(args, "structured_errors", False):
+        fields: dict[str, Any] = {} if exit_code is None else {"exit_code": exit_code}
+        log.error(message, **fields)
+    else:
+        print(f"metastudio-watcher: {message}", file=sys.stderr)
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -245,7 +260,7 @@ def cmd_once(args: argparse.Namespace) -> int:
             outcomes = await watcher.once()
         failures = [o for o in outcomes if not o.ok]
         for outcome in failures:
-            print(f"metastudio-watcher: source {outcome.source}: {outcome.error}", file=sys.stderr)
+            _say(args, f"source {outcome.source}: {outcome.error}")
         return EX_FAILURE if failures else EX_OK
 
     try:
