@@ -152,6 +152,7 @@ class Watcher:
         self._held_until: datetime | None = None
         self.metrics = metrics or Metrics(process=False)
         self.metrics.add_sources(self._sources)
+        self.metrics.add_channels(config.channels)
 
     # --- one cycle --------------------------------------------------------------------
 
@@ -456,7 +457,10 @@ class Watcher:
         results = await asyncio.gather(
             *(self._deliver_channel(batch) for batch in by_channel.values())
         )
-        self.metrics.outbox_depth({str(k): v for k, v in self.store.outbox_counts().items()})
+        self.metrics.outbox_depth(
+            {str(k): v for k, v in self.store.outbox_counts().items()},
+            held=len({h.item_id for h in decided.held}),
+        )
         return DeliveryOutcome(
             sum(r.sent for r in results),
             sum(r.failed for r in results),
