@@ -92,3 +92,15 @@ lock:
 	{ echo "# pip freeze of \`pip install .\` on $$(.venv-lock/bin/python -V); refresh: make lock"; \
 	  .venv-lock/bin/pip freeze --exclude-editable | grep -v '^metastudio-watcher'; } > requirements.lock
 	rm -rf .venv-lock
+
+# --- systemd ---------------------------------------------------------------------------------
+# The venv under /opt/metastudio-watcher, /usr/local/bin/metastudio-watcher and the unit
+# (systemd/install.sh; as root).
+install:
+	sh systemd/install.sh
+
+# The unit under a real systemd 252: a debootstrapped Debian 12 booted with systemd-nspawn
+# (root, debootstrap, systemd-container). The rootfs is cached in /var/cache; this fails
+# rather than skips when it cannot run.
+nspawn: $(VENV)/.installed-test requirements.lock
+	CI=1 WATCHER_NSPAWN=1 $(BIN)/pytest -p no:cacheprovider -s tests/packaging/test_systemd_nspawn.py
