@@ -78,6 +78,9 @@ def cached_rootfs() -> Path:
     (building / "etc/machine-id").write_text("")
     (building / ".complete").write_text(f"{SUITE} {PACKAGES} {MIRROR}\n")
     building.rename(rootfs)
+    for stale in CACHE.glob(f"{SUITE}-*"):  # older package lists: 300 MB each
+        if stale != rootfs:
+            shutil.rmtree(stale, ignore_errors=True)
     return rootfs
 
 
