@@ -26,7 +26,7 @@ import structlog
 from aiohttp import web
 
 from tests.receivers import WebhookReceiver, json_url
-from watcher.cli import EX_CONFIG, EX_FAILURE, EX_OK, EX_USAGE, TEST_TITLE, main
+from watcher.cli import EX_CONFIG, EX_FAILURE, EX_OK, EX_TEMPFAIL, EX_USAGE, TEST_TITLE, main
 from watcher.simulator.app import create_app
 from watcher.simulator.runner import serve_app
 from watcher.simulator.state import SimulatorState
@@ -369,7 +369,10 @@ def test_outbox_lists_dead_alerts_and_retry_all_sends_them(
     assert cli(capsys, "once", "-c", config)[0] == EX_OK
     servers.set_state(job["job_id"], "FAILED")
     servers.hook.fail_next(1, status=500)
-    assert cli(capsys, "once", "-c", config)[0] == EX_OK
+    # The alert could not be delivered: once says so with EX_TEMPFAIL (75).
+    code, _, err = cli(capsys, "once", "-c", config)
+    assert code == EX_TEMPFAIL
+    assert "1 alert(s) could not be delivered (0 will be retried, 1 dead-lettered)" in err
     assert servers.hook.received == []
 
     code, out, _ = cli(capsys, "outbox", "-c", config)

@@ -1,13 +1,16 @@
 """Command line: argument parsing, exit codes, and the one-line error a user sees.
 
-Exit codes: 0 ok, 1 runtime failure, 2 usage error, 78 config error (EX_CONFIG, so systemd's
-RestartPreventExitStatus=78 stops a restart loop on a broken config).
+Exit codes: 0 ok, 1 runtime failure, 2 usage error, 75 (EX_TEMPFAIL) when `once` polled every
+source but could not deliver an alert (it stays queued: the next run retries), 78 config error
+(EX_CONFIG, so systemd's RestartPreventExitStatus=78 stops a restart loop on a broken config).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
+import fnmatch
 import http.client
 import json
 import os
@@ -39,11 +42,20 @@ from watcher.engine.templates import check_rule_templates, render
 from watcher.errors import ConfigError, StoreError, UsageError, WatcherError
 from watcher.http import readiness
 from watcher.logs import REDACTOR, configure
-from watcher.model import BodyFormat, Config, Event, EventKind, Job, NotifyType, OutboxStatus
+from watcher.model import (
+    KNOWN_STATES,
+    BodyFormat,
+    Config,
+    Event,
+    EventKind,
+    Job,
+    NotifyType,
+    OutboxStatus,
+)
 from watcher.notify import Notifier, check_url, mask_url
 from watcher.store import HistoryEntry, SourceStatus, Store
 
-EX_OK, EX_FAILURE, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
+EX_OK, EX_FAILURE, EX_USAGE, EX_TEMPFAIL, EX_CONFIG = 0, 1, 2, 75, 78
 DEFAULT_CONFIG = "config.yaml"
 # `health` calls a source stale after this many poll intervals without a successful poll,
 # the same grace the daemon's /readyz gives.
@@ -74,8 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     with_config(add_command("run", help="run the daemon until SIGTERM/SIGINT"))
-    with_config(add_command("once", help="one poll-and-deliver cycle, then exit"))
-    with_config(add_command("check", help="validate a config without touching the network"))
+    once = with_config(add_command("once", help="one poll-and-deliver cycle, then exit"))
+    once.add_argument("--json", action="store_true", help="the cycle's outcome as JSON")
+    check = with_config(add_command("check", help="validate a config without touching the network"))
+    check.add_argument("--json", action="store_true", help="the result (or the errors) as JSON")
     demo = add_command("demo", help="run against the built-in simulator (no cloud account)")
     demo.add_argument("--jobs", type=int, default=30, help="jobs the simulator starts with")
     demo.add_argument("--step-every", type=float, default=4.0, help="simulator step, seconds")
@@ -105,16 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("job_id", metavar="JOB_ID")
     history.add_argument("--source", help="only events of this source")
     history.add_argument("--json", action="store_true")
-    with_config(
+    health = with_config(
         add_command(
             "health",
             help="exit 0 when every source polled successfully lately (Docker HEALTHCHECK)",
         )
     )
+    health.add_argument("--json", action="store_true")
     test_notify = with_config(
         add_command("test-notify", help="send a test message to every channel (or one)")
     )
     test_notify.add_argument("--channel", help="only this channel")
+    test_notify.add_argument("--json", action="store_true")
     silence = with_config(add_command("silence", help="add, list or expire silences"))
     silence.add_argument("action", nargs="?", choices=["list", "add", "expire"], default="list")
     silence.add_argument("id", nargs="?", type=int, help="with expire: the silence's id")
@@ -203,6 +219,8 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    if args.json:
+        return _check_json(args)
     config = _load(args)
     problems = template_problems(config)
     for warning in config_warnings(args.config):
@@ -225,6 +243,63 @@ def cmd_check(args: argparse.Namespace) -> int:
     if config.http_listen:
         print(f"  http: /healthz /readyz /metrics on {config.http_listen}")
     return EX_OK
+
+
+def _check_json(args: argparse.Namespace) -> int:
+    """`check --json`: {"ok": true, ...} or {"ok": false, "errors": [...]}, exit 0 or 78."""
+    try:
+        config = _load(args)
+        problems = template_problems(config)
+    except ConfigError as err:
+        config, problems = None, [err]
+    warnings = config_warnings(args.config)
+    if config is None or problems:
+        _print_json(
+            {
+                "ok": False,
+                "config": args.config,
+                "errors": [_config_error_json(p) for p in problems],
+                "warnings": warnings,
+            }
+        )
+        return EX_CONFIG
+    _print_json(
+        {
+            "ok": True,
+            "config": args.config,
+            "warnings": warnings,
+            "sources": [
+                {
+                    "name": source.name,
+                    "endpoint": source.endpoint,
+                    "poll_interval_seconds": source.poll_interval.total_seconds(),
+                    "ak_from": source.ak.origin,
+                    "sk_from": source.sk.origin,
+                    "security_token_from": (
+                        source.security_token.origin if source.security_token else None
+                    ),
+                }
+                for source in config.sources
+            ],
+            "channels": {
+                name: [mask_url(u.reveal()) for u in urls] for name, urls in config.channels.items()
+            },
+            "rules": [rule.name for rule in config.rules],
+            "storage": config.storage,
+            "http_listen": config.http_listen,
+        }
+    )
+    return EX_OK
+
+
+def _config_error_json(err: ConfigError) -> dict[str, Any]:
+    return {
+        "file": err.file,
+        "line": err.line,
+        "key": err.key,
+        "problem": REDACTOR.redact(err.problem),
+        "message": REDACTOR.redact(err.message),
+    }
 
 
 def template_problems(config: Config) -> list[ConfigError]:
@@ -257,11 +332,33 @@ def cmd_once(args: argparse.Namespace) -> int:
     async def go() -> int:
         async with aiohttp.ClientSession(timeout=session_timeout(config)) as session:
             watcher = Watcher(config, store, notifier, session)
-            outcomes = await watcher.once()
+            # Watcher.once(), keeping the delivery pass's outcome for the exit code.
+            outcomes = await asyncio.gather(*(watcher.poll(s.name) for s in config.sources))
+            delivery = await watcher.deliver()
         failures = [o for o in outcomes if not o.ok]
+        undelivered = delivery.failed + delivery.dead
+        code = EX_FAILURE if failures else EX_TEMPFAIL if undelivered else EX_OK
+        if args.json:
+            _print_json(
+                {
+                    "sources": [
+                        {"source": o.source, "ok": o.ok, "error": o.error} for o in outcomes
+                    ],
+                    "sent": delivery.sent,
+                    "failed": delivery.failed,
+                    "dead": delivery.dead,
+                    "exit_code": code,
+                }
+            )
         for outcome in failures:
             _say(args, f"source {outcome.source}: {outcome.error}")
-        return EX_FAILURE if failures else EX_OK
+        if undelivered:
+            _say(
+                args,
+                f"{undelivered} alert(s) could not be delivered ({delivery.failed} will be "
+                f"retried, {delivery.dead} dead-lettered); `outbox` lists them",
+            )
+        return code
 
     try:
         return asyncio.run(go())
@@ -331,7 +428,10 @@ def cmd_outbox(args: argparse.Namespace) -> int:
             print(f"metastudio-watcher: no dead alert with id {args.id}", file=sys.stderr)
             return EX_FAILURE
         # The daemon looks at the outbox at least once a minute, sooner after its next poll.
-        print(f"{count} alert(s) queued again")
+        if args.json:
+            _print_json({"queued": count})
+        else:
+            print(f"{count} alert(s) queued again")
         return EX_OK
     with _open_reader(config) as store:
         items = store.list_outbox([OutboxStatus.PENDING, OutboxStatus.DEAD])
@@ -501,6 +601,8 @@ def _source_json(
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
+    if args.state is not None:
+        _known_state(args.state, "--state", globs=False)
     config = _load(args)
     with _open_reader(config) as store:
         jobs = store.list_jobs(args.source, args.state)
@@ -639,11 +741,14 @@ def cmd_health(args: argparse.Namespace) -> int:
     if config.http_listen:
         verdict = _health_over_http(config.http_listen)
         if verdict is not None:
-            return _report_health(*verdict)
-    return _report_health(*_health_from_store(config))
+            return _report_health(*verdict, as_json=args.json, via="http")
+    return _report_health(*_health_from_store(config), as_json=args.json, via="store")
 
 
-def _report_health(ok: bool, line: str) -> int:
+def _report_health(ok: bool, line: str, *, as_json: bool = False, via: str = "store") -> int:
+    if as_json:
+        _print_json({"healthy": ok, "message": line, "via": via})
+        return EX_OK if ok else EX_FAILURE
     if ok:
         print(line)
         return EX_OK
@@ -738,15 +843,28 @@ def cmd_test_notify(args: argparse.Namespace) -> int:
 
     try:
         outcomes = asyncio.run(send_all())
-        masked = {name: ", ".join(notifier.masked_urls(name)) for name in names}
+        notifier_masked = {name: notifier.masked_urls(name) for name in names}
+        masked = {name: ", ".join(urls) for name, urls in notifier_masked.items()}
     finally:
         notifier.close()
-    failed = 0
+    failed = sum(1 for _, ok, _ in outcomes if not ok)
+    if args.json:
+        _print_json(
+            [
+                {
+                    "channel": name,
+                    "ok": ok,
+                    "urls": list(notifier_masked[name]),
+                    "error": None if ok else REDACTOR.redact(error or "delivery failed"),
+                }
+                for name, ok, error in outcomes
+            ]
+        )
+        return EX_FAILURE if failed else EX_OK
     for name, ok, error in outcomes:
         if ok:
             print(f"ok      {name}: {masked[name]}")
         else:
-            failed += 1
             print(f"FAILED  {name}: {masked[name]}: {REDACTOR.redact(error or 'delivery failed')}")
     if failed:
         print(f"metastudio-watcher: {failed} of {len(names)} channel(s) failed", file=sys.stderr)
@@ -840,6 +958,17 @@ def cmd_silence(args: argparse.Namespace) -> int:
             silence = store.add_silence(
                 matchers, starts_at=now, ends_at=now + length, comment=args.comment, now=now
             )
+        if args.json:
+            _print_json(
+                {
+                    "id": silence.id,
+                    "matchers": [f"{k}={v}" for k, v in silence.matchers],
+                    "starts_at": silence.starts_at.isoformat(),
+                    "ends_at": silence.ends_at.isoformat(),
+                    "comment": silence.comment,
+                }
+            )
+            return EX_OK
         print(f"silence {silence.id} added until {silence.ends_at:%Y-%m-%d %H:%M} UTC")
         return EX_OK
     if args.action == "expire":
@@ -851,7 +980,10 @@ def cmd_silence(args: argparse.Namespace) -> int:
         if not expired:
             print(f"metastudio-watcher: no active silence with id {args.id}", file=sys.stderr)
             return EX_FAILURE
-        print(f"silence {args.id} expired")
+        if args.json:
+            _print_json({"id": args.id, "expired": True})
+        else:
+            print(f"silence {args.id} expired")
         return EX_OK
     with _open_reader(config) as store:
         silences = store.list_silences(active_at=None if args.all else now)
@@ -896,7 +1028,24 @@ def _matcher(text: str) -> tuple[str, str]:
         raise UsageError(
             f"--match: unknown field {name!r}; expected one of: {', '.join(SILENCE_FIELDS)}"
         )
+    if name == "state":
+        _known_state(value, "--match state")
     return name, value
+
+
+def _known_state(value: str, option: str, *, globs: bool = True) -> str:
+    """A state name (or a glob matching at least one), else a usage error with a suggestion:
+    `AUDIT_FAIL` silently matching nothing would hide a typo until the alert storm."""
+    states = sorted(KNOWN_STATES)
+    if globs and any(char in value for char in "*?["):
+        if any(fnmatch.fnmatchcase(state, value) for state in states):
+            return value
+        raise UsageError(f"{option}: {value!r} matches no known state; known: {', '.join(states)}")
+    if value in KNOWN_STATES:
+        return value
+    close = difflib.get_close_matches(value.upper(), states, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else f"; known: {', '.join(states)}"
+    raise UsageError(f"{option}: unknown state {value!r}{hint}")
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
