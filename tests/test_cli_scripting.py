@@ -4,6 +4,9 @@ alert could not be delivered, state names checked with a suggestion, URLs as wri
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -160,3 +163,19 @@ def test_masked_urls_show_only_the_arguments_the_user_wrote(url: str, shown: str
         assert masked == shown
     else:
         assert "?to=" in masked and "&mode=" in masked
+
+
+def test_health_imports_neither_apprise_nor_aiohttp(servers: Servers) -> None:
+    """The HEALTHCHECK runs every minute, often at --cpus 0.1: apprise alone costs ~0.4 s of
+    CPU to import. benchmarks/bench_health.py measures the whole command."""
+    code = (
+        "import sys\nfrom watcher.cli import main\n"
+        f"rc = main(['--log-level', 'error', 'health', '-c', {servers.config()!r}])\n"
+        "print(rc, sorted(m for m in ('apprise', 'aiohttp', 'jinja2.sandbox') "
+        "if m in sys.modules))\n"
+    )
+    env = {**os.environ, "CLI_TEST_AK": "A" * 20, "CLI_TEST_SK": "S" * 30}
+    result = subprocess.run(  # noqa: S603 - this interpreter, fixed code
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    assert result.stdout.split("\n")[-2] in ("1 ['jinja2.sandbox']", "1 []"), result.stdout

@@ -21,9 +21,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import structlog
 
 from watcher import __version__
@@ -34,13 +33,11 @@ from watcher.config import (
     parse_duration,
     parse_listen,
 )
-from watcher.daemon import Watcher, serve, session_timeout
 from watcher.engine.diff import format_duration
 from watcher.engine.noise import SILENCE_FIELDS
 from watcher.engine.rules import match
 from watcher.engine.templates import check_rule_templates, render
 from watcher.errors import ConfigError, StoreError, UsageError, WatcherError
-from watcher.http import readiness
 from watcher.logs import REDACTOR, configure
 from watcher.model import (
     KNOWN_STATES,
@@ -52,8 +49,14 @@ from watcher.model import (
     NotifyType,
     OutboxStatus,
 )
-from watcher.notify import Notifier, check_url, mask_url
+from watcher.readiness import readiness
 from watcher.store import HistoryEntry, SourceStatus, Store
+
+if TYPE_CHECKING:
+    from watcher.notify import Notifier
+
+# aiohttp, apprise (watcher.notify) and the daemon are imported by the commands that use
+# them: `health`, the container's HEALTHCHECK, runs every minute and must stay cheap.
 
 EX_OK, EX_FAILURE, EX_USAGE, EX_TEMPFAIL, EX_CONFIG = 0, 1, 2, 75, 78
 DEFAULT_CONFIG = "config.yaml"
@@ -212,13 +215,20 @@ def _say(args: argparse.Namespace, message: str, *, exit_code: int | None = None
         print(f"metastudio-watcher: {message}", file=sys.stderr)
 
 
-def _load(args: argparse.Namespace) -> Config:
-    config = load_config(args.config, validate_url=check_url)
+def _load(args: argparse.Namespace, *, validate_urls: bool = True) -> Config:
+    validate = None
+    if validate_urls:
+        from watcher.notify import check_url
+
+        validate = check_url
+    config = load_config(args.config, validate_url=validate)
     REDACTOR.update(config.secrets)
     return config
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from watcher.notify import mask_url
+
     if args.json:
         return _check_json(args)
     config = _load(args)
@@ -247,6 +257,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def _check_json(args: argparse.Namespace) -> int:
     """`check --json`: {"ok": true, ...} or {"ok": false, "errors": [...]}, exit 0 or 78."""
+    from watcher.notify import mask_url
+
     try:
         config = _load(args)
         problems = template_problems(config)
@@ -326,6 +338,10 @@ def _open_for_daemon(config: Config) -> tuple[Store, Notifier]:
 
 
 def cmd_once(args: argparse.Namespace) -> int:
+    import aiohttp
+
+    from watcher.daemon import Watcher, session_timeout
+
     config = _load(args)
     store, notifier = _open_for_daemon(config)
 
@@ -368,6 +384,9 @@ def cmd_once(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from watcher.daemon import serve
+    from watcher.notify import check_url
+
     config = _load(args)
     store, notifier = _open_for_daemon(config)
     notifier.close()  # serve() builds its own, and a new one on every reload
@@ -399,6 +418,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _notifier(config: Config) -> Notifier:
+    from watcher.notify import Notifier
+
     return Notifier(config.channels, send_timeout=config.delivery.send_timeout.total_seconds())
 
 
@@ -737,7 +758,9 @@ def cmd_health(args: argparse.Namespace) -> int:
     Asks the daemon's /readyz when it serves one (its answer is the same rule, from memory);
     otherwise, or when it does not answer, reads the store, without the daemon's lock.
     """
-    config = _load(args)
+    # No URL validation here: it imports apprise (seconds of CPU at --cpus 0.1), and the
+    # daemon being checked validated its URLs when it loaded this config.
+    config = _load(args, validate_urls=False)
     if config.http_listen:
         verdict = _health_over_http(config.http_listen)
         if verdict is not None:
@@ -826,6 +849,8 @@ def cmd_test_notify(args: argparse.Namespace) -> int:
     if not names:
         print(f"metastudio-watcher: {args.config} defines no channels", file=sys.stderr)
         return EX_FAILURE
+    from watcher.notify import Notifier
+
     notifier = Notifier(
         {name: config.channels[name] for name in names},
         send_timeout=config.delivery.send_timeout.total_seconds(),
