@@ -384,10 +384,11 @@ def test_outbox_lists_dead_alerts_and_retry_all_sends_them(
         "CHANNEL",
         "ATTEMPTS",
         "NEXT TRY",
+        "HELD BY",
         "TITLE",
         "LAST ERROR",
     ]
-    assert columns(row)[1:5] == ["dead", "hook", "1", "-"]
+    assert columns(row)[1:6] == ["dead", "hook", "1", "-", "-"]
     assert f"FAILED: voice job {job['job_id']}" in row
     assert HOOK_TOKEN not in out
 

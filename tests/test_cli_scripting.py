@@ -7,9 +7,11 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from tests.receivers import json_url
 from tests.test_cli import HOOK_TOKEN, Servers, cli, restore_logging, servers
 from watcher.cli import EX_CONFIG, EX_FAILURE, EX_OK, EX_TEMPFAIL, EX_USAGE, build_parser
 from watcher.notify import mask_url
@@ -179,3 +181,44 @@ def test_health_imports_neither_apprise_nor_aiohttp(servers: Servers) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
     )
     assert result.stdout.split("\n")[-2] in ("1 ['jinja2.sandbox']", "1 []"), result.stdout
+
+
+def test_outbox_and_history_show_holds_with_their_end(
+    servers: Servers, capsys: pytest.CaptureFixture[str]
+) -> None:
+    now = datetime.now(UTC)
+    start, end = (now - timedelta(hours=1)), (now + timedelta(hours=2))
+    window = f"{start:%H:%M}-{end:%H:%M}"
+    config = servers.config(
+        extra_channels=(
+            f'  night:\n    urls: ["{json_url(servers.hook.base_url, "/night")}"]\n'
+            f'    quiet_hours: "{window}"\n'
+        ),
+        extra_rules="  - name: at-night\n    on: [FAILED]\n    notify: [night]\n",
+    )
+    job = servers.add_job(state="PROCESSING")
+    assert cli(capsys, "once", "-c", config)[0] == EX_OK
+    servers.set_state(job["job_id"], "FAILED")
+    assert cli(capsys, "once", "-c", config)[0] == EX_OK  # held is not undelivered
+    ends = end.replace(second=0, microsecond=0)
+
+    code, out, _ = cli(capsys, "outbox", "-c", config)
+    assert code == EX_OK
+    (row,) = [line for line in out.splitlines() if " night " in line]
+    assert f"quiet hours on channel night until {ends:%Y-%m-%d %H:%M}Z" in row
+    assert "  in 1h" in row or "  in 2h" in row  # NEXT TRY: when the window ends, not "now"
+    code, out, _ = cli(capsys, "outbox", "-c", config, "--json")
+    (item,) = json.loads(out)
+    assert item["held"] == {"until": ends.isoformat(), "reason": "quiet hours on channel night"}
+
+    code, out, _ = cli(capsys, "history", job["job_id"], "-c", config)
+    assert (
+        "at-night → night: pending, 0 attempts, held by quiet hours on channel night until "
+        f"{ends:%Y-%m-%d %H:%M}Z" in out
+    )
+    code, out, _ = cli(capsys, "history", job["job_id"], "-c", config, "--json")
+    alerts = [a for entry in json.loads(out) for a in entry["alerts"]]
+    assert {a["channel"]: a["held"] for a in alerts}["night"]["reason"] == (
+        "quiet hours on channel night"
+    )
+    assert {a["channel"]: a["held"] for a in alerts}["hook"] is None  # sent: no hold

@@ -34,6 +34,7 @@ from watcher.config import (
     parse_listen,
 )
 from watcher.engine.diff import format_duration
+from watcher.engine.holds import Hold, explain_holds
 from watcher.engine.noise import SILENCE_FIELDS
 from watcher.engine.rules import match
 from watcher.engine.templates import check_rule_templates, render
@@ -47,6 +48,7 @@ from watcher.model import (
     EventKind,
     Job,
     NotifyType,
+    OutboxItem,
     OutboxStatus,
 )
 from watcher.readiness import readiness
@@ -454,8 +456,10 @@ def cmd_outbox(args: argparse.Namespace) -> int:
         else:
             print(f"{count} alert(s) queued again")
         return EX_OK
+    now = datetime.now(UTC)
     with _open_reader(config) as store:
         items = store.list_outbox([OutboxStatus.PENDING, OutboxStatus.DEAD])
+        holds = _holds(config, store, [i for i in items if i.status is OutboxStatus.PENDING], now)
     rows: list[dict[str, Any]] = [
         {
             "id": i.id,
@@ -466,6 +470,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
             "rule": i.alert.rule,
             "attempts": i.attempts,
             "next_attempt_at": i.next_attempt_at.isoformat(),
+            "held": _hold_json(holds.get(i.id)),
             "last_error": i.last_error,
             "title": i.alert.title,
         }
@@ -477,22 +482,59 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     if not rows:
         print("outbox empty: nothing pending, nothing dead")
         return EX_OK
-    now = datetime.now(UTC)
     table = [
         [
             str(item.id),
             str(item.status),
             item.alert.channel,
             str(item.attempts),
-            _until(item.next_attempt_at, now) if item.status is OutboxStatus.PENDING else "-",
+            _next_try(item, holds.get(item.id), now),
+            _held_by(holds.get(item.id)),
             item.alert.title,
             item.last_error or "",
         ]
         for item in items
     ]
-    headers = ["ID", "STATUS", "CHANNEL", "ATTEMPTS", "NEXT TRY", "TITLE", "LAST ERROR"]
+    headers = ["ID", "STATUS", "CHANNEL", "ATTEMPTS", "NEXT TRY", "HELD BY", "TITLE", "LAST ERROR"]
     _print_table(headers, table)
     return EX_OK
+
+
+def _holds(
+    config: Config, store: Store, pending: list[OutboxItem], now: datetime
+) -> dict[int, Hold]:
+    """What holds each pending alert back, replayed from the store (see engine.holds)."""
+    if not pending:
+        return {}
+    recent: dict[str, list[datetime]] = {}
+    if any(p.max_per_minute for p in config.channel_policies.values()):
+        for sent in store.list_outbox([OutboxStatus.SENT]):
+            if sent.sent_at is not None and now - sent.sent_at < timedelta(minutes=1):
+                times = recent.setdefault(sent.alert.channel, [])
+                if sent.sent_at not in times:  # one message per send, however many alerts
+                    times.append(sent.sent_at)
+    return explain_holds(
+        pending,
+        now,
+        rules={r.name: r for r in config.rules},
+        policies=config.channel_policies,
+        silences=store.list_silences(active_at=now),
+        recent_sends=recent,
+    )
+
+
+def _hold_json(hold: Hold | None) -> dict[str, str] | None:
+    return None if hold is None else {"until": _iso(hold.until) or "", "reason": hold.reason}
+
+
+def _next_try(item: OutboxItem, hold: Hold | None, now: datetime) -> str:
+    if item.status is not OutboxStatus.PENDING:
+        return "-"
+    return _until(hold.until if hold is not None else item.next_attempt_at, now)
+
+
+def _held_by(hold: Hold | None) -> str:
+    return "-" if hold is None else f"{hold.reason} until {_minutes(hold.until)}"
 
 
 def cmd_route(args: argparse.Namespace) -> int:
@@ -674,11 +716,27 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 def cmd_history(args: argparse.Namespace) -> int:
     config = _load(args)
+    now = datetime.now(UTC)
     with _open_reader(config) as store:
         entries = store.job_history(args.job_id, args.source)
         tracked = [] if entries else store.list_jobs(args.source)
+        pending = [
+            item
+            for item in store.list_outbox([OutboxStatus.PENDING])
+            if item.alert.job_id == args.job_id
+            and (not args.source or item.alert.source == args.source)
+        ]
+        # Holds are decided over the whole outbox (rate limits and grouping span jobs), then
+        # keyed by (event, rule, channel), which is how the history names its alerts.
+        everything = store.list_outbox([OutboxStatus.PENDING]) if pending else []
+        holds = _holds(config, store, everything, now)
+        by_alert = {
+            (i.alert.event_key, i.alert.rule, i.alert.channel): holds[i.id]
+            for i in pending
+            if i.id in holds
+        }
     if args.json:
-        _print_json([_history_json(entry) for entry in entries])
+        _print_json([_history_json(entry, by_alert) for entry in entries])
     if not entries:
         current = [(source, job) for source, job in tracked if job.job_id == args.job_id]
         if not current:
@@ -721,13 +779,18 @@ def cmd_history(args: argparse.Namespace) -> int:
             )
             if alert.sent_at is not None:
                 line += f", sent {_minutes(alert.sent_at)}"
+            hold = by_alert.get((entry.event_key, alert.rule, alert.channel))
+            if hold is not None and alert.status is OutboxStatus.PENDING:
+                line += f", held by {_held_by(hold)}"
             if alert.last_error:
                 line += f", last error: {_clean(alert.last_error)}"
             print(line)
     return EX_OK
 
 
-def _history_json(entry: HistoryEntry) -> dict[str, Any]:
+def _history_json(
+    entry: HistoryEntry, holds: Mapping[tuple[str, str, str], Hold]
+) -> dict[str, Any]:
     return {
         "detected_at": _iso(entry.detected_at),
         "source": entry.source,
@@ -745,6 +808,9 @@ def _history_json(entry: HistoryEntry) -> dict[str, Any]:
                 "status": str(a.status),
                 "attempts": a.attempts,
                 "sent_at": _iso(a.sent_at),
+                "held": _hold_json(holds.get((entry.event_key, a.rule, a.channel)))
+                if a.status is OutboxStatus.PENDING
+                else None,
                 "last_error": a.last_error,
             }
             for a in entry.alerts
