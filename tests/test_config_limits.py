@@ -14,7 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from watcher.config import MAX_CONFIG_BYTES, load_config, load_config_text, storage_problem
+from watcher.config import (
+    MAX_CONFIG_BYTES,
+    _filesystem_type,
+    load_config,
+    load_config_text,
+    storage_problem,
+)
 from watcher.errors import ConfigError
 
 ENV = {"CLOUD_SDK_AK": "AKFROMENV", "CLOUD_SDK_SK": "SKFROMENV", "NL": "p\n1"}
@@ -233,8 +239,7 @@ def test_storage_that_cannot_be_a_sqlite_file(tmp_path: Path) -> None:
     locked = tmp_path / "locked"
     locked.mkdir()
     cases = {
-        "/dev/null": "/dev/null is under /dev, which cannot hold a SQLite database; use a file "
-        "path",
+        "/dev/null": "/dev/null is a device; storage must be a regular file path",
         "/proc/self/state.db": "/proc/self/state.db is under /proc, which cannot hold a SQLite "
         "database; use a file path",
         str(tmp_path): f"{tmp_path} is a directory; storage must be a regular file path",
@@ -248,6 +253,12 @@ def test_storage_that_cannot_be_a_sqlite_file(tmp_path: Path) -> None:
         text = BASE + f"storage: {storage}\n"
         assert error_of(text, tmp_path) == f"11: storage: {problem}"
     assert storage_problem(str(tmp_path / "new" / "dir" / "state.db")) is None
+    assert storage_problem("/dev/shm/state.db") is None  # a tmpfs: SQLite works there
+    if _filesystem_type("/dev") == "devtmpfs":
+        assert storage_problem("/dev/state.db") == (
+            "/dev is on a devtmpfs file system, which cannot hold a SQLite database; use a "
+            "file path"
+        )
     assert storage_problem(":memory:") is None
     if os.geteuid() != 0:  # root may write anywhere: the access check only binds others
         locked.chmod(0o500)
@@ -331,3 +342,34 @@ def test_run_refuses_bad_storage_with_78(storage: str, tmp_path: Path) -> None:
         assert result.returncode == 78, (command, result.stderr)
         assert f"{config}:11: storage: " in result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_an_unknown_job_type_filter_is_refused_with_a_suggestion(tmp_path: Path) -> None:
+    text = with_source("    filters:\n      job_type: BASICS\n")
+    assert error_of(text, tmp_path) == (
+        "6: sources[0].filters.job_type: unknown job type 'BASICS' (did you mean 'BASIC'?); "
+        "expected one of: BASIC, MIDDLE, ADVANCE, THIRD_PARTY, THIRD_PARTY_LJZN, FLEXUS"
+    )
+    config = load_config_text(
+        with_source("    filters:\n      job_type: FLEXUS\n"), str(tmp_path / "c.yaml"), ENV
+    )
+    assert config.sources[0].filters == (("job_type", "FLEXUS"),)
+
+
+def test_an_alias_bomb_is_refused_before_it_is_walked(tmp_path: Path) -> None:
+    """A few kB that expand to 10^9 values through aliases: refused in linear time."""
+    text = with_rule("    where:\n      a: &a [" + ", ".join(["x"] * 1000) + "]\n")
+    text += "".join(f"      f{i}: *a\n" for i in range(1000))
+    assert len(text) < 20_000
+    assert error_of(text, tmp_path) == (
+        "1: the configuration expands to 1002017 values through YAML aliases (*name); "
+        "at most 200000 are accepted"
+    )
+
+
+def test_a_few_aliases_are_fine(tmp_path: Path) -> None:
+    text = with_rule("    where:\n      voice_name: &v [shop-*, news-*]\n      tag: *v\n")
+    assert load_config_text(text, str(tmp_path / "c.yaml"), ENV).rules[0].where[1] == (
+        "tag",
+        ("shop-*", "news-*"),
+    )

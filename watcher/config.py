@@ -111,6 +111,8 @@ _RULE_KEYS = (
     "group_interval",
 )
 _CHANNEL_KEYS = ("urls", "max_per_minute", "quiet_hours", "timezone")
+# The list API's job_type values (API reference, ListVoiceTrainingJob).
+_JOB_TYPES = ("BASIC", "MIDDLE", "ADVANCE", "THIRD_PARTY", "THIRD_PARTY_LJZN", "FLEXUS")
 _QUIET_HOURS = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)-([01]?\d|2[0-3]):([0-5]\d)")
 _DELIVERY_KEYS = ("retry_initial", "retry_max", "give_up_after", "send_timeout")
 _HTTP_KEYS = ("listen",)
@@ -163,7 +165,32 @@ _NUMBER_RANGES: Mapping[str, tuple[float, float]] = {
 # control character makes every request or send fail, forever.
 _MULTILINE_KEYS = frozenset({"title", "body"})
 MAX_CONFIG_BYTES = 1024 * 1024
-_STORAGE_REFUSED_TREES = ("/proc", "/sys", "/dev")
+# Far more than any real config (a rule set of thousands of lines has a few thousand values),
+# far less than an alias bomb: beyond this the reader would take minutes and gigabytes.
+MAX_CONFIG_VALUES = 200_000
+_STORAGE_REFUSED_TREES = ("/proc", "/sys")
+# File systems that cannot hold a database file (devtmpfs is /dev; /dev/shm is a tmpfs, fine).
+_STORAGE_REFUSED_FS = frozenset(
+    {
+        "proc",
+        "sysfs",
+        "devtmpfs",
+        "devpts",
+        "cgroup",
+        "cgroup2",
+        "debugfs",
+        "tracefs",
+        "securityfs",
+        "configfs",
+        "pstore",
+        "bpf",
+        "mqueue",
+        "fusectl",
+        "binfmt_misc",
+        "autofs",
+        "efivarfs",
+    }
+)
 _LISTEN = re.compile(r"(?:\[(?P<ipv6>[^\]]*)\]|(?P<host>[^\[\]:]*)):(?P<port>[^:]*)")
 
 
@@ -320,10 +347,38 @@ def storage_problem(path: str) -> str | None:
         if parent == directory:
             break
         directory = parent
+    fs_type = _filesystem_type(directory)
+    if fs_type in _STORAGE_REFUSED_FS:
+        return (
+            f"{directory} is on a {fs_type} file system, which cannot hold a SQLite database; "
+            "use a file path"
+        )
     if directory == os.path.dirname(full) and not os.access(directory, os.W_OK | os.X_OK):
         # SQLite writes a journal next to the file: the directory itself must be writable.
         return f"the directory {directory} is not writable by this user; fix it or move storage"
     return None
+
+
+def _filesystem_type(directory: str) -> str | None:
+    """The type of the file system `directory` is on, from /proc/self/mountinfo (None when
+    that cannot be read, e.g. under systemd's ProcSubset=pid)."""
+    try:
+        real = os.path.realpath(directory)
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mounts:
+            rows = mounts.read().splitlines()
+    except OSError:
+        return None
+    best, best_type = "", None
+    for row in rows:
+        fields, sep, rest = row.partition(" - ")
+        parts = fields.split()
+        if not sep or len(parts) < 5 or not rest:
+            continue
+        point = parts[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, best_type = point, rest.split()[0]
+    return best_type
 
 
 def _first_file_ancestor(full: str) -> str:
@@ -357,6 +412,17 @@ def load_config_text(
     if document is None:
         raise ConfigError(
             "the configuration is empty: expected a mapping with at least 'sources'",
+            file=path,
+            line=1,
+        )
+    try:
+        expanded = _expanded_size(document, {})
+    except RecursionError:
+        raise ConfigError("invalid YAML: nested too deeply", file=path, line=1) from None
+    if expanded > MAX_CONFIG_VALUES:
+        raise ConfigError(
+            f"the configuration expands to {expanded} values through YAML aliases (*name); "
+            f"at most {MAX_CONFIG_VALUES} are accepted",
             file=path,
             line=1,
         )
@@ -534,6 +600,19 @@ def _parse_yaml(text: str, path: str) -> Any:
     finally:
         if loader is not None:
             loader.dispose()
+
+
+def _expanded_size(value: Any, memo: dict[int, int]) -> int:
+    """How many values the document holds once every alias is expanded (linear time: a shared
+    node is measured once). An alias bomb fits in a few kB and expands to billions."""
+    if not isinstance(value, _Map | _Seq):
+        return 1
+    if id(value) in memo:
+        return memo[id(value)]
+    memo[id(value)] = 1  # a recursive alias counts once; the reader refuses it later anyway
+    children = value.values() if isinstance(value, _Map) else value
+    memo[id(value)] = 1 + sum(_expanded_size(child, memo) for child in children)
+    return memo[id(value)]
 
 
 def _child(path: str, key: str) -> str:
@@ -1167,6 +1246,10 @@ class _Reader:
                 items = self.texts(raw, key_path, "a state or a list of states")
                 states = [self.state(text, item_path) for text, item_path in items]
                 out.append((key, ",".join(states)))
+            elif key == "job_type":
+                # An unknown type filters every job out: the watcher would poll, see nothing
+                # and never alert.
+                out.append((key, self.choice(raw, key_path, _JOB_TYPES, "job type")))
             else:
                 out.append((key, self.nonempty(raw, key_path).value))
         return tuple(out)

@@ -65,8 +65,14 @@ class Redactor:
         self, logger: Any, method: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
         for key, value in list(event_dict.items()):
-            event_dict[key] = self.redact_value(value)
+            if key not in _NOT_SECRET_KEYS:
+                event_dict[key] = self.redact_value(value)
         return event_dict
+
+
+# Set by the logging chain itself, never from data: a secret that happens to be a common word
+# ("watcher") must not garble which module logged.
+_NOT_SECRET_KEYS = frozenset({"logger", "level", "timestamp"})
 
 
 REDACTOR = Redactor()
@@ -198,6 +204,8 @@ def configure(*, level: str = "info", fmt: str | None = None, stream: TextIO | N
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)
+    # Off and on again: re-installs the hook even if something replaced showwarning since.
+    logging.captureWarnings(False)
     logging.captureWarnings(True)
     # apprise says "Sent JSON POST notification." at INFO for every send, which our own
     # alert_sent line already says with more context: keep its chatter for --log-level debug.
