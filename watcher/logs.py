@@ -138,15 +138,16 @@ def stream_is_journal(stream: TextIO, environ: Mapping[str, str] | None = None) 
 
 
 class _Formatter(structlog.stdlib.ProcessorFormatter):
-    """Every record, ours or a library's, rendered by one chain; secrets masked in the text
-    too; with `journal`, each line led by its sd-daemon priority."""
+    """Every record, ours or a library's, rendered by one chain (REDACTOR in it masks every
+    value, a library's message included); with `journal`, each line led by its sd-daemon
+    priority."""
 
     def __init__(self, *, journal: bool, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._journal = journal
 
     def format(self, record: logging.LogRecord) -> str:
-        text = REDACTOR.redact(super().format(record))
+        text = super().format(record)
         if not self._journal:
             return text
         prefix = f"<{journal_priority(record.levelno)}>"
