@@ -51,7 +51,7 @@ bench: $(VENV)/.installed
 # --- dependency floors, Python versions, the lock ---------------------------------------------
 # The declared minimum versions (pyproject's >= bounds, made ==), installed on the oldest
 # supported Python; rebuilt only when pyproject.toml changes.
-MIN_PYTHON ?= python3.11
+MIN_PYTHON ?= $(or $(call find_python,3.11),python3.11)
 MIN_VENV   := .venv-min
 $(MIN_VENV)/.installed: pyproject.toml .ci/min_requirements.py
 	rm -rf $(MIN_VENV)
