@@ -10,8 +10,8 @@
 #     --build-arg BASE_IMAGE=registry.example.cn/library/python:3.12.11-slim-bookworm \
 #     --build-arg PIP_INDEX_URL=https://mirrors.example.cn/pypi/simple .
 #
-# BASE_IMAGE needs python3 with venv and pip (the builder uses pip; the
-# runtime stage removes it). Dependencies are exactly requirements.lock
+# BASE_IMAGE needs python3 with venv and pip >= 22.3 (the builder uses
+# `pip --python`; the runtime stage removes pip), plus useradd. Dependencies are exactly requirements.lock
 # (`make lock` refreshes it).
 #
 # Run (read-only root filesystem, config and credentials root-owned, mode 0640):

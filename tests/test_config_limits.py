@@ -373,3 +373,23 @@ def test_a_few_aliases_are_fine(tmp_path: Path) -> None:
         "tag",
         ("shop-*", "news-*"),
     )
+
+
+def test_root_group_readable_config_is_not_a_warning(tmp_path: Path) -> None:
+    """root:root 0640 is the container recipe (the process runs in group 0)."""
+    from watcher.config import config_warnings
+
+    path = tmp_path / "c.yaml"
+    path.write_text(BASE)
+    path.chmod(0o640)
+    expected = (
+        []
+        if path.stat().st_gid == 0
+        else [
+            f"{path} is readable by other users (mode 0640) and may hold credentials: "
+            f"run chmod 600 {path}"
+        ]
+    )
+    assert config_warnings(str(path)) == expected
+    path.chmod(0o644)
+    assert len(config_warnings(str(path))) == 1

@@ -442,10 +442,13 @@ def load_config_text(
 def config_warnings(path: str) -> list[str]:
     """Things worth telling the operator about the file itself (not errors): loose permissions."""
     try:
-        mode = os.stat(path).st_mode
+        info = os.stat(path)
     except OSError:
         return []  # load_config reports an unreadable file
-    if mode & (stat.S_IRGRP | stat.S_IROTH):
+    mode = info.st_mode
+    # Group root may read: root:root 0640 is how a container (running in group 0) reads a
+    # root-owned file, and on a host group 0 holds root alone.
+    if mode & stat.S_IROTH or (mode & stat.S_IRGRP and info.st_gid != 0):
         return [
             f"{path} is readable by other users (mode {stat.S_IMODE(mode):04o}) and may hold "
             f"credentials: run chmod 600 {path}"
