@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit bench soak clean lock min-deps pythons install nspawn
+.PHONY: demo test lint typecheck unit bench bench-web soak clean lock min-deps pythons install nspawn
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ soak: $(VENV)/.installed-test
 # Polling cost, full scans against incremental cycles (10k and 100k jobs): prints a table.
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_polling.py
+
+# Status page and API latency with 100k jobs and 1M events in the store: prints a table.
+bench-web: $(VENV)/.installed
+	$(BIN)/python benchmarks/bench_status_page.py
 
 # --- dependency floors, Python versions, the lock ---------------------------------------------
 # The declared minimum versions (pyproject's >= bounds, made ==), installed on the oldest

@@ -7,6 +7,7 @@ in a SQLite file. The tests assert on what arrived.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from tests.receivers import SmtpReceiver, WebhookReceiver, json_url, mailto_url
 from watcher.config import load_config_text
 from watcher.daemon import Watcher
 from watcher.metastudio.client import RetryPolicy
-from watcher.model import Config, OutboxStatus
+from watcher.model import Config, Event, EventKind, OutboxStatus
 from watcher.notify import Notifier, check_url
 from watcher.simulator.app import create_app
 from watcher.simulator.runner import serve_app
@@ -77,6 +78,7 @@ class World:
             notifier,
             self.session,
             clock=lambda: self.now,
+            monotonic=lambda: self.now.timestamp(),  # the test's time moves both clocks
             rng=random.Random(1),
             retry=FAST,
         )
@@ -370,3 +372,24 @@ async def test_a_poll_that_outlives_its_deadline_is_abandoned_without_committing
     await watcher.once()  # the change is still found, once
     await world.hook.wait_for(1)
     assert titles(world) == [f"FAILED: voice job {job['job_id']} ({job['voice_name']})"]
+
+
+async def test_a_running_watcher_prunes_history_past_retention(world: World) -> None:
+    watcher = world.watcher()
+    old = Event(EventKind.SOURCE_UNHEALTHY, "prod", world.now - timedelta(days=31), "long ago")
+    recent = Event(EventKind.SOURCE_UNHEALTHY, "prod", world.now - timedelta(days=29), "lately")
+    watcher.store.commit_events("prod", [old, recent], [], now=world.now, tracking={})
+    stop = asyncio.Event()
+    running = asyncio.create_task(watcher.run(stop))
+
+    def kept() -> list[str]:
+        rows = watcher.store._query_all("read", "SELECT reason FROM events ORDER BY id")
+        return [row[0] for row in rows]
+
+    for _ in range(100):
+        if "long ago" not in kept():
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    await running
+    assert kept()[:1] == ["lately"]  # 30 days by default; newer events stay

@@ -217,7 +217,28 @@ def test_services_get_bounded_sockets_no_retry_and_split_overflow() -> None:
     assert ops.overflow_mode == "split"
     assert "cto=7" in ops.url() and "rto=7" in ops.url()
     assert sms.overflow_mode == "truncate"  # an explicit choice in the URL wins
-    assert sms.socket_read_timeout == 4  # apprise's default is already below send_timeout
+    # send_timeout is the read timeout, not apprise's 4 s default; connect keeps its 4 s.
+    assert (sms.socket_connect_timeout, sms.socket_read_timeout) == (4, 7)
+
+
+async def test_a_webhook_slower_than_apprise_default_is_delivered_once(
+    webhook: WebhookReceiver,
+) -> None:
+    # 6 s to answer, send_timeout 10 s: apprise's own 4 s read timeout would fail it, and the
+    # outbox would send it again although it had arrived.
+    n = notifier(send_timeout=10.0, ops=json_url(webhook.base_url))
+    webhook.hang_next(1, seconds=6.0)
+    started = time.monotonic()
+    try:
+        result = await send(n)
+    finally:
+        n.close()
+
+    assert result.ok, result.error
+    assert time.monotonic() - started >= 6.0
+    assert len(webhook.requests) == 1
+    assert [r.answered for r in webhook.requests] == [200]
+    assert len(webhook.received) == 1
 
 
 # --- URL checks and masking ----------------------------------------------------------------

@@ -312,3 +312,142 @@ def test_run_speaks_sd_notify_ready_status_watchdog_and_stopping(
     daemon.signal(signal.SIGTERM)
     receive_until(lambda: "STOPPING=1" in fields(), "STOPPING=1", 10)
     assert daemon.proc.wait(10) == 0
+
+
+ONE_PER_JOB_RULE = "  - name: done\n    on: [SUCCEED]\n    notify: [hook]\n    group_by: [job_id]\n"
+
+
+def test_a_storm_of_sighups_during_delivery_loses_nothing_and_doubles_nothing(
+    servers: Servers, daemons: list[Daemon]
+) -> None:
+    # One message per job, each taking 0.3 s to be answered: sends are in flight while
+    # 50 reloads arrive. A reload used to cancel the send apprise then completed anyway,
+    # and the new configuration sent it again.
+    config = servers.config(interval="5s", extra_rules=ONE_PER_JOB_RULE)
+    jobs = [servers.add_job(state="AUDITING")["job_id"] for _ in range(20)]
+    daemon = Daemon(config, child_env())
+    daemons.append(daemon)
+    daemon.wait_log("poll_finished")
+    servers.loop.call(servers.hook.hang_next, 1000, 0.3)
+    for job_id in jobs:
+        servers.set_state(job_id, "SUCCEED")
+    wait_for("the first send in flight", lambda: len(servers.hook.requests) >= 1, SEEN_WITHIN)
+    for _ in range(50):
+        daemon.signal(signal.SIGHUP)
+        time.sleep(0.05)
+    daemon.wait_log("config_reloaded")
+    wait_for("every alert", lambda: len(servers.hook.received) >= len(jobs), 60)
+    # Let any late duplicate arrive before counting.
+    with Store.open(str(servers.storage)) as store:
+        wait_for(
+            "an empty outbox", lambda: not store.list_outbox([OutboxStatus.PENDING]), SEEN_WITHIN
+        )
+    time.sleep(1.0)
+    titles = alert_titles(servers)
+    assert sorted(titles) == sorted(set(titles))  # 0 duplicates
+    assert sorted(t.split()[3] for t in titles) == sorted(jobs)  # and none lost
+    assert len(daemon.events("config_reloaded")) >= 2
+    assert daemon.stop() == 0
+
+
+def run_cli(config: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "watcher", *argv, "-c", config],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_one_daemon_per_state_file_whatever_the_path_and_after_it_is_deleted(
+    servers: Servers, daemons: list[Daemon]
+) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    config = servers.config(interval="5s", extra=f"http:\n  listen: 127.0.0.1:{port}\n")
+    daemon = Daemon(config, child_env())
+    daemons.append(daemon)
+    daemon.wait_log("poll_finished")
+
+    # A second watcher whose storage is a symlink to the same file is refused.
+    link = servers.tmp_path / "alias" / "link.db"
+    link.parent.mkdir()
+    link.symlink_to(servers.storage)
+    aliased = servers.config("aliased.yaml", interval="5s")
+    Path(aliased).write_text(Path(aliased).read_text().replace(str(servers.storage), str(link)))
+    refused = run_cli(aliased, "once")
+    assert refused.returncode != 0
+    assert f"already using {link} (pid {daemon.proc.pid})" in refused.stderr
+
+    # The state directory vanishes under the running daemon: logged, /readyz 503, `status`
+    # names the daemon, and the path is still no door for a second one.
+    state_dir = servers.tmp_path / "state"
+    state_dir.mkdir()
+    moved = servers.storage.rename(state_dir / "state.db")  # the file is gone from its path
+    lost = daemon.wait_log("state_file_lost", within=10)
+    assert lost["error"] == f"{servers.storage}: the state file was deleted under the daemon"
+    code, body = http_get(f"{base}/readyz")
+    assert code == 503
+    assert json.loads(body)["reason"] == lost["error"]
+    status = run_cli(config, "status")
+    assert status.returncode != 0
+    assert f"a watcher (pid {daemon.proc.pid}) still runs on it" in status.stderr
+    health = run_cli(config, "health")
+    assert health.returncode == 1
+    assert f"unhealthy: {lost['error']} (daemon at {base}/readyz)" in health.stderr
+    second = run_cli(config, "once")
+    assert f"already using {servers.storage} (pid {daemon.proc.pid})" in second.stderr
+    assert not servers.storage.exists()  # the refused one created nothing
+    daemon.assert_running()
+    assert daemon.stop() == 0
+    assert moved.exists()
+
+
+LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+
+
+@pytest.mark.skipif(not LIBFAKETIME.exists(), reason="libfaketime is not installed (apt faketime)")
+def test_retries_survive_wall_clock_steps_back_and_forward(
+    servers: Servers, daemons: list[Daemon]
+) -> None:
+    # The daemon's wall clock is libfaketime's, moved by rewriting a file; its monotonic
+    # clock stays real, as a kernel's does when NTP or an operator steps the time.
+    offset = servers.tmp_path / "faketime"
+    offset.write_text("+0\n")
+    env = child_env(
+        LD_PRELOAD=str(LIBFAKETIME),
+        FAKETIME_TIMESTAMP_FILE=str(offset),
+        FAKETIME_NO_CACHE="1",
+        FAKETIME_DONT_FAKE_MONOTONIC="1",
+    )
+    config = servers.config(interval="5s", retry_initial="1s", retry_max="2s", give_up_after="1h")
+    first, second = (servers.add_job(state="AUDITING")["job_id"] for _ in range(2))
+    daemon = Daemon(config, env)
+    daemons.append(daemon)
+    daemon.wait_log("poll_finished")
+
+    # Back ten minutes while an alert is backing off: it goes as soon as its backoff is over,
+    # not ten minutes later. (The simulator tolerates 15 minutes of signature skew.)
+    servers.hook.refuse = True
+    servers.set_state(first, "AUDIT_FAILED")
+    daemon.wait_log("alert_send_failed")
+    offset.write_text("-10m\n")
+    servers.hook.refuse = False
+    wait_for("the retried alert", lambda: len(servers.hook.received) >= 1, 10)
+    assert alert_titles(servers)[0].startswith(f"AUDIT_FAILED: voice job {first}")
+
+    # Forward 25 hours, past give_up_after (1h), while another alert is backing off: it is
+    # retried and delivered, not dead-lettered (it has been tried for seconds, not a day).
+    servers.hook.refuse = True
+    servers.set_state(second, "AUDIT_FAILED")
+    failed = len(daemon.events("alert_send_failed"))
+    daemon.wait_log("alert_send_failed", count=failed + 1)
+    offset.write_text("+25h\n")
+    daemon.wait_log("alert_send_failed", count=failed + 2, within=10)
+    servers.hook.refuse = False
+    wait_for("the second alert", lambda: len(servers.hook.received) >= 2, 10)
+    assert alert_titles(servers)[1].startswith(f"AUDIT_FAILED: voice job {second}")
+    assert daemon.events("alert_dead_lettered") == []
+    assert daemon.stop() == 0

@@ -27,6 +27,7 @@ from watcher.model import (
     Job,
     NotifyType,
     OutboxStatus,
+    SentMessage,
     Snapshot,
 )
 from watcher.store import SCHEMA_VERSION, Store
@@ -240,58 +241,46 @@ def queue(store: Store, *jobs_states: tuple[str, str], channel: str = "ops") -> 
     return [item.id for item in store.list_outbox([OutboxStatus.PENDING])]
 
 
-def test_due_alerts_come_in_detection_order(store: Store) -> None:
+def test_pending_alerts_come_in_detection_order(store: Store) -> None:
     ids = queue(store, ("a", "WAITING"), ("b", "WAITING"), ("a", "PROCESSING"), ("a", "SUCCEED"))
 
-    due = store.due_alerts(T0 + timedelta(minutes=1))
+    pending = store.list_outbox([OutboxStatus.PENDING])
 
-    assert [item.id for item in due] == ids
-    assert [item.alert.title.split(":")[0] for item in due] == ["a", "b", "a", "a"]
-    assert [item.id for item in store.due_alerts(T0 + timedelta(minutes=1), limit=2)] == ids[:2]
-
-
-def test_new_alert_is_due_at_creation_not_before(store: Store) -> None:
-    queue(store, ("a", "SUCCEED"))
-
-    assert store.due_alerts(T0 - timedelta(seconds=1)) == []
-    assert len(store.due_alerts(T0)) == 1
+    assert [item.id for item in pending] == ids == sorted(ids)
+    assert [item.alert.title.split(":")[0] for item in pending] == ["a", "b", "a", "a"]
+    # A new alert is due at its creation (per-job order and retries: engine/pipeline.py).
+    assert [item.next_attempt_at for item in pending] == [
+        T0 + timedelta(seconds=n) for n in range(4)
+    ]
 
 
-def test_failed_alert_backs_off_with_attempts_and_error(store: Store) -> None:
+def test_failed_alert_backs_off_with_attempts_error_delay_and_time_spent(store: Store) -> None:
     (item_id,) = queue(store, ("a", "SUCCEED"))
     retry_at = T0 + timedelta(seconds=30)
 
-    store.mark_failed(item_id, T0, "channel 'ops': delivery failed", retry_at)
+    store.mark_failed(item_id, T0, "channel 'ops': delivery failed", retry_at, retry_delay=30.0)
 
-    assert store.due_alerts(T0 + timedelta(seconds=29)) == []
-    (item,) = store.due_alerts(retry_at)
+    (item,) = store.list_outbox([OutboxStatus.PENDING])
     assert (item.attempts, item.last_error, item.next_attempt_at) == (
         1,
         "channel 'ops': delivery failed",
         retry_at,
     )
-    store.mark_failed(item_id, retry_at, "again", retry_at + timedelta(minutes=1))
-    assert store.list_outbox([OutboxStatus.PENDING])[0].attempts == 2
-
-
-def test_later_alert_about_a_job_waits_for_an_earlier_one_backing_off(store: Store) -> None:
-    first, other_job, second = queue(store, ("a", "PROCESSING"), ("b", "FAILED"), ("a", "SUCCEED"))
-    store.mark_failed(first, T0, "down", T0 + timedelta(minutes=5))
-
-    due = store.due_alerts(T0 + timedelta(minutes=1))
-
-    assert [item.id for item in due] == [other_job]
-    later = store.due_alerts(T0 + timedelta(minutes=5))
-    assert [item.id for item in later] == [first, other_job, second]
+    assert (item.retry_delay, item.elapsed) == (30.0, 0.0)
+    store.mark_failed(
+        item_id, retry_at, "again", retry_at + timedelta(minutes=1), retry_delay=60, elapsed=31.5
+    )
+    (item,) = store.list_outbox([OutboxStatus.PENDING])
+    assert (item.attempts, item.retry_delay, item.elapsed) == (2, 60.0, 31.5)
 
 
 def test_sent_alert_is_never_due_again(store: Store) -> None:
     (item_id,) = queue(store, ("a", "SUCCEED"))
     sent_at = T0 + timedelta(seconds=3)
 
-    store.mark_sent(item_id, sent_at)
+    store.mark_sent_many([item_id], sent_at)
 
-    assert store.due_alerts(T0 + timedelta(days=1)) == []
+    assert store.list_outbox([OutboxStatus.PENDING]) == []
     (item,) = store.list_outbox([OutboxStatus.SENT])
     assert (item.status, item.sent_at, item.attempts) == (OutboxStatus.SENT, sent_at, 1)
 
@@ -299,11 +288,11 @@ def test_sent_alert_is_never_due_again(store: Store) -> None:
 def test_dead_alerts_stay_until_retried(store: Store) -> None:
     a, b, c = queue(store, ("a", "SUCCEED"), ("b", "SUCCEED"), ("c", "SUCCEED"))
     for item_id in (a, b, c):
-        store.mark_failed(item_id, T0, "down", T0)
+        store.mark_failed(item_id, T0, "down", T0, retry_delay=1.0, elapsed=5.0)
         store.mark_dead(item_id, T0, "gave up after 24h")
     later = T0 + timedelta(hours=1)
 
-    assert store.due_alerts(later) == []
+    assert store.list_outbox([OutboxStatus.PENDING]) == []
     assert store.outbox_counts() == {
         OutboxStatus.PENDING: 0,
         OutboxStatus.SENT: 0,
@@ -313,38 +302,65 @@ def test_dead_alerts_stay_until_retried(store: Store) -> None:
     assert store.list_outbox([OutboxStatus.DEAD])[0].attempts == 2
 
     assert store.retry_dead(b, later) == 1
-    (revived,) = store.due_alerts(later)
+    (revived,) = store.list_outbox([OutboxStatus.PENDING])
     assert (revived.id, revived.attempts, revived.last_error) == (b, 0, "gave up after 24h")
+    # A fresh start: due now, no backoff, no time spent trying.
+    assert (revived.next_attempt_at, revived.retry_delay, revived.elapsed) == (later, None, 0)
 
     assert store.retry_dead(None, later) == 2
     assert store.retry_dead(None, later) == 0
-    assert [i.id for i in store.due_alerts(later)] == [a, b, c]
+    assert [i.id for i in store.list_outbox([OutboxStatus.PENDING])] == [a, b, c]
 
 
 def test_marking_an_unknown_item_is_an_error(store: Store) -> None:
     with pytest.raises(StoreError, match="outbox item 42 does not exist"):
-        store.mark_sent(42, T0)
+        store.mark_failed(42, T0, "down", T0)
 
 
 def test_list_outbox_filters_by_status(store: Store) -> None:
     a, b = queue(store, ("a", "SUCCEED"), ("b", "SUCCEED"))
-    store.mark_sent(a, T0)
+    store.mark_sent_many([a], T0)
 
     assert [i.id for i in store.list_outbox([OutboxStatus.SENT, OutboxStatus.PENDING])] == [a, b]
     assert store.list_outbox([]) == []
 
 
-def test_prune_forgets_old_events_and_sent_alerts_but_keeps_dead_ones(store: Store) -> None:
-    old_sent, old_dead, recent = queue(store, ("a", "SUCCEED"), ("b", "FAILED"), ("c", "SUCCEED"))
-    store.mark_sent(old_sent, T0)
+def test_prune_forgets_old_history_but_never_a_pending_alert(store: Store) -> None:
+    old_sent, old_dead, old_pending, recent = queue(
+        store, ("a", "SUCCEED"), ("b", "FAILED"), ("d", "FAILED"), ("c", "SUCCEED")
+    )
+    store.mark_sent_many([old_sent], T0, channel="ops", group_keys=["k"])
     store.mark_dead(old_dead, T0, "gave up")
-    cutoff = T0 + timedelta(seconds=2)  # after the first two events, before the third
+    cutoff = T0 + timedelta(seconds=3)  # after the first three events, before the fourth
 
-    assert store.prune(cutoff) == 3  # two events, one sent alert
+    # Three events, a sent and a dead alert, one send-log row.
+    assert store.prune(cutoff) == 6
+    assert store.prune(cutoff) == 0
 
-    assert [i.id for i in store.list_outbox(list(OutboxStatus))] == [old_dead, recent]
+    assert [i.id for i in store.list_outbox(list(OutboxStatus))] == [old_pending, recent]
+    assert store.send_log(T0 - timedelta(days=1)) == []
     assert store.job_history("a") == []
     assert len(store.job_history("c")) == 1
+
+
+def test_prune_goes_in_batches(store: Store) -> None:
+    queue(store, *((f"j{n}", "SUCCEED") for n in range(7)))
+    cutoff = T0 + timedelta(days=1)
+    assert [store.prune(cutoff, batch=3) for _ in range(4)] == [3, 3, 1, 0]
+
+
+def test_send_log_keeps_each_message_with_its_channel_and_group_keys(store: Store) -> None:
+    a, b, c = queue(store, ("a", "SUCCEED"), ("b", "SUCCEED"), ("c", "SUCCEED"))
+    store.mark_sent_many([a, b], T0, channel="ops", group_keys=["g1", "g2"])
+    store.mark_sent_many([c], T0 + timedelta(seconds=30), channel="mail", group_keys=["g3"])
+
+    assert store.send_log(T0) == [
+        SentMessage("ops", ("g1", "g2"), T0),
+        SentMessage("mail", ("g3",), T0 + timedelta(seconds=30)),
+    ]
+    assert store.send_log(T0 + timedelta(seconds=1)) == [
+        SentMessage("mail", ("g3",), T0 + timedelta(seconds=30))
+    ]
 
 
 # --- sources and history -------------------------------------------------------------------
@@ -382,7 +398,7 @@ def test_job_history_links_events_to_their_alerts(store: Store) -> None:
     ev2 = event(j2, "PROCESSING", at=t1)
     store.commit_cycle("cn", snapshot(j2), [ev2], [alert(ev2, "ops"), alert(ev2, "mail")], now=t1)
     ops_item = store.list_outbox([OutboxStatus.PENDING])[1]
-    store.mark_sent(ops_item.id, t1)
+    store.mark_sent_many([ops_item.id], t1)
 
     first, second = store.job_history("a")
 
@@ -433,11 +449,11 @@ def test_source_event_without_job_is_recorded(store: Store) -> None:
 def test_reopened_store_continues_where_it_stopped(db_path: str) -> None:
     with Store.open(db_path) as s:
         (a, b) = queue(s, ("a", "PROCESSING"), ("b", "SUCCEED"))
-        s.mark_sent(a, T0)
+        s.mark_sent_many([a], T0)
     with Store.open(db_path) as s:
         assert s.has_baseline("cn")
         assert s.load_jobs("cn") == {"b": job("b", "SUCCEED")}
-        assert [i.id for i in s.due_alerts(T0 + timedelta(minutes=1))] == [b]
+        assert [i.id for i in s.list_outbox([OutboxStatus.PENDING])] == [b]
         # Re-detecting the already queued change after a restart queues nothing new.
         j = job("b", "SUCCEED")
         ev = event(j, at=T0 + timedelta(seconds=1))
@@ -578,10 +594,10 @@ def test_v1_file_is_upgraded_keeping_its_data(tmp_path: Path) -> None:
     conn.close()
 
     with Store.open(str(path)) as s:
-        assert s.schema_version == SCHEMA_VERSION == 4
+        assert s.schema_version == SCHEMA_VERSION == len(store_module._MIGRATIONS)
         indexes = {row[0] for row in s._conn.execute("SELECT name FROM sqlite_master")}
         assert {"events_by_job", "outbox_by_event", "outbox_by_job"} <= indexes
-        (item,) = s.due_alerts(T0)
+        (item,) = s.list_outbox([OutboxStatus.PENDING])
         assert item.alert.title == "t"
         # v3 backfills queued_at so give_up_after still has a start for old alerts.
         assert item.queued_at == T0
@@ -679,9 +695,9 @@ def test_silenced_alert_is_recorded_and_never_due(tmp_path: Path) -> None:
     with Store.open(str(tmp_path / "s.db")) as s:
         a = alert(event(job("a1")))
         s.commit_cycle("cn", Snapshot("cn", T0, {}), [], [a], now=T0)
-        (item,) = s.due_alerts(T0)
+        (item,) = s.list_outbox([OutboxStatus.PENDING])
         s.mark_silenced(item.id, 7, T0)
-        assert s.due_alerts(T0 + timedelta(hours=1)) == []
+        assert s.list_outbox([OutboxStatus.PENDING]) == []
         assert s.outbox_counts()[OutboxStatus.SILENCED] == 1
 
 
@@ -701,9 +717,9 @@ def test_one_message_marks_all_its_alerts_sent_at_once(tmp_path: Path) -> None:
     with Store.open(str(tmp_path / "s.db")) as s:
         alerts = [alert(event(job(f"m{n}"))) for n in range(3)]
         s.commit_cycle("cn", Snapshot("cn", T0, {}), [], alerts, now=T0)
-        s.mark_sent_many([i.id for i in s.due_alerts(T0)], T0)
+        s.mark_sent_many([i.id for i in s.list_outbox([OutboxStatus.PENDING])], T0)
         assert s.outbox_counts()[OutboxStatus.SENT] == 3
-        assert s.due_alerts(T0) == []
+        assert s.list_outbox([OutboxStatus.PENDING]) == []
 
 
 def test_delta_commit_writes_only_what_changed_and_matches_a_full_commit(tmp_path: Path) -> None:

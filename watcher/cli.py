@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from watcher import __version__
+from watcher import __version__, statelock
 from watcher.config import (
     config_warnings,
     describe_credentials,
@@ -36,6 +36,7 @@ from watcher.config import (
 from watcher.engine.diff import format_duration
 from watcher.engine.holds import Hold, explain_holds
 from watcher.engine.noise import SILENCE_FIELDS
+from watcher.engine.pipeline import RATE_WINDOW
 from watcher.engine.rules import match
 from watcher.engine.templates import check_rule_templates, render
 from watcher.errors import ConfigError, StoreError, UsageError, WatcherError
@@ -253,7 +254,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"  rules: {len(config.rules)} ({', '.join(r.name for r in config.rules)})")
     print(f"  storage: {config.storage}")
     if config.http_listen:
-        print(f"  http: /healthz /readyz /metrics on {config.http_listen}")
+        print(f"  http: status page, /api/v1, /healthz /readyz /metrics on {config.http_listen}")
+        print(f"  http auth: {_http_auth_text(config)}")
     return EX_OK
 
 
@@ -314,6 +316,17 @@ def _config_error_json(err: ConfigError) -> dict[str, Any]:
         "problem": REDACTOR.redact(err.problem),
         "message": REDACTOR.redact(err.message),
     }
+
+
+def _http_auth_text(config: Config) -> str:
+    """What protects the page, for `check` (never the token or the hash)."""
+    auth = config.http_auth
+    if auth is None:
+        return "none (loopback only)"
+    parts = ["bearer token"] if auth.token else []
+    if auth.basic_user:
+        parts.append(f"basic user {auth.basic_user}")
+    return ", ".join(parts) + "; /healthz and /readyz stay open"
 
 
 def template_problems(config: Config) -> list[ConfigError]:
@@ -506,20 +519,14 @@ def _holds(
     """What holds each pending alert back, replayed from the store (see engine.holds)."""
     if not pending:
         return {}
-    recent: dict[str, list[datetime]] = {}
-    if any(p.max_per_minute for p in config.channel_policies.values()):
-        for sent in store.list_outbox([OutboxStatus.SENT]):
-            if sent.sent_at is not None and now - sent.sent_at < timedelta(minutes=1):
-                times = recent.setdefault(sent.alert.channel, [])
-                if sent.sent_at not in times:  # one message per send, however many alerts
-                    times.append(sent.sent_at)
+    span = max([RATE_WINDOW, *(r.group_interval for r in config.rules)])
     return explain_holds(
         pending,
         now,
         rules={r.name: r for r in config.rules},
         policies=config.channel_policies,
         silences=store.list_silences(active_at=now),
-        recent_sends=recent,
+        sent=store.send_log(now - span),
     )
 
 
@@ -579,6 +586,12 @@ def cmd_route(args: argparse.Namespace) -> int:
 def _open_reader(config: Config) -> Store:
     """The store without the daemon lock, so these commands work while the daemon runs."""
     if config.storage != ":memory:" and not os.path.exists(config.storage):
+        pid = statelock.holder(config.storage)
+        if pid is not None:
+            raise StoreError(
+                f"{config.storage}: the state file is gone, but a watcher (pid {pid}) still runs "
+                "on it: it was deleted under the running daemon; restore it or restart the daemon"
+            )
         raise StoreError(
             f"{config.storage}: no state database yet; the watcher has not run with this "
             "config (start it, or run `once`)"
@@ -870,9 +883,12 @@ def _health_over_http(listen: str) -> tuple[bool, str] | None:
             if err.code != 503:
                 return None
             try:
-                stale = json.loads(err.read()).get("stale", [])
+                answer = json.loads(err.read())
+                stale, reason = answer.get("stale", []), answer.get("reason")
             except (ValueError, AttributeError, OSError):
                 return None
+        if reason:
+            return False, f"unhealthy: {_clean(str(reason))} (daemon at {url})"
         names = ", ".join(_clean(str(name)) for name in stale) or "unknown"
         return False, f"unhealthy: no successful poll lately from: {names} (daemon at {url})"
     except (OSError, http.client.HTTPException):  # refused, timed out, not HTTP at all

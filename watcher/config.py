@@ -27,6 +27,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from watcher.errors import ConfigError
 from watcher.metastudio.regions import REGION_ENDPOINTS
 from watcher.model import (
+    DEFAULT_RETENTION,
     KNOWN_STATES,
     BodyFormat,
     ChannelPolicy,
@@ -35,11 +36,13 @@ from watcher.model import (
     DeliveryConfig,
     EventKind,
     FirstRun,
+    HttpAuth,
     QuietHours,
     RuleConfig,
     Secret,
     SourceConfig,
 )
+from watcher.web.auth import is_loopback, parse_password_hash
 
 __all__ = [
     "DEFAULT_STORAGE",
@@ -61,7 +64,18 @@ LISTEN_EXPECTED = "expected HOST:PORT like 127.0.0.1:9464 or [::1]:9464"
 
 UrlValidator = Callable[[str], str | None]
 
-_TOP_KEYS = ("sources", "channels", "rules", "storage", "first_run", "delivery", "http")
+_TOP_KEYS = (
+    "sources",
+    "channels",
+    "rules",
+    "storage",
+    "first_run",
+    "delivery",
+    "http",
+    "retention",
+)
+# History older than this is pruned; an hour at least, so recent history is always there.
+MIN_RETENTION = timedelta(hours=1)
 _SOURCE_KEYS = (
     "name",
     "region",
@@ -115,7 +129,11 @@ _CHANNEL_KEYS = ("urls", "max_per_minute", "quiet_hours", "timezone")
 _JOB_TYPES = ("BASIC", "MIDDLE", "ADVANCE", "THIRD_PARTY", "THIRD_PARTY_LJZN", "FLEXUS")
 _QUIET_HOURS = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)-([01]?\d|2[0-3]):([0-5]\d)")
 _DELIVERY_KEYS = ("retry_initial", "retry_max", "give_up_after", "send_timeout")
-_HTTP_KEYS = ("listen",)
+_HTTP_KEYS = ("listen", "auth")
+_HTTP_AUTH_KEYS = ("token", "token_file", "basic")
+_HTTP_BASIC_KEYS = ("user", "password_hash")
+DEFAULT_LISTEN = "127.0.0.1:9464"
+MIN_TOKEN_LENGTH = 16
 
 # (config key, environment fallback, words for messages)
 _CREDENTIALS = (
@@ -922,9 +940,12 @@ class _Reader:
         delivery = DeliveryConfig()
         if "delivery" in top:
             delivery = self.delivery(top["delivery"], "delivery")
-        http_listen = None
+        http_listen, http_auth = None, None
         if "http" in top:
-            http_listen = self.http(top["http"], "http")
+            http_listen, http_auth = self.http(top["http"], "http")
+        retention = DEFAULT_RETENTION
+        if "retention" in top:
+            retention = self.duration(top["retention"], "retention", MIN_RETENTION)
         return Config(
             path=self.file,
             sources=sources,
@@ -934,9 +955,11 @@ class _Reader:
             first_run=first_run,
             delivery=delivery,
             http_listen=http_listen,
+            http_auth=http_auth,
             channel_policies=MappingProxyType(dict(self.channel_policies)),
             lines=MappingProxyType({k: v for k, v in self.lines.items() if k}),
             secrets=frozenset(self.secrets),
+            retention=retention,
         )
 
     def channels(self, value: Any, path: str) -> dict[str, tuple[Secret, ...]]:
@@ -1463,15 +1486,74 @@ class _Reader:
             )
         return result
 
-    def http(self, value: Any, path: str) -> str:
+    def http(self, value: Any, path: str) -> tuple[str, HttpAuth | None]:
         http = self.mapping(value, path, "a mapping of HTTP settings", _HTTP_KEYS)
         listen_path = _child(path, "listen")
-        text = self.nonempty(self.require(http, path, "listen"), listen_path, "HOST:PORT")
+        listen = DEFAULT_LISTEN
+        if "listen" in http:
+            listen = self.nonempty(http["listen"], listen_path, "HOST:PORT").value
         try:
-            parse_listen(text.value)
+            host, _ = parse_listen(listen)
         except ValueError as exc:
             self.fail(listen_path, str(exc))
-        return text.value
+        auth = None
+        if "auth" in http:
+            auth = self.http_auth(http["auth"], _child(path, "auth"))
+        elif not is_loopback(host):
+            # The page shows job names, batches and failures: not for everyone on the network.
+            self.fail(
+                listen_path,
+                f"listening on {host} (not loopback) needs http.auth: set auth.token or "
+                "auth.token_file (or auth.basic), or listen on 127.0.0.1",
+            )
+        return listen, auth
+
+    def http_auth(self, value: Any, path: str) -> HttpAuth:
+        auth = self.mapping(value, path, "a mapping of HTTP credentials", _HTTP_AUTH_KEYS)
+        if "token" in auth and "token_file" in auth:
+            self.fail(_child(path, "token_file"), "set either 'token' or 'token_file', not both")
+        token = None
+        if "token" in auth or "token_file" in auth:
+            key = "token" if "token" in auth else "token_file"
+            key_path = _child(path, key)
+            if key == "token":
+                text = self.text(auth[key], key_path).value
+            else:
+                name = self.nonempty(auth[key], key_path, "a file name").value
+                text = self.read_credential(self.credential_path(name), key_path)
+            self.secret(text)
+            if len(text) < MIN_TOKEN_LENGTH or any(c.isspace() for c in text):
+                self.fail(
+                    key_path,
+                    f"the token must be at least {MIN_TOKEN_LENGTH} characters without spaces "
+                    "(make one with: openssl rand -hex 32)",
+                )
+            token = Secret(text)
+        user = password_hash = None
+        if "basic" in auth:
+            basic_path = _child(path, "basic")
+            basic = self.mapping(
+                auth["basic"], basic_path, "user and password_hash", _HTTP_BASIC_KEYS
+            )
+            user_path = _child(basic_path, "user")
+            user = self.nonempty(self.require(basic, basic_path, "user"), user_path).value
+            if ":" in user or not user.isprintable():
+                self.fail(
+                    user_path, "a basic-auth user name cannot contain ':' or control characters"
+                )
+            hash_path = _child(basic_path, "password_hash")
+            hashed = self.nonempty(
+                self.require(basic, basic_path, "password_hash"), hash_path, "an scrypt hash"
+            ).value
+            try:
+                parse_password_hash(hashed)
+            except ValueError as exc:
+                self.fail(hash_path, str(exc))
+            self.secret(hashed)
+            password_hash = Secret(hashed)
+        if token is None and user is None:
+            self.fail(path, "expected 'token', 'token_file' or 'basic' (or drop http.auth)")
+        return HttpAuth(token=token, basic_user=user, basic_password_hash=password_hash)
 
 
 def _names_key_pair(source: _Map) -> bool:

@@ -18,10 +18,9 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 import structlog
 
+from watcher.dispatch import DeliveryMemory, DeliveryOutcome, Dispatcher
 from watcher.engine.alerts import Routed, route
-from watcher.engine.delivery import after_failure, deliverable
 from watcher.engine.diff import count_by_state
-from watcher.engine.noise import Message, plan, silenced_by
 from watcher.engine.tracker import Tracking, advance, health_step
 from watcher.errors import ApiError, AuthError, StoreError, WatcherError
 from watcher.http import Readiness, readiness, start_http
@@ -40,7 +39,6 @@ from watcher.model import (
     Config,
     Event,
     Job,
-    OutboxItem,
     OutboxStatus,
     Snapshot,
     SourceConfig,
@@ -48,6 +46,7 @@ from watcher.model import (
 from watcher.notify import Notifier
 from watcher.sdnotify import SystemdNotifier
 from watcher.store import Store
+from watcher.web.routes import StatusPage, install
 
 log = structlog.get_logger(__name__)
 
@@ -71,13 +70,6 @@ class PollOutcome:
     # "full", or the incremental strategy used ("changed_since", "active_set").
     mode: str = "full"
     misses: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryOutcome:
-    sent: int = 0
-    failed: int = 0
-    dead: int = 0
 
 
 @dataclass(slots=True)
@@ -122,6 +114,8 @@ class Watcher:
         retry: RetryPolicy | None = None,
         vanish_after: int = 3,
         metrics: Metrics | None = None,
+        memory: DeliveryMemory | None = None,
+        monotonic: Callable[[], float] | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -145,14 +139,21 @@ class Watcher:
         self._trackings: dict[str, Tracking] = {}
         self._seen_novelties: set[str] = set()
         self.failure: str | None = None  # why run() stopped by itself, if it did
-        # Noise control memory: recent messages per channel (rate limit), last message per
-        # group (group_interval), and when held-back alerts may go next.
-        self._recent_sends: dict[str, list[datetime]] = {}
-        self._group_sent: dict[tuple[str, str], datetime] = {}
-        self._held_until: datetime | None = None
         self.metrics = metrics or Metrics(process=False)
         self.metrics.add_sources(self._sources)
         self.metrics.add_channels(config.channels)
+        # Delivery: rate limits and group intervals come from the store's send log; retry
+        # times from `memory`, which a reload hands on to the next Watcher.
+        self._dispatcher = Dispatcher(
+            config,
+            store,
+            notifier,
+            clock=clock,
+            rng=self.rng,
+            metrics=self.metrics,
+            memory=memory or DeliveryMemory(monotonic or time.monotonic),
+        )
+        self._stopping: asyncio.Event | None = None
 
     # --- one cycle --------------------------------------------------------------------
 
@@ -415,112 +416,9 @@ class Watcher:
             self._wake_delivery.set()
 
     async def deliver(self) -> DeliveryOutcome:
-        """Send what may go now: silences, quiet hours, grouping and rate limits applied.
-
-        Channels are served in parallel, each channel's messages in order. Nothing is
-        dropped: held alerts stay queued and the delivery loop wakes when they may go.
-        """
-        now = self.clock()
-        pending = self.store.list_outbox([OutboxStatus.PENDING])
-        silences = self.store.list_silences(active_at=now) if pending else []
-        unsilenced: list[OutboxItem] = []
-        for item in pending:
-            silence = silenced_by(item.alert, silences, now) if silences else None
-            if silence is None:
-                unsilenced.append(item)
-                continue
-            self.store.mark_silenced(item.id, silence.id, now)
-            log.info(
-                "alert_silenced",
-                source=item.alert.source,
-                job_id=item.alert.job_id,
-                channel=item.alert.channel,
-                rule=item.alert.rule,
-                silence=silence.id,
-            )
-        for channel in list(self._recent_sends):
-            self._recent_sends[channel] = [
-                t for t in self._recent_sends[channel] if now - t < timedelta(minutes=1)
-            ]
-        decided = plan(
-            deliverable(unsilenced, now),
-            now,
-            rules={r.name: r for r in self.config.rules},
-            policies=self.config.channel_policies,
-            recent_sends=self._recent_sends,
-            group_sent=self._group_sent,
-        )
-        self._held_until = decided.next_wake
-        by_channel: dict[str, list[Message]] = {}
-        for message in decided.messages:
-            by_channel.setdefault(message.channel, []).append(message)
-        results = await asyncio.gather(
-            *(self._deliver_channel(batch) for batch in by_channel.values())
-        )
-        self.metrics.outbox_depth(
-            {str(k): v for k, v in self.store.outbox_counts().items()},
-            held=len({h.item_id for h in decided.held}),
-        )
-        return DeliveryOutcome(
-            sum(r.sent for r in results),
-            sum(r.failed for r in results),
-            sum(r.dead for r in results),
-        )
-
-    async def _deliver_channel(self, messages: list[Message]) -> DeliveryOutcome:
-        sent = failed = dead = 0
-        failed_lanes: set[str] = set()
-        for message in messages:
-            lanes = {f"{i.alert.source}|{i.alert.job_id}" for i in message.items if i.alert.job_id}
-            if lanes & failed_lanes:
-                continue  # keep per-job order: a later alert waits for the earlier one
-            result = await self.notifier.send(
-                message.channel,
-                message.title,
-                message.body,
-                message.notify_type,
-                message.body_format,
-            )
-            now = self.clock()
-            if result.ok:
-                self.store.mark_sent_many([i.id for i in message.items], now)
-                self._recent_sends.setdefault(message.channel, []).append(now)
-                for key in message.group_keys:
-                    self._group_sent[(message.channel, key)] = now
-            else:
-                failed_lanes |= lanes
-            for item in message.items:
-                alert = item.alert
-                bound = log.bind(
-                    source=alert.source,
-                    job_id=alert.job_id,
-                    channel=alert.channel,
-                    rule=alert.rule,
-                )
-                if result.ok:
-                    self.metrics.alert(alert.channel, "sent")
-                    sent += 1
-                    bound.info(
-                        "alert_sent",
-                        title=alert.title,
-                        attempts=item.attempts + 1,
-                        grouped=len(message.items),
-                    )
-                    continue
-                decision = after_failure(item, now, self.config.delivery, self.rng)
-                error = result.error or "delivery failed"
-                if decision.dead:
-                    self.store.mark_dead(item.id, now, error)
-                    self.metrics.alert(alert.channel, "dead")
-                    dead += 1
-                    bound.error("alert_dead_lettered", error=error, reason=decision.reason)
-                else:
-                    assert decision.retry_at is not None
-                    self.store.mark_failed(item.id, now, error, decision.retry_at)
-                    self.metrics.alert(alert.channel, "failed")
-                    failed += 1
-                    bound.warning("alert_send_failed", error=error, reason=decision.reason)
-        return DeliveryOutcome(sent, failed, dead)
+        """One delivery pass (see `watcher.dispatch`): silences, per-job order, quiet hours,
+        grouping and rate limits applied; nothing dropped, held alerts stay queued."""
+        return await self._dispatcher.deliver(self._stopping)
 
     async def once(self) -> list[PollOutcome]:
         """Exactly one poll of every source, then one delivery pass (for cron and scripts)."""
@@ -531,18 +429,32 @@ class Watcher:
     # --- forever ----------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Poll each source on its own interval and deliver continuously until `stop` is set."""
+        """Poll each source on its own interval and deliver continuously until `stop` is set.
+
+        On stop, polls are cancelled (a cycle commits all or nothing), but sends in flight
+        finish and are recorded first, within the notifier's guard timeout: a cancelled send
+        would still arrive (apprise's thread completes it) yet stay pending, and go again.
+        """
+        self._stopping = stop
         tasks = [
             asyncio.create_task(self._source_loop(name, stop), name=f"poll:{name}")
             for name in self._sources
         ]
-        tasks.append(asyncio.create_task(self._delivery_loop(stop), name="deliver"))
+        tasks.append(asyncio.create_task(self._retention_loop(stop), name="retention"))
+        delivery = asyncio.create_task(self._delivery_loop(stop), name="deliver")
         try:
             await stop.wait()
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            drain = self.notifier.guard_timeout + 1.0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(delivery), drain)
+            if not delivery.done():
+                log.warning("delivery_abandoned", waited_seconds=drain)
+                delivery.cancel()
+            await asyncio.gather(delivery, return_exceptions=True)
 
     async def _source_loop(self, name: str, stop: asyncio.Event) -> None:
         interval = self._sources[name].config.poll_interval.total_seconds()
@@ -573,7 +485,22 @@ class Watcher:
                 return
             except Exception:
                 log.exception("delivery_crashed")
-            await _wait_any(stop, self._wake_delivery, self._next_delivery_delay())
+            await _wait_any(stop, self._wake_delivery, self._dispatcher.memory.next_delay())
+
+    async def _retention_loop(self, stop: asyncio.Event) -> None:
+        """Forget history older than `retention`, a small batch at a time, so the state file
+        stays bounded however long the watcher runs."""
+        while not stop.is_set():
+            try:
+                removed = await prune_history(self.store, self.clock() - self.config.retention)
+            except StoreError as err:
+                log.error("store_failed", error=str(err))
+                self.failure = str(err)
+                stop.set()
+                return
+            if removed:
+                log.info("history_pruned", rows=removed, retention=str(self.config.retention))
+            await _wait(stop, PRUNE_EVERY)
 
     def last_ok(self) -> dict[str, datetime | None]:
         return {name: state.last_ok for name, state in self._sources.items()}
@@ -588,15 +515,20 @@ class Watcher:
         )
         return text + (f"; failing: {', '.join(down)}" if down else "")
 
-    def _next_delivery_delay(self) -> float:
-        pending = self.store.list_outbox([OutboxStatus.PENDING])
-        times = [i.next_attempt_at for i in pending if i.next_attempt_at > self.clock()]
-        if self._held_until is not None:
-            times.append(self._held_until)
-        if not times:
-            # Idle: look again soon, so alerts requeued by `outbox retry` go out promptly.
-            return 5.0
-        return max(0.2, min(60.0, (min(times) - self.clock()).total_seconds()))
+
+PRUNE_EVERY = 600.0  # seconds between retention passes
+PRUNE_BATCH = 500  # rows per table per transaction
+
+
+async def prune_history(store: Store, before: datetime, *, batch: int = PRUNE_BATCH) -> int:
+    """Prune in small transactions, yielding to the loop between them; return rows removed."""
+    total = 0
+    while True:
+        removed = store.prune(before, batch=batch)
+        total += removed
+        if removed == 0:
+            return total
+        await asyncio.sleep(0)
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
@@ -645,23 +577,32 @@ async def serve(
     loop.add_signal_handler(signal.SIGINT, shutdown.set)
     loop.add_signal_handler(signal.SIGHUP, reload.set)
     metrics = Metrics()
+    # Retry times on the monotonic clock: one memory for the daemon's life, across reloads.
+    memory = DeliveryMemory()
     current: list[Watcher] = []
+    lost: list[str] = []  # why the state file is no longer ours, once that happened
 
     def ready() -> Readiness:
         if not current:
             return Readiness(False, ())
         watcher = current[0]
         intervals = {s.name: s.poll_interval for s in watcher.config.sources}
-        return readiness(watcher.last_ok(), intervals, watcher.clock())
+        verdict = readiness(watcher.last_ok(), intervals, watcher.clock())
+        if lost:
+            return Readiness(False, verdict.stale, lost[0])
+        return verdict
 
     http_runner = None
     if config.http_listen:
-        http_runner = await start_http(config.http_listen, metrics, ready)
+        page = StatusPage(lambda: current[0].config if current else config)
+        http_runner = await start_http(
+            config.http_listen, metrics, ready, lambda app: install(app, page)
+        )
     exit_code = 0
     try:
         async with aiohttp.ClientSession(timeout=session_timeout(config)) as session:
             notifier = notifier_factory(config)
-            watcher = Watcher(config, store, notifier, session, metrics=metrics)
+            watcher = Watcher(config, store, notifier, session, metrics=metrics, memory=memory)
             current[:] = [watcher]
             stop_watcher = asyncio.Event()
             task = asyncio.create_task(watcher.run(stop_watcher), name="watcher")
@@ -669,6 +610,7 @@ async def serve(
             watchdog = asyncio.create_task(
                 _watchdog(sd, current, running, shutdown), name="watchdog"
             )
+            guard = asyncio.create_task(_guard_state(store, lost, shutdown), name="state-guard")
             sd.ready()
             log.info("watcher_started", sources=[s.name for s in config.sources])
             while True:
@@ -687,11 +629,13 @@ async def serve(
                     log.error("reload_rejected", error=err.message, keeping="the running config")
                     sd.ready()
                     continue
+                # The old configuration retires only once its sends in flight are recorded
+                # (Watcher.run waits for them): a reload neither loses nor repeats a send.
                 stop_watcher.set()
                 await task
                 notifier.close()
                 config, notifier = new_config, new_notifier
-                watcher = Watcher(config, store, notifier, session, metrics=metrics)
+                watcher = Watcher(config, store, notifier, session, metrics=metrics, memory=memory)
                 current[:] = [watcher]
                 stop_watcher = asyncio.Event()
                 task = asyncio.create_task(watcher.run(stop_watcher), name="watcher")
@@ -702,6 +646,7 @@ async def serve(
             stop_watcher.set()
             await task
             watchdog.cancel()
+            guard.cancel()
             notifier.close()
             if watcher.failure is not None:
                 exit_code = 1
@@ -713,6 +658,23 @@ async def serve(
         sd.close()
     log.info("watcher_stopped", exit_code=exit_code)
     return exit_code
+
+
+STATE_CHECK_EVERY = 2.0  # seconds between looks at the state file
+
+
+async def _guard_state(store: Store, lost: list[str], stop: asyncio.Event) -> None:
+    """Notice a state file deleted or replaced under the daemon: logged, and /readyz says so.
+
+    The daemon keeps its lock (see `watcher.statelock`), so no second daemon starts on the
+    path meanwhile; an operator restarts it once the file is restored or given up.
+    """
+    while not stop.is_set():
+        problem = store.file_problem()
+        if problem is not None and not lost:
+            lost.append(problem)
+            log.error("state_file_lost", error=problem, action="restart the watcher")
+        await _wait(stop, STATE_CHECK_EVERY)
 
 
 async def _watchdog(

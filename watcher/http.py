@@ -24,9 +24,15 @@ _METRICS = web.AppKey("metrics", Metrics)
 _READY: web.AppKey[ReadinessProbe] = web.AppKey("ready")
 
 
-async def start_http(listen: str, metrics: Metrics, ready: ReadinessProbe) -> web.AppRunner:
+async def start_http(
+    listen: str,
+    metrics: Metrics,
+    ready: ReadinessProbe,
+    extend: Callable[[web.Application], None] | None = None,
+) -> web.AppRunner:
     """Serve the endpoints on `listen` (`HOST:PORT`, `[::1]:PORT`; port 0 picks a free one).
 
+    `extend` adds more to the app (the status page, `watcher.web.routes.install`).
     Stop with `await runner.cleanup()`; `bound_port(runner)` tells which port was taken.
     """
     try:
@@ -39,6 +45,8 @@ async def start_http(listen: str, metrics: Metrics, ready: ReadinessProbe) -> we
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
+    if extend is not None:  # the status page: its routes and its credential check
+        extend(app)
     # No access log: probes every few seconds would drown the watcher's own lines.
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -64,7 +72,10 @@ async def _healthz(request: web.Request) -> web.Response:
 
 async def _readyz(request: web.Request) -> web.Response:
     state = request.app[_READY]()
-    body = json.dumps({"ready": state.ready, "stale": list(state.stale)})
+    answer: dict[str, object] = {"ready": state.ready, "stale": list(state.stale)}
+    if state.reason is not None:
+        answer["reason"] = state.reason
+    body = json.dumps(answer)
     return web.Response(
         text=body + "\n", status=200 if state.ready else 503, content_type="application/json"
     )

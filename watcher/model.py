@@ -208,8 +208,22 @@ class OutboxItem:
     next_attempt_at: datetime
     last_error: str | None = None
     sent_at: datetime | None = None
-    # When it was queued (again, after `outbox retry`): `give_up_after` counts from here.
+    # When it was queued (again, after `outbox retry`).
     queued_at: datetime | None = None
+    # The backoff chosen after the last failed send (None: never failed), and how long
+    # delivery has been tried so far, measured on monotonic clocks: `give_up_after` counts
+    # this, so no step of the wall clock can dead-letter an alert or stall its retry.
+    retry_delay: float | None = None
+    elapsed: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SentMessage:
+    """One message a channel accepted, as the send log keeps it (rate limits, group_interval)."""
+
+    channel: str
+    group_keys: tuple[str, ...]
+    sent_at: datetime
 
 
 # --- configuration ------------------------------------------------------------------------
@@ -325,11 +339,25 @@ class Silence:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpAuth:
+    """Credentials for the HTTP endpoints: a bearer token, a basic-auth user, or both.
+
+    The password is kept only as a hash (`$scrypt$…`, see `watcher.web.auth`)."""
+
+    token: Secret | None = None
+    basic_user: str | None = None
+    basic_password_hash: Secret | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class DeliveryConfig:
     retry_initial: timedelta = timedelta(seconds=30)
     retry_max: timedelta = timedelta(minutes=10)
     give_up_after: timedelta = timedelta(hours=24)
     send_timeout: timedelta = timedelta(seconds=30)
+
+
+DEFAULT_RETENTION = timedelta(days=30)
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,9 +370,12 @@ class Config:
     first_run: FirstRun = FirstRun.BASELINE
     delivery: DeliveryConfig = DeliveryConfig()
     http_listen: str | None = None  # "127.0.0.1:9464": serve /healthz /readyz /metrics
+    http_auth: HttpAuth | None = None  # who may read the status page, API and /metrics
     channel_policies: Mapping[str, ChannelPolicy] = field(default_factory=dict)
     # "rules[2].title" -> line in the file, so later checks can point at the right place.
     lines: Mapping[str, int] = field(default_factory=dict, repr=False)
     # Every secret value seen while loading (credentials, substituted ${VAR} values in URLs,
     # whole URLs): the log redactor masks each of them wherever it appears.
     secrets: frozenset[str] = field(default=frozenset(), repr=False)
+    # How long history (events, sent, dead and silenced alerts, the send log) is kept.
+    retention: timedelta = DEFAULT_RETENTION

@@ -34,6 +34,7 @@ _SECRET_ARG = re.compile(
 )
 _MIN_SECRET_LEN = 4  # shorter URL parts are too common to scrub from error texts
 _MAX_DETAIL = 300
+_GUARD_GRACE = 1.0  # seconds beyond the socket timeouts before a send is abandoned
 _url_to_dict: Any = apprise.plugins.url_to_dict  # untyped in apprise
 
 
@@ -258,9 +259,14 @@ def _load_service(url: str, asset: Any, send_timeout: float) -> Any:
         return None
     # The outbox owns retries: an apprise retry would be invisible to it and double-count.
     plugin.retry = 0
-    # A hung endpoint frees its worker thread once a socket timeout fires.
+    # send_timeout is the send timeout: a receiver may take up to that long to answer
+    # (apprise's 4 s read default would fail, and so re-send, every slower webhook). A URL's
+    # own shorter `rto`/`cto` stands; a longer one is capped. A hung endpoint frees its
+    # worker thread once a socket timeout fires.
+    lowered = url.lower()
+    read = float(plugin.socket_read_timeout) if "rto=" in lowered else send_timeout
+    plugin.socket_read_timeout = min(read, send_timeout)
     plugin.socket_connect_timeout = min(float(plugin.socket_connect_timeout), send_timeout)
-    plugin.socket_read_timeout = min(float(plugin.socket_read_timeout), send_timeout)
     if "overflow=" not in url.lower():
         # Small-limit services (SMS, chat) get several messages rather than a cut one.
         plugin.overflow_mode = apprise.OverflowMode.SPLIT
@@ -280,6 +286,10 @@ class Notifier:
         if send_timeout <= 0:
             raise ValueError("send_timeout must be positive")
         self._send_timeout = send_timeout
+        # The sockets end a slow send first (connect, then up to send_timeout for the
+        # answer); this outer guard only catches a thread stuck elsewhere. It must outlast
+        # them: a send that succeeds after we called it failed would be sent again.
+        self._guard = 2 * send_timeout + _GUARD_GRACE
         self._channels: dict[str, _Channel] = {}
         asset = _asset()
         for name, secrets in channels.items():
@@ -309,6 +319,11 @@ class Notifier:
         self._closed = False
 
     @property
+    def guard_timeout(self) -> float:
+        """The longest one send can take: how long a reload waits for sends in flight."""
+        return self._guard
+
+    @property
     def channels(self) -> tuple[str, ...]:
         return tuple(self._channels)
 
@@ -326,8 +341,8 @@ class Notifier:
     ) -> SendResult:
         """Deliver one message to every URL of `channel`; ok only if all of them accepted it.
 
-        Returns within about `send_timeout`. A send that timed out may still complete in its
-        thread afterwards, so the outbox's delivery is at-least-once across timeouts.
+        Returns within connect + `send_timeout` (the socket timeouts), at worst within
+        `guard_timeout`; only a send abandoned by that guard may still complete in its thread.
         """
         target = self._channels.get(channel)
         if target is None:
@@ -342,10 +357,10 @@ class Notifier:
         loop = asyncio.get_running_loop()
         try:
             outcome = await asyncio.wait_for(
-                loop.run_in_executor(self._executor, call), self._send_timeout
+                loop.run_in_executor(self._executor, call), self._guard
             )
         except TimeoutError:
-            return self._failed(target, f"no answer within {self._send_timeout:g}s")
+            return self._failed(target, f"no answer within {self._guard:g}s")
         except Exception as err:
             if self._closed:
                 return SendResult(False, f"channel {channel!r}: notifier is closed")

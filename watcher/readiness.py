@@ -18,6 +18,7 @@ class Readiness:
 
     ready: bool
     stale: tuple[str, ...]
+    reason: str | None = None  # not ready for a reason of its own (the state file went away)
 
 
 def readiness(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import sqlite3
@@ -31,9 +30,11 @@ from watcher.model import (
     NotifyType,
     OutboxItem,
     OutboxStatus,
+    SentMessage,
     Silence,
     Snapshot,
 )
+from watcher.statelock import DaemonLock
 
 log = structlog.get_logger()
 
@@ -113,7 +114,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         "CREATE INDEX outbox_due ON outbox (status, next_attempt_at, id)",
     ),
-    # v2: lookups by job and by event for `history`, and per-job ordering in due_alerts.
+    # v2: lookups by job and by event for `history`, and per-job ordering of the outbox.
     (
         "CREATE INDEX events_by_job ON events (job_id, id)",
         "CREATE INDEX outbox_by_event ON outbox (event_key)",
@@ -179,6 +180,37 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
+    # v5: durable delivery memory. A send log (what went out on which channel and group,
+    # when) for rate limits and group_interval across reloads and restarts; per alert the
+    # backoff chosen and the time spent trying, so retries do not follow the wall clock;
+    # indexes for pruning history by age in small batches.
+    (
+        "ALTER TABLE outbox ADD COLUMN retry_delay_s REAL",
+        "ALTER TABLE outbox ADD COLUMN elapsed_s REAL NOT NULL DEFAULT 0",
+        """
+        CREATE TABLE send_log (
+            id INTEGER PRIMARY KEY,
+            channel TEXT NOT NULL,
+            group_keys TEXT NOT NULL DEFAULT '[]',
+            alerts INTEGER NOT NULL,
+            sent_at TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX send_log_by_time ON send_log (sent_at)",
+        "CREATE INDEX events_by_time ON events (detected_at)",
+        "CREATE INDEX outbox_done_by_time ON outbox (updated_at) "
+        "WHERE status IN ('sent', 'dead', 'silenced')",
+    ),
+    # Status page (watcher.web): every aggregate it shows comes from one of these indexes,
+    # so a page stays fast at 100k jobs and 1M events. Indexes only, nothing to migrate.
+    (
+        "CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (source, state, lastupdate_time)",
+        "CREATE INDEX IF NOT EXISTS jobs_by_batch ON jobs "
+        "(source, batch_name, state, create_time, lastupdate_time)",
+        "CREATE INDEX IF NOT EXISTS events_by_kind ON events (kind, id)",
+        "CREATE INDEX IF NOT EXISTS events_by_state ON events (state, id)",
+        "CREATE INDEX IF NOT EXISTS events_by_source ON events (source, id)",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -220,23 +252,10 @@ _INSERT_ALERT = """
                                   group_key, labels, updated_at, queued_at)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
-# An alert waits while an older alert about the same job for the same channel is backing off.
-_SELECT_DUE = """
-    SELECT id, event_key, source, job_id, rule, channel, title, body, notify_type, body_format,
-           created_at, status, attempts, next_attempt_at, last_error, sent_at, queued_at,
-           group_key, labels
-    FROM outbox o
-    WHERE status = 'pending' AND next_attempt_at <= :now
-      AND NOT (job_id IS NOT NULL AND EXISTS (
-          SELECT 1 FROM outbox e
-          WHERE e.status = 'pending' AND e.channel = o.channel AND e.source = o.source
-            AND e.job_id = o.job_id AND e.id < o.id AND e.next_attempt_at > :now))
-    ORDER BY id LIMIT :limit
-"""
 _SELECT_OUTBOX = """
     SELECT id, event_key, source, job_id, rule, channel, title, body, notify_type, body_format,
            created_at, status, attempts, next_attempt_at, last_error, sent_at, queued_at,
-           group_key, labels
+           group_key, labels, retry_delay_s, elapsed_s
     FROM outbox WHERE status IN (SELECT value FROM json_each(?)) ORDER BY id
 """
 _SELECT_HISTORY = """
@@ -251,6 +270,15 @@ _SELECT_HISTORY_ALERTS = """
         WHERE job_id = :job_id AND (:source IS NULL OR source = :source))
     ORDER BY id
 """
+# Oldest first, by the indexes of migration v5; pending alerts are never history.
+_PRUNE = (
+    "DELETE FROM events WHERE id IN "
+    "(SELECT id FROM events WHERE detected_at < ? ORDER BY detected_at LIMIT ?)",
+    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE updated_at < ? "
+    "AND status IN ('sent', 'dead', 'silenced') ORDER BY updated_at LIMIT ?)",
+    "DELETE FROM send_log WHERE id IN "
+    "(SELECT id FROM send_log WHERE sent_at < ? ORDER BY sent_at LIMIT ?)",
+)
 _CORRUPT_HINT = "move it aside or restore a backup"
 
 
@@ -303,11 +331,11 @@ class HistoryEntry:
 class Store:
     """The SQLite state file. Synchronous: every operation is a few small statements."""
 
-    def __init__(self, path: str, conn: sqlite3.Connection, lock_fd: int | None) -> None:
+    def __init__(self, path: str, conn: sqlite3.Connection, lock: DaemonLock | None) -> None:
         # Use Store.open(): it prepares the file, the lock and the schema.
         self.path = path
         self._conn = conn
-        self._lock_fd = lock_fd
+        self._lock = lock
         self._mutex = threading.RLock()
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -316,18 +344,23 @@ class Store:
     def open(cls, path: str, *, exclusive: bool = False) -> Store:
         """Open (creating if needed) the state file and bring its schema up to date.
 
-        `exclusive=True` is for the daemon: a second daemon on the same file is refused.
+        `exclusive=True` is for the daemon: a second daemon on the same file is refused,
+        whatever path names it (see `watcher.statelock`).
         """
-        if path != ":memory:":
+        lock = None
+        if path == ":memory:":
+            pass
+        elif exclusive:
+            lock = DaemonLock.acquire(path, prepare=_prepare_file)
+        else:
             _prepare_file(path)
-        lock_fd = _take_lock(path) if exclusive and path != ":memory:" else None
         try:
             conn = _connect(path)
         except BaseException:
-            if lock_fd is not None:
-                os.close(lock_fd)
+            if lock is not None:
+                lock.release()
             raise
-        store = cls(path, conn, lock_fd)
+        store = cls(path, conn, lock)
         try:
             store._migrate()
         except BaseException:
@@ -340,9 +373,14 @@ class Store:
         with self._mutex:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.close()
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)  # closing the descriptor releases the flock
-                self._lock_fd = None
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+
+    def file_problem(self) -> str | None:
+        """For the daemon: why its state file is no longer the one at its path (deleted,
+        replaced, its directory removed), or None while all is well."""
+        return self._lock.problem() if self._lock is not None else None
 
     def __enter__(self) -> Store:
         return self
@@ -664,29 +702,17 @@ class Store:
 
     # --- outbox ------------------------------------------------------------------------------
 
-    def due_alerts(self, now: datetime, limit: int = 100) -> list[OutboxItem]:
-        """Pending alerts whose time has come, oldest first.
-
-        An alert waits while an older alert about the same job for the same channel is still
-        backing off, so one job's alerts always arrive in the order they were detected.
-        """
-        rows = self._query_all("read the outbox", _SELECT_DUE, {"now": _ts(now), "limit": limit})
-        return [_row_to_item(row) for row in rows]
-
-    def mark_sent(self, item_id: int, now: datetime) -> None:
-        """The channel accepted the alert: never send it again."""
-        stamp = _ts(now)
-        self._update_item(
-            item_id,
-            "mark the alert sent",
-            "UPDATE outbox SET status = 'sent', attempts = attempts + 1, sent_at = ?, "
-            "last_error = NULL, updated_at = ? WHERE id = ?",
-            (stamp, stamp),
-        )
-
-    def mark_sent_many(self, item_ids: Sequence[int], now: datetime) -> None:
-        """One message carried several alerts: mark them all sent in one transaction, so a
-        crash right after the send repeats the message at most once, not half of it."""
+    def mark_sent_many(
+        self,
+        item_ids: Sequence[int],
+        now: datetime,
+        *,
+        channel: str | None = None,
+        group_keys: Sequence[str] = (),
+    ) -> None:
+        """One message carried several alerts: mark them all sent, and log the message on
+        `channel` in the send log, in one transaction, so a crash right after the send
+        repeats the message at most once, not half of it, and the log never disagrees."""
         stamp = _ts(now)
         with self._transaction("mark the alerts sent") as conn:
             conn.executemany(
@@ -694,27 +720,62 @@ class Store:
                 "last_error = NULL, updated_at = ? WHERE id = ?",
                 [(stamp, stamp, item_id) for item_id in item_ids],
             )
+            if channel is not None:
+                conn.execute(
+                    "INSERT INTO send_log (channel, group_keys, alerts, sent_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (channel, json.dumps(list(group_keys)), len(item_ids), stamp),
+                )
+
+    def send_log(self, since: datetime) -> list[SentMessage]:
+        """Messages sent at or after `since` (or logged ahead of it), oldest first."""
+        rows = self._query_all(
+            "read the send log",
+            "SELECT channel, group_keys, sent_at FROM send_log WHERE sent_at >= ? ORDER BY id",
+            (_ts(since),),
+        )
+        return [
+            SentMessage(row[0], tuple(str(k) for k in json.loads(row[1])), _dt(row[2]))
+            for row in rows
+        ]
 
     def mark_failed(
-        self, item_id: int, now: datetime, error: str, next_attempt_at: datetime
+        self,
+        item_id: int,
+        now: datetime,
+        error: str,
+        next_attempt_at: datetime,
+        *,
+        retry_delay: float | None = None,
+        elapsed: float | None = None,
     ) -> None:
-        """A delivery attempt failed; try again at `next_attempt_at` (the caller's backoff)."""
+        """A delivery attempt failed; try again at `next_attempt_at` (the caller's backoff,
+        `retry_delay` seconds), after `elapsed` seconds spent trying in all."""
         self._update_item(
             item_id,
             "record the failed delivery",
             "UPDATE outbox SET status = 'pending', attempts = attempts + 1, last_error = ?, "
-            "next_attempt_at = ?, updated_at = ? WHERE id = ?",
-            (error, _ts(next_attempt_at), _ts(now)),
+            "next_attempt_at = ?, updated_at = ?, retry_delay_s = ?, "
+            "elapsed_s = coalesce(?, elapsed_s) WHERE id = ?",
+            (error, _ts(next_attempt_at), _ts(now), retry_delay, elapsed),
         )
 
-    def mark_dead(self, item_id: int, now: datetime, error: str, *, attempted: bool = True) -> None:
+    def mark_dead(
+        self,
+        item_id: int,
+        now: datetime,
+        error: str,
+        *,
+        attempted: bool = True,
+        elapsed: float | None = None,
+    ) -> None:
         """Give up on the alert; `attempted=False` when no delivery was tried this time."""
         self._update_item(
             item_id,
             "give up on the alert",
             "UPDATE outbox SET status = 'dead', attempts = attempts + ?, last_error = ?, "
-            "updated_at = ? WHERE id = ?",
-            (1 if attempted else 0, error, _ts(now)),
+            "updated_at = ?, elapsed_s = coalesce(?, elapsed_s) WHERE id = ?",
+            (1 if attempted else 0, error, _ts(now), elapsed),
         )
 
     def retry_dead(self, item_id: int | None, now: datetime) -> int:
@@ -723,7 +784,7 @@ class Store:
         with self._transaction("requeue dead alerts") as conn:
             cursor = conn.execute(
                 "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = :now, "
-                "updated_at = :now, queued_at = :now "
+                "updated_at = :now, queued_at = :now, retry_delay_s = NULL, elapsed_s = 0 "
                 "WHERE status = 'dead' AND (:id IS NULL OR id = :id)",
                 {"now": stamp, "id": item_id},
             )
@@ -744,15 +805,19 @@ class Store:
             counts[OutboxStatus(status)] = count
         return counts
 
-    def prune(self, before: datetime) -> int:
-        """Forget history older than `before`: events and sent alerts. Dead alerts stay."""
+    def prune(self, before: datetime, *, batch: int = 500) -> int:
+        """Forget up to `batch` rows each of history older than `before`: events, sent, dead
+        and silenced alerts, send-log rows; return how many went. Pending alerts always stay.
+
+        Small batches, each its own short transaction, so a running daemon's cycles are never
+        kept waiting; call again until it returns 0.
+        """
         stamp = _ts(before)
         with self._transaction("prune old history") as conn:
-            events = conn.execute("DELETE FROM events WHERE detected_at < ?", (stamp,)).rowcount
-            sent = conn.execute(
-                "DELETE FROM outbox WHERE status = 'sent' AND updated_at < ?", (stamp,)
-            ).rowcount
-        return int(events + sent)
+            removed = 0
+            for sql in _PRUNE:
+                removed += conn.execute(sql, (stamp, batch)).rowcount
+        return removed
 
     # --- plumbing ----------------------------------------------------------------------------
 
@@ -875,31 +940,6 @@ def _free_bytes(path: str) -> int | None:
     except OSError:
         return None
     return stat.f_bavail * stat.f_frsize
-
-
-def _take_lock(path: str) -> int:
-    """flock `<path>.lock` so a second daemon on the same file refuses to start."""
-    lock_path = f"{path}.lock"
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as err:
-        raise StoreError(
-            f"cannot create {lock_path}: {_os_hint(err, os.path.dirname(lock_path))}"
-        ) from err
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as err:
-        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise StoreError(
-                f"another metastudio-watcher is already using {path} (pid {holder}); "
-                "stop it first or give this one a different storage path"
-            ) from err
-        raise StoreError(f"cannot lock {lock_path}: {err.strerror}") from err
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -1111,4 +1151,6 @@ def _row_to_item(row: Sequence[Any]) -> OutboxItem:
         last_error=row[14],
         sent_at=_dt_or_none(row[15]),
         queued_at=_dt_or_none(row[16]),
+        retry_delay=row[19],
+        elapsed=float(row[20] or 0.0),
     )

@@ -7,19 +7,14 @@ from datetime import UTC, datetime, time, timedelta
 
 from tests.engine.test_noise import item
 from watcher.engine.holds import Hold, explain_holds
-from watcher.model import ChannelPolicy, QuietHours, RuleConfig, Silence
+from watcher.model import ChannelPolicy, QuietHours, RuleConfig, SentMessage, Silence
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 RULE = RuleConfig(name="failures", on=("AUDIT_FAILED",), notify=("ops",))
 
 
 def holds(items: list, **kw: object) -> dict[int, Hold]:  # type: ignore[type-arg]
-    args: dict[str, object] = {
-        "rules": {"failures": RULE},
-        "policies": {},
-        "silences": [],
-        "recent_sends": {},
-    }
+    args: dict[str, object] = {"rules": {"failures": RULE}, "policies": {}}
     args.update(kw)
     return explain_holds(items, NOW, **args)  # type: ignore[arg-type]
 
@@ -52,12 +47,16 @@ def test_a_silence_holds_until_it_ends() -> None:
 
 
 def test_a_failed_send_is_held_until_its_retry() -> None:
-    retry = replace(item(1), attempts=2, next_attempt_at=NOW + timedelta(minutes=4))
+    retry = replace(
+        item(1), attempts=2, next_attempt_at=NOW + timedelta(minutes=4), retry_delay=300.0
+    )
     later = item(2, job="job1")  # same job, same channel: waits behind it
     got = holds([retry, later])
     assert got == {
-        1: Hold(NOW + timedelta(minutes=4), "retry after 2 failed attempt(s)"),
-        2: Hold(NOW + timedelta(minutes=4), "waits for an earlier alert about the same job"),
+        1: Hold(NOW + timedelta(minutes=4), "attempt 3 in 240s"),
+        2: Hold(
+            NOW + timedelta(minutes=4), "waits for alert 1 about the same job (attempt 3 in 240s)"
+        ),
     }
 
 
@@ -68,10 +67,9 @@ def test_grouping_holds_until_group_wait_is_over() -> None:
 
 
 def test_rate_limit_holds_until_the_minute_has_room() -> None:
-    sent = [NOW - timedelta(seconds=50), NOW - timedelta(seconds=20)]
-    got = holds(
-        [item(1)],
-        policies={"ops": ChannelPolicy(max_per_minute=2)},
-        recent_sends={"ops": sent},
-    )
+    sent = [
+        SentMessage("ops", ("other",), NOW - timedelta(seconds=50)),
+        SentMessage("ops", ("other",), NOW - timedelta(seconds=20)),
+    ]
+    got = holds([item(1)], policies={"ops": ChannelPolicy(max_per_minute=2)}, sent=sent)
     assert got == {1: Hold(NOW + timedelta(seconds=10), "rate limit of 2/min on channel ops")}

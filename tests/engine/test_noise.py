@@ -1,15 +1,14 @@
-"""Noise control decisions: grouping, rate limits, quiet hours and silences (pure, no clock)."""
+"""Noise control predicates and messages: group keys, silences, quiet windows (pure, no clock)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime, time, timedelta
 
-from watcher.engine.noise import group_key, labels_for, plan, quiet_until, silenced_by
+from watcher.engine.noise import group_key, labels_for, quiet_until, render_group, silenced_by
 from watcher.model import (
     Alert,
     BodyFormat,
-    ChannelPolicy,
     Event,
     EventKind,
     Job,
@@ -51,105 +50,15 @@ def item(
     return OutboxItem(n, alert, OutboxStatus.PENDING, 0, created)
 
 
-def run_plan(items: list[OutboxItem], **kw: object) -> tuple[list[list[int]], list[int]]:
-    args: dict[str, object] = {
-        "rules": {"failures": RULE},
-        "policies": {},
-        "recent_sends": {},
-        "group_sent": {},
-    }
-    args.update(kw)
-    p = plan(items, NOW, **args)  # type: ignore[arg-type]
-    return [[i.id for i in m.items] for m in p.messages], [h.item_id for h in p.held]
-
-
-def test_default_rule_groups_by_source_and_rule_but_waits_for_nothing() -> None:
-    messages, held = run_plan([item(1), item(2), item(3)])
-    assert messages == [[1, 2, 3]]
-    assert held == []
-
-
 def test_group_message_lists_each_job_with_a_tail() -> None:
     items = [item(n) for n in range(1, 26)]
-    p = plan(items, NOW, rules={"failures": RULE}, policies={}, recent_sends={}, group_sent={})
-    (message,) = p.messages
+    message = render_group("ops", ["source=prod|rule=failures"], items)
     assert message.title == "25 voice job alerts (rule failures, source prod)"
     lines = message.body.splitlines()
     assert lines[0] == "- AUDIT_FAILED: voice job job1"
     assert len(lines) == 21
     assert lines[-1] == "+5 more"
     assert message.notify_type is NotifyType.FAILURE
-
-
-def test_single_alert_goes_out_as_rendered() -> None:
-    p = plan([item(1)], NOW, rules={"failures": RULE}, policies={}, recent_sends={}, group_sent={})
-    assert p.messages[0].title == "AUDIT_FAILED: voice job job1"
-    assert p.messages[0].body == "body"
-
-
-def test_group_wait_holds_until_the_window_closes() -> None:
-    rule = RuleConfig(name="failures", on=("*",), notify=("ops",), group_wait=timedelta(minutes=1))
-    items = [item(1, created=NOW - timedelta(seconds=30)), item(2)]
-    p = plan(items, NOW, rules={"failures": rule}, policies={}, recent_sends={}, group_sent={})
-    assert p.messages == ()
-    assert p.next_wake == NOW + timedelta(seconds=30)
-    later = plan(
-        items,
-        NOW + timedelta(seconds=31),
-        rules={"failures": rule},
-        policies={},
-        recent_sends={},
-        group_sent={},
-    )
-    assert [[i.id for i in m.items] for m in later.messages] == [[1, 2]]
-
-
-def test_group_interval_spaces_messages_of_one_group() -> None:
-    rule = RuleConfig(
-        name="failures", on=("*",), notify=("ops",), group_interval=timedelta(minutes=5)
-    )
-    sent = {("ops", "source=prod|rule=failures"): NOW - timedelta(minutes=2)}
-    messages, held = run_plan([item(1)], rules={"failures": rule}, group_sent=sent)
-    assert messages == []
-    assert held == [1]
-
-
-def test_rate_limit_folds_the_excess_into_the_last_allowed_message() -> None:
-    items = [item(n, key=f"k{n}") for n in range(1, 6)]
-    policy = {"ops": ChannelPolicy(max_per_minute=3)}
-    recent = {"ops": [NOW - timedelta(seconds=10)]}
-    messages, held = run_plan(items, policies=policy, recent_sends=recent)
-    assert messages == [[1], [2, 3, 4, 5]]
-    assert held == []
-
-
-def test_rate_limit_reached_holds_everything_never_drops() -> None:
-    policy = {"ops": ChannelPolicy(max_per_minute=2)}
-    recent = {"ops": [NOW - timedelta(seconds=50), NOW - timedelta(seconds=5)]}
-    p = plan(
-        [item(1, key="a"), item(2, key="b")],
-        NOW,
-        rules={"failures": RULE},
-        policies=policy,
-        recent_sends=recent,
-        group_sent={},
-    )
-    assert p.messages == ()
-    assert sorted(h.item_id for h in p.held) == [1, 2]
-    assert p.next_wake == NOW + timedelta(seconds=10)
-
-
-def test_quiet_hours_hold_non_urgent_alerts_and_keep_job_order() -> None:
-    quiet = {"ops": ChannelPolicy(quiet_hours=QuietHours(time(11, 0), time(13, 0)))}
-    urgent = RuleConfig(name="urgent", on=("*",), notify=("ops",), urgent=True)
-    items = [
-        item(1, job="a"),
-        item(2, job="a", rule="urgent", key="u"),  # same job: must wait for item 1
-        item(3, job="b", rule="urgent", key="u"),
-    ]
-    messages, held = run_plan(items, rules={"failures": RULE, "urgent": urgent}, policies=quiet)
-    assert messages == [[3]]
-    assert sorted(held) == [1, 2]
 
 
 def test_quiet_window_across_midnight_in_a_timezone() -> None:
@@ -195,24 +104,3 @@ def test_labels_carry_job_fields_for_matching() -> None:
         "previous_state": "PROCESSING",
         "tag": "NEWS",
     }
-
-
-def test_a_group_waiting_for_more_holds_later_alerts_about_its_jobs() -> None:
-    slow = RuleConfig(name="failures", on=("*",), notify=("ops",), group_wait=timedelta(minutes=1))
-    fast = RuleConfig(name="done", on=("*",), notify=("ops",))
-    items = [
-        item(1, job="a"),  # grouped, waits a minute
-        item(2, job="a", rule="done", key="done"),  # about the same job: must not overtake
-        item(3, job="b", rule="done", key="done2"),
-    ]
-    p = plan(
-        items,
-        NOW,
-        rules={"failures": slow, "done": fast},
-        policies={},
-        recent_sends={},
-        group_sent={},
-    )
-    assert [[i.id for i in m.items] for m in p.messages] == [[3]]
-    assert sorted(h.item_id for h in p.held) == [1, 2]
-    assert p.next_wake == NOW + timedelta(minutes=1)

@@ -153,7 +153,14 @@ async def run_scenario(
             store = Store.open(config.storage)
             notifier = Notifier(config.channels, send_timeout=5.0)
             watcher = Watcher(
-                config, store, notifier, session, clock=now, rng=random.Random(1), retry=RETRY
+                config,
+                store,
+                notifier,
+                session,
+                clock=now,
+                monotonic=lambda: now().timestamp(),
+                rng=random.Random(1),
+                retry=RETRY,
             )
             try:
                 total = cycles if faults is not None else steps or 0

@@ -109,7 +109,7 @@ CASES: list[Any] = [
         "unknown_top_key",
         BASE + "chanels: {}\n",
         "13: chanels: unknown key 'chanels' (did you mean 'channels'?); expected one of: "
-        "sources, channels, rules, storage, first_run, delivery, http",
+        "sources, channels, rules, storage, first_run, delivery, http, retention",
     ),
     (
         "unknown_source_key",

@@ -1,53 +1,63 @@
-"""Delivery decisions: which outbox items may go now, and what to do after a failed send.
+"""Delivery timing decisions: when a backing-off alert may go again, and when to give up.
 
-Pure: the shell passes the pending items, the clock reading and a random source.
+Pure: the shell passes the item, readings of the wall and monotonic clocks and a random source.
+Time between attempts is measured on the monotonic clock, so wall-clock steps (NTP, a VM
+resumed, an operator's `date -s`) neither stall a retry nor dead-letter an alert.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from watcher.model import DeliveryConfig, OutboxItem
 
 
-def deliverable(pending: Sequence[OutboxItem], now: datetime) -> list[OutboxItem]:
-    """Due items, oldest first, holding back any item whose job has an older one pending on
-    the same channel: alerts about one job arrive in the order they were detected."""
-    blocked: set[tuple[str, str]] = set()
-    out: list[OutboxItem] = []
-    for item in sorted(pending, key=lambda i: i.id):
-        alert = item.alert
-        lane = (alert.channel, f"{alert.source}|{alert.job_id}") if alert.job_id else None
-        if lane is not None and lane in blocked:
-            continue
-        if item.next_attempt_at <= now:
-            out.append(item)
-        if lane is not None:
-            # Anything later in this lane waits for this one, due or not.
-            blocked.add(lane)
-    return out
+def first_wait(item: OutboxItem, now: datetime) -> float:
+    """Seconds an alert not yet scheduled by this process still waits, from what is stored.
+
+    The stored retry time is wall-clock; trusted only up to the delay that was chosen, so a
+    clock stepped back (or a restart after one) waits at most one backoff, and a clock stepped
+    forward just makes it due. A never-failed alert is due at once.
+    """
+    if item.retry_delay is None:
+        return 0.0
+    remaining = (item.next_attempt_at - now).total_seconds()
+    return min(max(remaining, 0.0), item.retry_delay)
+
+
+def gap_since_last_attempt(item: OutboxItem, now: datetime) -> float:
+    """Seconds since the last attempt, for an alert this process has not tried yet.
+
+    Across a restart only the wall clock knows, so it is bounded: at most the backoff that
+    was waited (time the watcher was down is not time spent trying).
+    """
+    if item.retry_delay is None:
+        return 0.0
+    elapsed = (now - item.next_attempt_at).total_seconds() + item.retry_delay
+    return min(max(elapsed, 0.0), item.retry_delay)
 
 
 @dataclass(frozen=True, slots=True)
 class AfterFailure:
-    """Retry at `retry_at`, or give up (`dead`) with the reason in words."""
+    """Retry in `delay` seconds, or give up (`dead`) with the reason in words."""
 
     dead: bool
-    retry_at: datetime | None
+    delay: float | None
     reason: str
 
 
 def after_failure(
-    item: OutboxItem, now: datetime, policy: DeliveryConfig, rng: random.Random
+    item: OutboxItem, elapsed: float, policy: DeliveryConfig, rng: random.Random
 ) -> AfterFailure:
-    """Exponential backoff with full jitter, capped; dead-letter once `give_up_after` passed."""
+    """Exponential backoff with full jitter, capped; dead-letter once delivery has been tried
+    for `give_up_after` (`elapsed` seconds, this attempt included)."""
     attempts = item.attempts + 1
-    age = now - (item.queued_at or item.alert.created_at)
-    if age >= policy.give_up_after:
-        return AfterFailure(True, None, f"gave up after {attempts} attempts over {age}")
+    if elapsed >= policy.give_up_after.total_seconds():
+        return AfterFailure(
+            True, None, f"gave up after {attempts} attempts over {elapsed:.0f}s of trying"
+        )
     ceiling = min(
         policy.retry_max.total_seconds(),
         policy.retry_initial.total_seconds() * (2 ** min(attempts - 1, 30)),
@@ -55,6 +65,4 @@ def after_failure(
     # Full jitter, but never sooner than a tenth of the initial delay: no hot loop.
     floor = policy.retry_initial.total_seconds() / 10
     delay = max(floor, rng.uniform(0, ceiling))
-    return AfterFailure(
-        False, now + timedelta(seconds=delay), f"attempt {attempts} failed; retry in {delay:.0f}s"
-    )
+    return AfterFailure(False, delay, f"attempt {attempts} failed; retry in {delay:.0f}s")
