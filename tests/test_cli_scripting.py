@@ -24,6 +24,7 @@ __all__ = ["restore_logging", "servers"]  # fixtures, used by name
     [
         ["check"],
         ["once"],
+        ["route", "--state", "FAILED"],
         ["outbox"],
         ["outbox", "retry", "--all"],
         ["status"],
@@ -222,3 +223,13 @@ def test_outbox_and_history_show_holds_with_their_end(
         "quiet hours on channel night"
     )
     assert {a["channel"]: a["held"] for a in alerts}["hook"] is None  # sent: no hold
+
+
+def test_route_as_json(servers: Servers, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, "route", "-c", servers.config(), "--state", "AUDIT_FAILED", "--json")
+    assert code == EX_OK
+    result = json.loads(out)
+    assert (result["event"], result["state"]) == ("transition", "AUDIT_FAILED")
+    (rule,) = result["rules"]
+    assert (rule["rule"], rule["matched"], rule["channels"]) == ("failures", True, ["hook"])
+    assert rule["title"]

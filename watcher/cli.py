@@ -115,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--voice-name")
     rt.add_argument("--batch-name")
     rt.add_argument("--source", default="sample-source")
+    rt.add_argument("--json", action="store_true", help="each rule's decision as JSON")
     status = with_config(add_command("status", help="per source: last poll, errors, jobs"))
     status.add_argument("--json", action="store_true")
     jobs = with_config(add_command("jobs", help="list the tracked jobs"))
@@ -564,6 +565,8 @@ def cmd_route(args: argparse.Namespace) -> int:
         job=job,
         previous_state=args.from_state,
     )
+    if args.json:
+        return _route_json(config, event)
     matched = 0
     for decision in match(config.rules, event):
         mark = "MATCH" if decision.matched else "  -  "
@@ -577,6 +580,31 @@ def cmd_route(args: argparse.Namespace) -> int:
                 print(f"      | {line}")
     if not matched:
         print("no rule matches: this event would not be sent anywhere")
+    return EX_OK
+
+
+def _route_json(config: Config, event: Event) -> int:
+    """`route --json`: every rule's decision, and for the matching ones where it goes."""
+    decisions = []
+    for decision in match(config.rules, event):
+        entry: dict[str, Any] = {
+            "rule": decision.rule.name,
+            "matched": decision.matched,
+            "reason": decision.reason,
+        }
+        if decision.matched:
+            rendered = render(event, decision.rule)
+            entry.update(
+                channels=list(decision.rule.notify), title=rendered.title, body=rendered.body
+            )
+        decisions.append(entry)
+    _print_json(
+        {
+            "event": str(event.kind),
+            "state": event.job.state if event.job else None,
+            "rules": decisions,
+        }
+    )
     return EX_OK
 
 
