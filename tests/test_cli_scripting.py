@@ -134,6 +134,14 @@ def test_silence_add_and_expire_as_json(
         ),
         (["jobs", "--state", "AUDIT*"], "--state: unknown state 'AUDIT*'"),
         (
+            ["route", "--state", "FAILD"],
+            "--state: unknown state 'FAILD' (did you mean 'FAILED'?)",
+        ),
+        (
+            ["route", "--state", "FAILED", "--from", "auditing"],
+            "--from: unknown state 'auditing' (did you mean 'AUDITING'?)",
+        ),
+        (
             ["silence", "add", "--match", "state=AUDIT_FAIL"],
             "--match state: unknown state 'AUDIT_FAIL' (did you mean 'AUDIT_FAILED'?)",
         ),

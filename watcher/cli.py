@@ -546,6 +546,9 @@ def _held_by(hold: Hold | None) -> str:
 
 
 def cmd_route(args: argparse.Namespace) -> int:
+    for option, value in (("--state", args.state), ("--from", args.from_state)):
+        if value is not None:
+            _known_state(value, option, globs=False)
     config = _load(args)
     now = datetime.now(UTC)
     job = Job(
