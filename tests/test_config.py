@@ -667,7 +667,9 @@ def test_missing_config_file_names_it(tmp_path: Path) -> None:
 def test_config_file_that_is_a_directory(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(str(tmp_path), ENV)
-    assert str(info.value) == f"{tmp_path}: cannot read the configuration file: Is a directory"
+    assert str(info.value) == (
+        f"{tmp_path}: the configuration must be a regular file (this is a directory)"
+    )
 
 
 def test_invalid_url_shows_only_the_scheme_and_never_the_secret() -> None:
@@ -818,7 +820,7 @@ def test_recursive_alias_is_a_config_error() -> None:
 def test_billion_laughs_is_cheap() -> None:
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
     lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
-    with pytest.raises(ConfigError, match="unknown key 'a0'"):
+    with pytest.raises(ConfigError, match="expands to 1234567900 values through YAML aliases"):
         load("\n".join(lines) + "\n")
 
 

@@ -159,6 +159,7 @@ class Watcher:
         self.failure: str | None = None  # why run() stopped by itself, if it did
         self.metrics = metrics or Metrics(process=False)
         self.metrics.add_sources(self._sources)
+        self.metrics.add_channels(config.channels)
         # Delivery: rate limits and group intervals come from the store's send log; retry
         # times from `memory`, which a reload hands on to the next Watcher.
         self._dispatcher = Dispatcher(
