@@ -329,7 +329,6 @@ class Watcher:
             state.cursor, state.config, now=now, has_baseline=previous is not None
         )
         reverify = reverifies(state.cursor, state.config, now=now)
-        state.client.known = previous or {}
         if reason is None and previous is not None:
             name = state.config.name
 
@@ -358,7 +357,7 @@ class Watcher:
             state.cursor.server_offset = await state.client.server_offset()
         bound = full_scan_bound(state.config, now, state.cursor.server_offset or 0.0)
         params = [("create_until", rfc3339(bound))] if bound is not None else []
-        scan = await state.client.list_jobs(params)
+        scan = await state.client.list_jobs(params, known=previous)
         server_time = scan.server_time
         if bound is not None and server_time is not None:
             server_time = min(server_time, bound)  # what the bound left out is listed next

@@ -499,7 +499,7 @@ class IncrementalPoller:
                 continue
             try:
                 if strategy is Strategy.CHANGED_SINCE:
-                    inc = await self._changed_since(cursor.watermark)
+                    inc = await self._changed_since(stored, cursor.watermark)
                 else:
                     inc = await self._active_set(stored, cursor.watermark)
             except ListingRejected as rejected:
@@ -535,12 +535,13 @@ class IncrementalPoller:
         if self.on_demote is not None:
             self.on_demote(strategy, reason)
 
-    async def _changed_since(self, watermark: datetime) -> Increment:
+    async def _changed_since(self, stored: Mapping[str, Job], watermark: datetime) -> Increment:
         since = lower_bound(watermark)
         scan = await self.client.list_jobs(
             [("update_since", rfc3339(since))],
             sort_key="update_time",
             check=updated_since_check(since),
+            known=stored,
         )
         return Increment(
             scan.jobs,
@@ -559,13 +560,16 @@ class IncrementalPoller:
                 self.client.list_jobs(
                     [("create_since", _create_since(source, since))],
                     check=created_since_check(since),
+                    known=stored,
                 )
             )
         ]
         if states:
             tasks.append(
                 asyncio.ensure_future(
-                    self.client.list_jobs([("state", ",".join(states))], check=state_check(states))
+                    self.client.list_jobs(
+                        [("state", ",".join(states))], check=state_check(states), known=stored
+                    )
                 )
             )
         try:
@@ -616,6 +620,7 @@ class IncrementalPoller:
             listing = await self.client.list_jobs(
                 [("state", ",".join(settled)), ("create_since", since)],
                 check=all_of(state_check(settled), created_since_check(cutoff)),
+                known=stored,
             )
             found.update(listing.jobs)
             requests += listing.requests
