@@ -24,15 +24,12 @@ from hypothesis import strategies as st
 
 from watcher.config import load_config_text
 from watcher.daemon import PollOutcome, Watcher
+from watcher.engine.cursor import Cursor, Strategy
+from watcher.engine.cycle import Miss, find_misses, missing_after_partial_scan
 from watcher.metastudio.client import PageCheck, RetryPolicy
 from watcher.metastudio.incremental import (
-    Cursor,
-    Miss,
-    Strategy,
     active_states,
     created_since_check,
-    find_misses,
-    missing_after_partial_scan,
     settled_states,
     state_check,
     updated_since_check,
@@ -420,20 +417,24 @@ def test_only_documented_states_are_ever_sent_as_filters() -> None:
 
 
 def test_a_demotion_holds_then_expires_and_a_scheduled_full_scan_lifts_it() -> None:
-    cursor = Cursor()
+    fresh = Cursor()
     hour = timedelta(hours=1)
-    assert cursor.strategy_at(START) is Strategy.CHANGED_SINCE
-    assert cursor.demote(Strategy.CHANGED_SINCE, now=START, hold=hour, reason="400")
+    assert fresh.strategy_at(START) is Strategy.CHANGED_SINCE
+    assert fresh.is_news(Strategy.CHANGED_SINCE)
+    cursor = fresh.demote(Strategy.CHANGED_SINCE, now=START, hold=hour, reason="400")
+    assert fresh == Cursor(), "a demotion is a new cursor, never an edit"
     assert cursor.strategy_at(START) is Strategy.ACTIVE_SET
-    assert cursor.demote(Strategy.ACTIVE_SET, now=START, hold=hour, reason="ignored")
+    cursor = cursor.demote(Strategy.ACTIVE_SET, now=START, hold=hour, reason="ignored")
     # Demoted again (a re-verification that failed): not news, so not logged loudly.
-    assert not cursor.demote(Strategy.CHANGED_SINCE, now=START, hold=hour, reason="400")
+    assert not cursor.is_news(Strategy.CHANGED_SINCE)
+    cursor = cursor.demote(Strategy.CHANGED_SINCE, now=START, hold=hour, reason="400")
     assert cursor.strategy_at(START + timedelta(minutes=59)) is Strategy.FULL_ONLY
     assert cursor.strategy_at(START + hour) is Strategy.CHANGED_SINCE
     restored = Cursor.from_json(json.loads(json.dumps(cursor.to_json("s"))), "s")
     assert restored == cursor
     assert Cursor.from_json(cursor.to_json("s"), "other scope") == Cursor()
-    cursor.full_scan_committed(now=START, server_time=START, count=3, reverify=False)
+    kept = cursor.after_full_scan(now=START, server_time=START, count=3, reverify=False)
+    assert kept.strategy_at(START) is Strategy.FULL_ONLY
+    lifted = cursor.after_full_scan(now=START, server_time=START, count=3, reverify=True)
+    assert lifted.strategy_at(START) is Strategy.CHANGED_SINCE
     assert cursor.strategy_at(START) is Strategy.FULL_ONLY
-    cursor.full_scan_committed(now=START, server_time=START, count=3, reverify=True)
-    assert cursor.strategy_at(START) is Strategy.CHANGED_SINCE

@@ -290,7 +290,7 @@ async def test_jobs_created_while_a_full_scan_pages_do_not_spoil_it(
 
 
 def test_a_bounded_full_scan_keeps_stored_jobs_created_after_its_bound() -> None:
-    from watcher.metastudio.incremental import keep_created_after
+    from watcher.engine.cycle import keep_created_after
     from watcher.model import Job
 
     bound = START
