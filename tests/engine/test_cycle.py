@@ -8,7 +8,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from watcher.engine.cursor import Cursor, Strategy
-from watcher.engine.cycle import Decision, Fetched, Miss, decide
+from watcher.engine.cycle import (
+    Decision,
+    Fetched,
+    Miss,
+    decide,
+    find_misses,
+    missing_after_partial_scan,
+)
 from watcher.engine.tracker import Tracking
 from watcher.model import (
     Config,
@@ -141,6 +148,27 @@ def test_a_demotion_the_poller_made_is_carried_into_the_next_cursor() -> None:
     decision = cycle(stored, fetched, cursor=cursor, at=T0)
     assert decision.strategy == str(Strategy.ACTIVE_SET)
     assert decision.cursor.reasons == {Strategy.CHANGED_SINCE: "400"}
+
+
+def test_partial_scan_keeps_miss_counts_and_a_sighting_clears_one() -> None:
+    before = {"gone": 2, "vanished": 3, "back": 1}
+    assert missing_after_partial_scan(before, {"back", "other"}) == {"gone": 2, "vanished": 3}
+
+
+def test_only_changes_older_than_the_last_incremental_cycle_are_misses() -> None:
+    t0 = T0
+    stored = {"a": job("a", "SUCCEED", t0), "b": job("b", "PROCESSING", t0)}
+    scanned = {
+        "a": job("a", "FAILED", t0 + timedelta(minutes=1)),  # before the cycle: missed
+        "b": job("b", "SUCCEED", t0 + timedelta(minutes=5)),  # after it: news
+        "c": job("c", "FAILED", t0 + timedelta(minutes=2)),  # created unseen: missed
+    }
+    covered = t0 + timedelta(minutes=3)
+    assert find_misses(stored, scanned, covered) == [
+        Miss("a", "FAILED", "SUCCEED"),
+        Miss("c", "FAILED", None),
+    ]
+    assert find_misses(stored, scanned, None) == []
 
 
 IDS = [f"j{i}" for i in range(8)]
