@@ -20,21 +20,22 @@ import structlog
 
 from watcher.dispatch import DeliveryMemory, DeliveryOutcome, Dispatcher
 from watcher.engine.alerts import Routed, route
-from watcher.engine.cursor import Cursor, Strategy
-from watcher.engine.cycle import Decision, Fetched, decide, unhealthy_after
+from watcher.engine.cursor import Cursor, Strategy, cursor_scope
+from watcher.engine.cycle import (
+    Decision,
+    Fetched,
+    decide,
+    full_scan_bound,
+    full_scan_reason,
+    reverifies,
+    unhealthy_after,
+)
 from watcher.engine.diff import count_by_state
 from watcher.engine.tracker import Tracking, health_step
 from watcher.errors import ApiError, AuthError, StoreError, WatcherError
 from watcher.http import Readiness, readiness, start_http
 from watcher.metastudio.client import ListingRejected, MetaStudioClient, RetryPolicy, ScanProgress
-from watcher.metastudio.incremental import (
-    IncrementalPoller,
-    cursor_scope,
-    full_scan_bound,
-    full_scan_reason,
-    reverifies,
-    rfc3339,
-)
+from watcher.metastudio.incremental import IncrementalPoller, rfc3339
 from watcher.metastudio.parse import novelties
 from watcher.metrics import Metrics
 from watcher.model import (

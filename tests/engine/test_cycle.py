@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import given
@@ -14,7 +15,10 @@ from watcher.engine.cycle import (
     Miss,
     decide,
     find_misses,
+    full_scan_bound,
+    full_scan_reason,
     missing_after_partial_scan,
+    reverifies,
 )
 from watcher.engine.tracker import Tracking
 from watcher.model import (
@@ -169,6 +173,37 @@ def test_only_changes_older_than_the_last_incremental_cycle_are_misses() -> None
         Miss("c", "FAILED", None),
     ]
     assert find_misses(stored, scanned, None) == []
+
+
+def test_the_plan_scans_everything_only_when_an_increment_cannot_be_trusted() -> None:
+    hour = timedelta(hours=1)
+    fresh = Cursor()
+    fed = Cursor(watermark=T0, last_full_at=T0, full_count=1)
+    assert full_scan_reason(fed, SOURCE, now=T0, has_baseline=False) == "first scan of the source"
+    assert full_scan_reason(fresh, SOURCE, now=T0, has_baseline=True) == "start-up"
+    assert full_scan_reason(fed, SOURCE, now=T0 + timedelta(minutes=5), has_baseline=True) is None
+    assert full_scan_reason(fed, SOURCE, now=T0 + hour, has_baseline=True) == (
+        "full_scan_every elapsed"
+    )
+    both = fed.demote(Strategy.CHANGED_SINCE, now=T0, hold=hour, reason="400").demote(
+        Strategy.ACTIVE_SET, now=T0, hold=hour, reason="ignored"
+    )
+    reason = full_scan_reason(both, SOURCE, now=T0 + timedelta(minutes=5), has_baseline=True)
+    assert reason == "every cheaper strategy is demoted (400; ignored)"
+    off = replace(SOURCE, full_scan_every=timedelta(0))
+    assert full_scan_reason(fed, off, now=T0, has_baseline=True) == (
+        "incremental polling disabled (full_scan_every: 0)"
+    )
+    # Only a scheduled full scan lifts demotions.
+    assert not reverifies(both, SOURCE, now=T0 + timedelta(minutes=5))
+    assert reverifies(both, SOURCE, now=T0 + hour) and reverifies(fresh, SOURCE, now=T0)
+
+
+def test_a_full_scan_is_bounded_just_past_the_api_clock_unless_the_source_bounds_it() -> None:
+    at = T0.replace(microsecond=500_000)
+    assert full_scan_bound(SOURCE, at, 10.0) == T0 + timedelta(seconds=12)
+    own = replace(SOURCE, filters=(("create_until", "2026-01-01T00:00:00Z"),))
+    assert full_scan_bound(own, at, 10.0) is None
 
 
 IDS = [f"j{i}" for i in range(8)]

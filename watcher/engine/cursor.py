@@ -12,6 +12,8 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from watcher.model import SourceConfig
+
 
 class Strategy(StrEnum):
     CHANGED_SINCE = "changed_since"
@@ -150,3 +152,9 @@ class Cursor:
             },
             noted=frozenset(strategies[k] for k in data.get("noted") or () if k in strategies),
         )
+
+
+def cursor_scope(source: SourceConfig) -> str:
+    """What a stored cursor is valid for: the same listing of the same project."""
+    filters = "&".join(f"{k}={v}" for k, v in sorted(source.filters))
+    return f"{source.endpoint}|{source.project_id}|{filters}"

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from watcher.engine.alerts import TemplateProblem, route
-from watcher.engine.cursor import Cursor
+from watcher.engine.cursor import LADDER, Cursor, Strategy
 from watcher.engine.diff import Overlay
 from watcher.engine.tracker import Tracking, advance, health_step
 from watcher.model import Alert, Config, Event, Job, Snapshot, SourceConfig
@@ -65,6 +65,49 @@ class Decision:
 def unhealthy_after(source: SourceConfig) -> timedelta:
     """How long a source may fail before it is announced unhealthy."""
     return source.poll_interval * 3
+
+
+# --- what this cycle lists ------------------------------------------------------------
+
+
+def full_scan_reason(
+    cursor: Cursor, source: SourceConfig, *, now: datetime, has_baseline: bool
+) -> str | None:
+    """Why this cycle must scan everything, or None when an incremental cycle will do."""
+    if source.full_scan_every <= timedelta(0):
+        return "incremental polling disabled (full_scan_every: 0)"
+    if not has_baseline:
+        return "first scan of the source"
+    if cursor.watermark is None or cursor.last_full_at is None:
+        return "start-up"
+    if now - cursor.last_full_at >= source.full_scan_every:
+        return "full_scan_every elapsed"
+    if cursor.strategy_at(now) is Strategy.FULL_ONLY:
+        why = "; ".join(cursor.reasons.get(s, "demoted") for s in LADDER)
+        return f"every cheaper strategy is demoted ({why})"
+    return None
+
+
+def full_scan_bound(source: SourceConfig, now: datetime, server_offset: float) -> datetime | None:
+    """The `create_until` of a full scan: a little past the API's now (our clock corrected
+    by the offset last seen, which the whole-second `Date` under-states by up to a second;
+    never before it, or a job created just before the scan would be left out). Jobs
+    created while a long scan pages would otherwise shift its pages and have it discarded
+    (a 1M-job baseline takes over half an hour); they are left to the next cycle instead.
+    None when the source sets its own create_until."""
+    if any(key == "create_until" for key, _ in source.filters):
+        return None
+    server_now = now + timedelta(seconds=server_offset + 2)
+    return server_now.astimezone(UTC).replace(microsecond=0)
+
+
+def reverifies(cursor: Cursor, source: SourceConfig, *, now: datetime) -> bool:
+    """Whether a full scan now is a scheduled one (start-up or `full_scan_every`), which
+    lifts every demotion once committed."""
+    return cursor.last_full_at is None or now - cursor.last_full_at >= source.full_scan_every
+
+
+# --- what the listing means -----------------------------------------------------------
 
 
 def decide(

@@ -56,49 +56,6 @@ log = structlog.get_logger()
 UPDATE_OVERLAP = timedelta(seconds=5)
 
 
-def cursor_scope(source: SourceConfig) -> str:
-    """What a stored cursor is valid for: the same listing of the same project."""
-    filters = "&".join(f"{k}={v}" for k, v in sorted(source.filters))
-    return f"{source.endpoint}|{source.project_id}|{filters}"
-
-
-def full_scan_reason(
-    cursor: Cursor, source: SourceConfig, *, now: datetime, has_baseline: bool
-) -> str | None:
-    """Why this cycle must scan everything, or None when an incremental cycle will do."""
-    if source.full_scan_every <= timedelta(0):
-        return "incremental polling disabled (full_scan_every: 0)"
-    if not has_baseline:
-        return "first scan of the source"
-    if cursor.watermark is None or cursor.last_full_at is None:
-        return "start-up"
-    if now - cursor.last_full_at >= source.full_scan_every:
-        return "full_scan_every elapsed"
-    if cursor.strategy_at(now) is Strategy.FULL_ONLY:
-        why = "; ".join(cursor.reasons.get(s, "demoted") for s in LADDER)
-        return f"every cheaper strategy is demoted ({why})"
-    return None
-
-
-def full_scan_bound(source: SourceConfig, now: datetime, server_offset: float) -> datetime | None:
-    """The `create_until` of a full scan: a little past the API's now (our clock corrected
-    by the offset last seen, which the whole-second `Date` under-states by up to a second;
-    never before it, or a job created just before the scan would be left out). Jobs
-    created while a long scan pages would otherwise shift its pages and have it discarded
-    (a 1M-job baseline takes over half an hour); they are left to the next cycle instead.
-    None when the source sets its own create_until."""
-    if any(key == "create_until" for key, _ in source.filters):
-        return None
-    server_now = now + timedelta(seconds=server_offset + 2)
-    return server_now.astimezone(UTC).replace(microsecond=0)
-
-
-def reverifies(cursor: Cursor, source: SourceConfig, *, now: datetime) -> bool:
-    """Whether a full scan now is a scheduled one (start-up or `full_scan_every`), which
-    lifts every demotion once committed."""
-    return cursor.last_full_at is None or now - cursor.last_full_at >= source.full_scan_every
-
-
 def is_refusal(err: ApiError) -> bool:
     """The API refused a parameter (HTTP 400 or MSS.00000003): a reason to demote the
     strategy that sent it, never a failed poll."""
