@@ -82,7 +82,6 @@ class _SourceState:
 
     config: SourceConfig
     client: MetaStudioClient
-    missing: dict[str, int] = field(default_factory=dict)
     last_error: str | None = None
     last_ok: datetime | None = None
     cursor: Cursor = field(default_factory=Cursor)
