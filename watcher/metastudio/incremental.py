@@ -29,8 +29,9 @@ Why it is safe (the engine's contract is unchanged: `advance()` always gets ever
   the stored jobs) to cost fewer requests. A 404 on a lookup keeps the stored job; the
   next full scan decides whether it vanished.
 * A full scan still runs at the first start and every `full_scan_every`; whatever it finds
-  changed before the last incremental cycle started, and not seen by it, is a miss (`find_misses`):
-  logged and counted, so a wrong assumption shows in monitoring instead of silently.
+  changed before the last incremental cycle started, and not seen by it, is a miss
+  (`watcher.engine.cycle.find_misses`): logged and counted, so a wrong assumption shows in
+  monitoring instead of silently.
 """
 
 from __future__ import annotations
