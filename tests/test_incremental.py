@@ -7,7 +7,6 @@ polls incrementally. They must find the same transitions; the request counts sho
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import sqlite3
@@ -26,13 +25,8 @@ from watcher.config import load_config_text
 from watcher.daemon import PollOutcome, Watcher
 from watcher.metastudio.client import PageCheck, RetryPolicy
 from watcher.metastudio.incremental import (
-    Cursor,
-    Miss,
-    Strategy,
     active_states,
     created_since_check,
-    find_misses,
-    missing_after_partial_scan,
     settled_states,
     state_check,
     updated_since_check,
@@ -301,27 +295,6 @@ def _job(job_id: str, state: str, updated: datetime, created: datetime | None = 
     return Job(job_id, state, 1, created or updated, updated)
 
 
-def test_partial_scan_keeps_miss_counts_and_a_sighting_clears_one() -> None:
-    before = {"gone": 2, "vanished": 3, "back": 1}
-    assert missing_after_partial_scan(before, {"back", "other"}) == {"gone": 2, "vanished": 3}
-
-
-def test_only_changes_older_than_the_last_incremental_cycle_are_misses() -> None:
-    t0 = START
-    stored = {"a": _job("a", "SUCCEED", t0), "b": _job("b", "PROCESSING", t0)}
-    scanned = {
-        "a": _job("a", "FAILED", t0 + timedelta(minutes=1)),  # before the cycle: missed
-        "b": _job("b", "SUCCEED", t0 + timedelta(minutes=5)),  # after it: news
-        "c": _job("c", "FAILED", t0 + timedelta(minutes=2)),  # created unseen: missed
-    }
-    covered = t0 + timedelta(minutes=3)
-    assert find_misses(stored, scanned, covered) == [
-        Miss("a", "FAILED", "SUCCEED"),
-        Miss("c", "FAILED", None),
-    ]
-    assert find_misses(stored, scanned, None) == []
-
-
 def test_one_settled_listing_replaces_lookups_only_when_cheaper() -> None:
     stored = {
         f"s{i}": _job(f"s{i}", "SUCCEED", START, START + timedelta(minutes=i)) for i in range(500)
@@ -417,23 +390,3 @@ def test_only_documented_states_are_ever_sent_as_filters() -> None:
     assert sent <= DOCUMENTED_STATES
     assert "USER_RESULT_REVIEW" not in sent and "USER_REVIEW_REJECT" not in sent
     assert len(DOCUMENTED_STATES) == 14
-
-
-def test_a_demotion_holds_then_expires_and_a_scheduled_full_scan_lifts_it() -> None:
-    cursor = Cursor()
-    hour = timedelta(hours=1)
-    assert cursor.strategy_at(START) is Strategy.CHANGED_SINCE
-    assert cursor.demote(Strategy.CHANGED_SINCE, now=START, hold=hour, reason="400")
-    assert cursor.strategy_at(START) is Strategy.ACTIVE_SET
-    assert cursor.demote(Strategy.ACTIVE_SET, now=START, hold=hour, reason="ignored")
-    # Demoted again (a re-verification that failed): not news, so not logged loudly.
-    assert not cursor.demote(Strategy.CHANGED_SINCE, now=START, hold=hour, reason="400")
-    assert cursor.strategy_at(START + timedelta(minutes=59)) is Strategy.FULL_ONLY
-    assert cursor.strategy_at(START + hour) is Strategy.CHANGED_SINCE
-    restored = Cursor.from_json(json.loads(json.dumps(cursor.to_json("s"))), "s")
-    assert restored == cursor
-    assert Cursor.from_json(cursor.to_json("s"), "other scope") == Cursor()
-    cursor.full_scan_committed(now=START, server_time=START, count=3, reverify=False)
-    assert cursor.strategy_at(START) is Strategy.FULL_ONLY
-    cursor.full_scan_committed(now=START, server_time=START, count=3, reverify=True)
-    assert cursor.strategy_at(START) is Strategy.CHANGED_SINCE

@@ -290,7 +290,7 @@ async def test_jobs_created_while_a_full_scan_pages_do_not_spoil_it(
 
 
 def test_a_bounded_full_scan_keeps_stored_jobs_created_after_its_bound() -> None:
-    from watcher.metastudio.incremental import keep_created_after
+    from watcher.engine.cycle import keep_created_after
     from watcher.model import Job
 
     bound = START
@@ -303,3 +303,26 @@ def test_a_bounded_full_scan_keeps_stored_jobs_created_after_its_bound() -> None
     # "old" is really absent (a miss); "late" could not be listed, so it is not.
     assert set(kept) == {"other", "late"}
     assert keep_created_after(stored, scanned, None) is scanned
+
+
+async def test_a_demotion_outlives_a_cycle_that_then_fails(sim: Sim) -> None:
+    # The demotion is decided while fetching, before the cycle knows whether it will
+    # commit: the watcher keeps it, so the next cycle does not ask (and warn) again.
+    populate(sim, 200)
+    inc = sim.watcher("inc", "10m")
+    await poll(inc)
+    sim.tick()
+    sim.state.faults.extend(
+        [
+            {"kind": "status", "status": 400, "error_code": "MSS.00000003", "error_msg": "bad"},
+            {"kind": "status", "status": 403, "error_code": "APIGW.0301", "error_msg": "no"},
+        ]
+    )
+    with capture_logs() as logs:
+        failed = await inc.poll("prod")
+        assert not failed.ok
+        sim.tick()
+        outcome = await poll(inc)
+    assert outcome.mode == "active_set"
+    assert demotions(inc, "changed_since") == 1
+    assert [e["strategy"] for e in logs if e["event"] == "strategy_demoted"] == ["changed_since"]

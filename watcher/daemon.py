@@ -21,29 +21,27 @@ import structlog
 
 from watcher.dispatch import DeliveryMemory, DeliveryOutcome, Dispatcher
 from watcher.engine.alerts import Routed, route
+from watcher.engine.cursor import Cursor, Strategy, cursor_scope
+from watcher.engine.cycle import (
+    Decision,
+    Fetched,
+    decide,
+    explained,
+    full_scan_bound,
+    full_scan_reason,
+    reverifies,
+    unhealthy_after,
+)
 from watcher.engine.diff import count_by_state
 from watcher.engine.rules import matching_rules
-from watcher.engine.tracker import Tracking, advance, health_step
+from watcher.engine.tracker import Tracking, health_step
 from watcher.engine.why import detail_resource, failure_key, unavailable
 from watcher.errorcodes import with_explanation
 from watcher.errors import ApiError, AuthError, StoreError, WatcherError
 from watcher.http import Readiness, readiness, start_http
 from watcher.metastudio.client import ListingRejected, MetaStudioClient, RetryPolicy, ScanProgress
 from watcher.metastudio.details import fetch_why
-from watcher.metastudio.incremental import (
-    Cursor,
-    IncrementalPoller,
-    Strategy,
-    cursor_scope,
-    find_misses,
-    full_scan_bound,
-    full_scan_reason,
-    keep_created_after,
-    missing_after_partial_scan,
-    overlay,
-    reverifies,
-    rfc3339,
-)
+from watcher.metastudio.incremental import IncrementalPoller, rfc3339
 from watcher.metastudio.parse import novelties
 from watcher.metrics import Metrics
 from watcher.model import (
@@ -51,7 +49,6 @@ from watcher.model import (
     Event,
     Job,
     OutboxStatus,
-    Snapshot,
     SourceConfig,
 )
 from watcher.notify import Notifier
@@ -91,28 +88,13 @@ class _SourceState:
 
     config: SourceConfig
     client: MetaStudioClient
-    missing: dict[str, int] = field(default_factory=dict)
     last_error: str | None = None
     last_ok: datetime | None = None
     cursor: Cursor = field(default_factory=Cursor)
     # The cursor is read from the store on the first poll (so `once` continues from it).
     cursor_loaded: bool = False
     # The last committed snapshot's jobs, so an incremental cycle need not re-read them.
-    jobs: dict[str, Job] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class _Listing:
-    """What one cycle fetched: a full scan, or an increment to overlay on the stored jobs."""
-
-    jobs: Mapping[str, Job]
-    requests: int
-    full: bool
-    mode: str
-    server_time: datetime | None = None
-    count: int = 0
-    gone: frozenset[str] = frozenset()  # lookups that answered 404
-    reverify: bool = False  # a scheduled full scan: lifts strategy demotions once committed
+    jobs: Mapping[str, Job] | None = None
 
 
 class Watcher:
@@ -178,112 +160,135 @@ class Watcher:
     async def poll(self, name: str) -> PollOutcome:
         """Poll one source; commit snapshot, events and alerts in one transaction.
 
-        A full scan runs at start-up and every `full_scan_every`; in between an incremental
-        cycle fetches only what can have changed and overlays it on the stored jobs, so the
-        engine still diffs a complete snapshot (see `watcher.metastudio.incremental`). A
-        failed or inconsistent listing commits nothing, so it can produce no false alert and
-        lose no true one: the next cycle starts again from the last committed state.
+        Fetch, decide, commit, report: a full scan runs at start-up and every
+        `full_scan_every`, in between an incremental cycle fetches only what can have
+        changed; what that means for the snapshot, the events and the next cursor is
+        decided by `watcher.engine.cycle`. A failed or inconsistent listing commits
+        nothing, so it can produce no false alert and lose no true one: the next cycle
+        starts again from the last committed state.
         """
         state = self._sources[name]
         started = time.monotonic()
         cycle_at = self.clock()
         previous = self._previous_jobs(state)
         self._load_cursor(state)
+        fetched = await self._fetch(state, previous, cycle_at)
+        if isinstance(fetched, ApiError):
+            self._poll_failed(state, fetched, time.monotonic() - started)
+            return PollOutcome(name, False, error=fetched)
+        now = self.clock()
+        self._note_novelties(name, fetched.jobs.values())
+        decision = decide(
+            state.config,
+            self.config,
+            previous,
+            self._tracking(name),
+            fetched,
+            state.cursor,
+            cycle_at=cycle_at,
+            now=now,
+            vanish_after=self.vanish_after,
+        )
+        # Why a job failed takes a detail call (I/O, bounded by enrich_timeout): the shell
+        # makes it, the core routes the explained events again.
+        events = await self._explain_failures(state, decision.events)
+        if events is not decision.events:
+            decision = explained(decision, events, self.config)
+        inserted = self._commit(state, decision, previous)
+        self._report(state, decision, fetched, inserted, time.monotonic() - started)
+        return PollOutcome(
+            name,
+            True,
+            len(decision.events),
+            inserted,
+            len(decision.observed.jobs),
+            baseline=decision.baseline,
+            requests=fetched.requests,
+            mode=fetched.mode,
+            misses=len(decision.misses),
+        )
+
+    async def _fetch(
+        self, state: _SourceState, previous: Mapping[str, Job] | None, cycle_at: datetime
+    ) -> Fetched | ApiError:
+        """This cycle's listing, or why there is none (a poll that stood still is one)."""
         stall = self._cycle_deadline(state)
         progress = state.client.begin_cycle()
         requests_before = state.client.requests_made
         try:
-            listing = await self._while_progressing(
+            fetched = await self._while_progressing(
                 state, self._list(state, previous, cycle_at), progress, stall, previous is None
             )
         except TimeoutError:
             total = f" of {progress.pages_total}" if progress.pages_total else ""
-            err = ApiError(
+            return ApiError(
                 f"the poll made no progress for {stall:g}s ({progress.pages_done}{total} "
                 "pages fetched) and was abandoned; nothing was committed, the next poll "
                 "starts from the last complete scan",
                 retryable=True,
             )
-            self._poll_failed(state, err, time.monotonic() - started)
-            return PollOutcome(name, False, error=err)
         except ApiError as err:
-            self._poll_failed(state, err, time.monotonic() - started)
-            return PollOutcome(name, False, error=err)
+            return err
         finally:
-            self.metrics.scan_finished(name)
-        listing = replace(listing, requests=state.client.requests_made - requests_before)
-        now = self.clock()
-        self._note_novelties(name, listing.jobs.values())
-        tracking_before = self._tracking(name)
-        if listing.full or previous is None:
-            current: Mapping[str, Job] = listing.jobs
-            changed = None
-        else:
-            current, changed = overlay(previous, listing.jobs)
-        misses = (
-            find_misses(previous, listing.jobs, state.cursor.covered_until)
-            if listing.full and previous is not None
-            else []
-        )
-        snapshot = Snapshot(name, now, current)
-        step = advance(
-            previous,
-            tracking_before,
-            snapshot,
-            self.config.rules,
-            first_run=self.config.first_run,
-            vanish_after=self.vanish_after,
-            expected_interval=state.config.poll_interval,
-            batch_quiet=state.config.batch_quiet,
-        )
-        step_tracking = step.tracking
-        if not listing.full and previous is not None:
-            # Only complete scans may count a job as absent (see missing_after_partial_scan).
-            step_tracking = replace(
-                step_tracking,
-                missing=missing_after_partial_scan(tracking_before.missing, listing.jobs.keys()),
-            )
-        health, tracking = health_step(
-            step_tracking, name, ok=True, now=now, unhealthy_after=self._unhealthy_after(state)
-        )
-        events = step.events + ((health,) if health is not None else ())
-        events = await self._explain_failures(state, events)
-        routed = self._route(events)
-        # advance() builds a fresh dict: no need to copy 100k entries again.
-        committed = step.jobs if isinstance(step.jobs, dict) else dict(step.jobs)
+            self.metrics.scan_finished(state.config.name)
+        return replace(fetched, requests=state.client.requests_made - requests_before)
+
+    def _commit(
+        self,
+        state: _SourceState,
+        decision: Decision,
+        previous: Mapping[str, Job] | None,
+    ) -> int:
+        """Store the decision (one transaction, then the cursor) and take it as the shell's
+        memory; returns how many alerts were queued."""
+        name = state.config.name
+        now = decision.committed.taken_at
         inserted = self.store.commit_cycle(
             name,
-            Snapshot(name, now, committed),
-            events,
-            routed.alerts,
+            decision.committed,
+            decision.events,
+            decision.alerts,
             now=now,
-            tracking=tracking.to_json(),
+            tracking=decision.tracking.to_json(),
             previous=previous,
         )
-        self._trackings[name] = tracking
-        state.jobs = committed
-        self._advance_cursor(state, listing, cycle_at)
+        self._trackings[name] = decision.tracking
+        state.jobs = decision.committed.jobs
+        state.cursor = decision.cursor
         self.store.save_cursor(
-            name,
-            state.cursor.to_json(cursor_scope(state.config)),
-            str(state.cursor.strategy_at(cycle_at)),
+            name, state.cursor.to_json(cursor_scope(state.config)), decision.strategy
         )
         self.store.record_source_poll(name, True, now, None)
-        bound = log.bind(source=name)
         if state.last_error is not None:
-            bound.info("source_polled_again", previous_error=state.last_error)
+            log.info("source_polled_again", source=name, previous_error=state.last_error)
         state.last_error = None
         state.last_ok = now
-        for miss in misses:
+        return inserted
+
+    def _report(
+        self,
+        state: _SourceState,
+        decision: Decision,
+        fetched: Fetched,
+        inserted: int,
+        seconds: float,
+    ) -> None:
+        """Logs and metrics of a committed cycle; wakes delivery when alerts were queued."""
+        name = state.config.name
+        now = decision.committed.taken_at
+        bound = log.bind(source=name)
+        for problem in decision.problems:
+            log.warning("template_failed_using_default", rule=problem.rule, error=problem.error)
+        for miss in decision.misses:
             self.metrics.incremental_miss(name)
             bound.warning(
                 "incremental_miss",
                 job_id=miss.job_id,
                 state=miss.state,
                 previous_state=miss.previous_state,
-                strategy=str(state.cursor.strategy_at(cycle_at)),
+                strategy=decision.strategy,
             )
-        for event in events:
+        for event in decision.events:
             self.metrics.event(name, str(event.kind))
             bound.info(
                 "event_detected",
@@ -293,35 +298,24 @@ class Watcher:
                 state=event.job.state if event.job else None,
                 reason=event.reason,
             )
-        self.metrics.poll_finished(name, True, time.monotonic() - started, now)
-        self.metrics.jobs_by_state(name, count_by_state(snapshot.jobs.values()))
+        self.metrics.poll_finished(name, True, seconds, now)
+        self.metrics.jobs_by_state(name, count_by_state(decision.observed.jobs.values()))
         bound.info(
             "poll_finished",
-            mode=listing.mode,
-            jobs=len(snapshot.jobs),
-            fetched=len(listing.jobs),
-            changed=changed,
-            requests=listing.requests,
-            events=len(events),
+            mode=fetched.mode,
+            jobs=len(decision.observed.jobs),
+            fetched=decision.fetched,
+            changed=decision.changed,
+            requests=fetched.requests,
+            events=len(decision.events),
             alerts=inserted,
-            baseline=previous is None,
-            misses=len(misses),
+            baseline=decision.baseline,
+            misses=len(decision.misses),
         )
         if inserted:
             self._wake_delivery.set()
-        return PollOutcome(
-            name,
-            True,
-            len(events),
-            inserted,
-            len(snapshot.jobs),
-            baseline=previous is None,
-            requests=listing.requests,
-            mode=listing.mode,
-            misses=len(misses),
-        )
 
-    def _previous_jobs(self, state: _SourceState) -> dict[str, Job] | None:
+    def _previous_jobs(self, state: _SourceState) -> Mapping[str, Job] | None:
         """The last committed jobs: kept from the last cycle, read from the store after a
         (re)start. The store stays the truth; the copy only saves re-reading it."""
         if state.jobs is None:
@@ -330,18 +324,18 @@ class Watcher:
 
     async def _list(
         self, state: _SourceState, previous: Mapping[str, Job] | None, now: datetime
-    ) -> _Listing:
+    ) -> Fetched:
         """A full scan when one is due (or the cheaper listing proved untrustworthy), else
         an incremental cycle."""
         reason = full_scan_reason(
             state.cursor, state.config, now=now, has_baseline=previous is not None
         )
         reverify = reverifies(state.cursor, state.config, now=now)
-        state.client.known = previous or {}
         if reason is None and previous is not None:
             name = state.config.name
 
-            def demoted(strategy: Strategy, why: str) -> None:
+            def demoted(strategy: Strategy, why: str, cursor: Cursor) -> None:
+                state.cursor = cursor  # demotions hold even if this cycle then fails
                 self.metrics.strategy_demoted(name, str(strategy))
 
             poller = IncrementalPoller(
@@ -352,32 +346,31 @@ class Watcher:
             except ListingRejected as rejected:
                 reason = rejected.reason  # the demotions were logged: scan everything instead
             else:
-                return _Listing(
+                return Fetched(
                     inc.jobs,
-                    inc.requests,
                     full=False,
                     mode=str(inc.strategy),
+                    requests=inc.requests,
                     server_time=inc.watermark,
                     gone=inc.gone,
                 )
         log.debug("full_scan_started", source=state.config.name, reason=reason)
         if state.cursor.server_offset is None:
             # Once per state file: where the API's clock is, for the bound below.
-            state.cursor.server_offset = await state.client.server_offset()
+            offset = await state.client.server_offset()
+            state.cursor = replace(state.cursor, server_offset=offset)
         bound = full_scan_bound(state.config, now, state.cursor.server_offset or 0.0)
         params = [("create_until", rfc3339(bound))] if bound is not None else []
-        scan = await state.client.list_jobs(params)
-        server_time = scan.server_time
-        if bound is not None and server_time is not None:
-            server_time = min(server_time, bound)  # what the bound left out is listed next
-        return _Listing(
-            keep_created_after(previous, scan.jobs, bound),
-            scan.requests,
+        scan = await state.client.list_jobs(params, known=previous)
+        return Fetched(
+            scan.jobs,
             full=True,
             mode="full",
-            server_time=server_time,
+            requests=scan.requests,
+            server_time=scan.server_time,
             count=scan.count,
             reverify=reverify,
+            created_until=bound,
         )
 
     def _load_cursor(self, state: _SourceState) -> None:
@@ -391,11 +384,11 @@ class Watcher:
     async def _while_progressing(
         self,
         state: _SourceState,
-        work: Awaitable[_Listing],
+        work: Awaitable[Fetched],
         progress: ScanProgress,
         stall: float,
         baseline: bool,
-    ) -> _Listing:
+    ) -> Fetched:
         """Await the cycle's listing for as long as pages keep arriving; TimeoutError once
         none has for `stall` seconds. A 1M-job baseline at 5 requests/s takes over half an
         hour and must never be abandoned for its length, only for standing still."""
@@ -429,22 +422,6 @@ class Watcher:
                 with contextlib.suppress(BaseException):
                     await task
 
-    def _advance_cursor(self, state: _SourceState, listing: _Listing, cycle_at: datetime) -> None:
-        """After a commit only: a cycle that did not land must be listed again."""
-        cursor = state.cursor
-        server_time = listing.server_time or cycle_at
-        if listing.server_time is not None:
-            cursor.server_offset = (listing.server_time - cycle_at).total_seconds()
-        if listing.full:
-            cursor.full_scan_committed(
-                now=cycle_at,
-                server_time=server_time,
-                count=listing.count,
-                reverify=listing.reverify,
-            )
-        else:
-            cursor.increment_committed(server_time, listing.gone)
-
     def _note_novelties(self, source: str, jobs: Iterable[Job]) -> None:
         """Unknown states and fields pass through untouched; say so once per new value."""
         for job in jobs:
@@ -476,7 +453,7 @@ class Watcher:
         )
 
     def _unhealthy_after(self, state: _SourceState) -> timedelta:
-        return state.config.poll_interval * 3
+        return unhealthy_after(state.config)
 
     def _route(self, events: Sequence[Event]) -> Routed:
         # The config path lets a grouped message name the exact `alerts -c …` command.

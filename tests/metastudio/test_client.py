@@ -398,3 +398,20 @@ async def test_a_region_ignoring_the_sort_order_is_noticed_once_and_still_scanne
         second = await client.list_all_jobs()
     assert ids(first) == ids(second) == {j["job_id"] for j in created}
     assert [e["event"] for e in logs if e["event"] == "sort_not_honoured"] == ["sort_not_honoured"]
+
+
+async def test_a_listing_reuses_the_jobs_the_caller_passes_as_known(sim: Harness) -> None:
+    jobs = sim.add_jobs(150)
+    client = MetaStudioClient(sim.session, _fast_source(sim))
+    first = await client.list_jobs()
+    sim.state.set_state(jobs[0]["job_id"], model.FAILED, now=BASE + timedelta(hours=1))
+    again = await client.list_jobs(known=first.jobs)
+    changed = jobs[0]["job_id"]
+    # Equal jobs are the very objects passed in (no second generation held); a changed
+    # one is the new version.
+    assert all(again.jobs[j] is first.jobs[j] for j in again.jobs if j != changed)
+    assert again.jobs[changed] is not first.jobs[changed]
+    assert again.jobs[changed].state == model.FAILED
+    # Without `known` nothing is shared: the hand-off is the argument, not client state.
+    fresh = await client.list_jobs()
+    assert all(fresh.jobs[j] is not first.jobs[j] for j in fresh.jobs)

@@ -247,8 +247,6 @@ class MetaStudioClient:
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._page_size = max(1, min(retry.page_size, MAX_PAGE_SIZE))
-        # The jobs the caller already holds (the last committed snapshot): see _reuse_known.
-        self.known: Mapping[str, Job] = {}
         self._warned_unsorted = False
         self._path = f"/v1/{source.project_id}/voice-training-manage/user/jobs"
         self._concurrency = max(1, source.page_concurrency)
@@ -272,9 +270,14 @@ class MetaStudioClient:
         *,
         sort_key: str = "create_time",
         check: PageCheck | None = None,
+        known: Mapping[str, Job] | None = None,
     ) -> ScanResult:
         """Every job matching the source's filters plus `params` (which override a filter of
         the same name), from one listing that saw a stable result.
+
+        `known` is what the caller already holds (its last committed jobs): a parsed job
+        equal to one of them is swapped for that object, so a scan of 100k unchanged jobs
+        does not hold a second generation of them in memory.
 
         `check` looks at every page as it arrives, the first one before more are fetched:
         when it names a reason the listing cannot be trusted (an API ignoring
@@ -283,7 +286,7 @@ class MetaStudioClient:
         tally = _Tally()
         problem = ""
         for scan in range(1, MAX_SCANS + 1):
-            state = await self._scan_once(tally, params, sort_key, check)
+            state = await self._scan_once(tally, params, sort_key, check, known or {})
             problem = self._inconsistency(state)
             if state.unsorted and not self._warned_unsorted:
                 # Not fatal: offsets may shift under an unsorted listing, and the duplicate,
@@ -378,6 +381,7 @@ class MetaStudioClient:
         params: Sequence[tuple[str, str]],
         sort_key: str,
         check: PageCheck | None,
+        known: Mapping[str, Job],
     ) -> _ScanState:
         """One pass: the first page says `count`, then every other page at once (bounded).
 
@@ -387,7 +391,7 @@ class MetaStudioClient:
         as a count change, a job on two pages or a gap, and the pass is repeated.
         """
         state = _ScanState(jobs={})
-        first = await self._fetch_page(0, tally, params, sort_key)
+        first = await self._fetch_page(0, tally, params, sort_key, known)
         state.first_count = state.last_count = first.count
         if check is not None and (reason := check(first)):
             raise ListingRejected(reason, tally.requests)
@@ -406,7 +410,7 @@ class MetaStudioClient:
             for offset in offsets:
                 if short_at and offset > min(short_at):
                     continue
-                page = await self._fetch_page(offset, tally, params, sort_key)
+                page = await self._fetch_page(offset, tally, params, sort_key, known)
                 if check is not None and (reason := check(page)):
                     raise ListingRejected(reason, tally.requests)
                 pages[offset] = page
@@ -456,7 +460,12 @@ class MetaStudioClient:
         return query
 
     async def _fetch_page(
-        self, offset: int, tally: _Tally, params: Sequence[tuple[str, str]], sort_key: str
+        self,
+        offset: int,
+        tally: _Tally,
+        params: Sequence[tuple[str, str]],
+        sort_key: str,
+        known: Mapping[str, Job],
     ) -> JobsPage:
         page = await self._fetch(
             self._path, self._query(offset, params, sort_key), tally, f"offset {offset}"
@@ -464,7 +473,7 @@ class MetaStudioClient:
         assert isinstance(page, JobsPage)
         self.progress.pages_done += 1
         self.progress.last_progress = self._monotonic()
-        return page
+        return _reuse_known(page, known)
 
     async def _fetch(
         self, path: str, query: list[tuple[str, str]], tally: _Tally, what: str
@@ -502,18 +511,6 @@ class MetaStudioClient:
                 await self._sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _reuse_known(self, page: JobsPage) -> JobsPage:
-        """Swap each parsed job equal to one already held for that object, so a scan of
-        100k unchanged jobs does not hold a second generation of them in memory."""
-        known = self.known
-        if not known:
-            return page
-        jobs = tuple(
-            old if (old := known.get(job.job_id)) is not None and old == job else job
-            for job in page.jobs
-        )
-        return JobsPage(page.count, jobs)
-
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
             return min(retry_after, self._retry.max_retry_after)
@@ -527,7 +524,7 @@ class MetaStudioClient:
         if response.status == 200:
             try:
                 if path == self._path:
-                    return self._reuse_known(parse_jobs_page(response.body, response.content_type))
+                    return parse_jobs_page(response.body, response.content_type)
                 return _json_object(response.body)
             except ApiError as err:
                 request_id = response.headers.get("X-Request-Id")
@@ -669,3 +666,15 @@ class MetaStudioClient:
         if server.tzinfo is None:
             server = server.replace(tzinfo=UTC)
         return (server - signed_at).total_seconds()
+
+
+def _reuse_known(page: JobsPage, known: Mapping[str, Job]) -> JobsPage:
+    """`page` with each parsed job equal to one already held swapped for that object, so
+    a scan of 100k unchanged jobs does not hold a second generation of them in memory."""
+    if not known:
+        return page
+    jobs = tuple(
+        old if (old := known.get(job.job_id)) is not None and old == job else job
+        for job in page.jobs
+    )
+    return JobsPage(page.count, jobs)

@@ -1,12 +1,13 @@
-"""Incremental polling of one source: between full scans, ask only for what can have moved,
-and turn the answer into the complete snapshot the engine diffs.
+"""Incremental polling of one source: between full scans, fetch only what can have moved;
+what the fetch means (the complete snapshot, misses, the next cursor) is decided by
+`watcher.engine.cycle`.
 
 Why it is safe (the engine's contract is unchanged: `advance()` always gets every job):
 
 * The snapshot of an incremental cycle is the stored jobs overlaid with every job the cycle
   fetched, so an unchanged job keeps its stored value and no job can look deleted. Vanishing
-  is a full-scan verdict only: `missing_after_partial_scan` carries the tracker's per-job
-  miss counts through incremental cycles untouched (a sighting still clears one).
+  is a full-scan verdict only: the cycle's decision carries the tracker's per-job miss
+  counts through incremental cycles untouched (a sighting still clears one).
 * Strategy 1, changed-since: one listing with `update_since` (the API's `Date` when the last
   listing started, minus `UPDATE_OVERLAP` for clock skew between the API's nodes and for
   same-second updates; compared on the server's clock, so our clock's skew does not matter),
@@ -28,8 +29,9 @@ Why it is safe (the engine's contract is unchanged: `advance()` always gets ever
   the stored jobs) to cost fewer requests. A 404 on a lookup keeps the stored job; the
   next full scan decides whether it vanished.
 * A full scan still runs at the first start and every `full_scan_every`; whatever it finds
-  changed before the last incremental cycle started, and not seen by it, is a miss (`find_misses`):
-  logged and counted, so a wrong assumption shows in monitoring instead of silently.
+  changed before the last incremental cycle started, and not seen by it, is a miss
+  (`watcher.engine.cycle.find_misses`): logged and counted, so a wrong assumption shows in
+  monitoring instead of silently.
 """
 
 from __future__ import annotations
@@ -37,14 +39,12 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
-from typing import Any
 
 import structlog
 
-from watcher.engine.diff import Overlay
+from watcher.engine.cursor import LADDER, Cursor, Strategy
 from watcher.errors import ApiError, AuthError
 from watcher.metastudio.client import ListingRejected, MetaStudioClient, PageCheck
 from watcher.metastudio.parse import JobsPage
@@ -55,195 +55,6 @@ log = structlog.get_logger()
 # Re-listed every cycle: covers skew between the API's own nodes, updates within the same
 # second as the bound (RFC 3339 here has whole seconds) and rows committed a little late.
 UPDATE_OVERLAP = timedelta(seconds=5)
-
-
-class Strategy(StrEnum):
-    CHANGED_SINCE = "changed_since"
-    ACTIVE_SET = "active_set"
-    # Every cheaper strategy is demoted: nothing but a full scan can be trusted.
-    FULL_ONLY = "full_only"
-
-
-# Tried in this order; the first one not demoted is used.
-LADDER = (Strategy.CHANGED_SINCE, Strategy.ACTIVE_SET)
-
-
-def _iso(when: datetime | None) -> str | None:
-    return None if when is None else when.isoformat()
-
-
-def _from_iso(value: object) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
-
-
-@dataclass(slots=True)
-class Cursor:
-    """What one source's incremental polling remembers between cycles (and runs: it is
-    stored, so `once` from cron is as cheap as the daemon)."""
-
-    # The API's time when the last committed listing started: every later change is newer.
-    watermark: datetime | None = None
-    last_full_at: datetime | None = None  # our clock
-    full_count: int | None = None
-    # Watermark of the last incremental cycle since the last full scan (None: none ran), so
-    # the next full scan can tell what those cycles should have seen.
-    covered_until: datetime | None = None
-    # Jobs a lookup answered 404 for since the last full scan: not looked up again.
-    gone: set[str] = field(default_factory=set)
-    # Strategies found unusable, until when (our clock), and why.
-    demoted: dict[Strategy, datetime] = field(default_factory=dict)
-    reasons: dict[Strategy, str] = field(default_factory=dict)
-    # Strategies whose demotion was already logged as a warning: re-verification that
-    # fails again is not news.
-    noted: set[Strategy] = field(default_factory=set)
-    # The API's clock minus ours, in seconds, as last seen (for a full scan's create_until);
-    # None until a listing has shown it.
-    server_offset: float | None = None
-
-    def strategy_at(self, now: datetime) -> Strategy:
-        """The cheapest strategy not demoted at `now`."""
-        for strategy in LADDER:
-            until = self.demoted.get(strategy)
-            if until is None or now >= until:
-                return strategy
-        return Strategy.FULL_ONLY
-
-    def demote(self, strategy: Strategy, *, now: datetime, hold: timedelta, reason: str) -> bool:
-        """Stop using `strategy` for `hold`; True when this is news (never demoted before)."""
-        self.demoted[strategy] = now + hold
-        self.reasons[strategy] = reason
-        first = strategy not in self.noted
-        self.noted.add(strategy)
-        return first
-
-    def full_scan_committed(
-        self, *, now: datetime, server_time: datetime, count: int, reverify: bool = False
-    ) -> None:
-        """After a committed full scan; `reverify` (a scheduled one) lifts every demotion, so
-        the next cycle checks again whether the region honours the cheaper parameters."""
-        self.watermark = server_time
-        self.last_full_at = now
-        self.full_count = count
-        self.covered_until = None
-        self.gone.clear()
-        if reverify:
-            self.demoted.clear()
-
-    def increment_committed(self, watermark: datetime, gone: Collection[str]) -> None:
-        self.watermark = watermark
-        self.covered_until = watermark
-        self.gone.update(gone)
-
-    def to_json(self, scope: str) -> dict[str, Any]:
-        """Plain JSON for the store; `scope` fingerprints what the cursor is valid for."""
-        return {
-            "scope": scope,
-            "watermark": _iso(self.watermark),
-            "last_full_at": _iso(self.last_full_at),
-            "full_count": self.full_count,
-            "covered_until": _iso(self.covered_until),
-            "gone": sorted(self.gone),
-            "demoted": {str(k): _iso(v) for k, v in sorted(self.demoted.items())},
-            "reasons": {str(k): v for k, v in sorted(self.reasons.items())},
-            "noted": sorted(str(s) for s in self.noted),
-            "server_offset": self.server_offset,
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any] | None, scope: str) -> Cursor:
-        """A stored cursor, or a fresh one when there is none or it was for another scope
-        (other filters, project or endpoint: its watermark would say nothing)."""
-        if not data or data.get("scope") != scope:
-            return cls()
-        strategies = {s.value: s for s in Strategy}
-        demoted: dict[Strategy, datetime] = {}
-        for key, value in dict(data.get("demoted") or {}).items():
-            until = _from_iso(value)
-            if key in strategies and until is not None:
-                demoted[strategies[key]] = until
-        count = data.get("full_count")
-        offset = data.get("server_offset")
-        return cls(
-            server_offset=float(offset) if isinstance(offset, int | float) else None,
-            watermark=_from_iso(data.get("watermark")),
-            last_full_at=_from_iso(data.get("last_full_at")),
-            full_count=count if isinstance(count, int) else None,
-            covered_until=_from_iso(data.get("covered_until")),
-            gone={str(j) for j in data.get("gone") or ()},
-            demoted=demoted,
-            reasons={
-                strategies[k]: str(v)
-                for k, v in dict(data.get("reasons") or {}).items()
-                if k in strategies
-            },
-            noted={strategies[k] for k in data.get("noted") or () if k in strategies},
-        )
-
-
-def cursor_scope(source: SourceConfig) -> str:
-    """What a stored cursor is valid for: the same listing of the same project."""
-    filters = "&".join(f"{k}={v}" for k, v in sorted(source.filters))
-    return f"{source.endpoint}|{source.project_id}|{filters}"
-
-
-def full_scan_reason(
-    cursor: Cursor, source: SourceConfig, *, now: datetime, has_baseline: bool
-) -> str | None:
-    """Why this cycle must scan everything, or None when an incremental cycle will do."""
-    if source.full_scan_every <= timedelta(0):
-        return "incremental polling disabled (full_scan_every: 0)"
-    if not has_baseline:
-        return "first scan of the source"
-    if cursor.watermark is None or cursor.last_full_at is None:
-        return "start-up"
-    if now - cursor.last_full_at >= source.full_scan_every:
-        return "full_scan_every elapsed"
-    if cursor.strategy_at(now) is Strategy.FULL_ONLY:
-        why = "; ".join(cursor.reasons.get(s, "demoted") for s in LADDER)
-        return f"every cheaper strategy is demoted ({why})"
-    return None
-
-
-def full_scan_bound(source: SourceConfig, now: datetime, server_offset: float) -> datetime | None:
-    """The `create_until` of a full scan: a little past the API's now (our clock corrected
-    by the offset last seen, which the whole-second `Date` under-states by up to a second;
-    never before it, or a job created just before the scan would be left out). Jobs
-    created while a long scan pages would otherwise shift its pages and have it discarded
-    (a 1M-job baseline takes over half an hour); they are left to the next cycle instead.
-    None when the source sets its own create_until."""
-    if any(key == "create_until" for key, _ in source.filters):
-        return None
-    server_now = now + timedelta(seconds=server_offset + 2)
-    return server_now.astimezone(UTC).replace(microsecond=0)
-
-
-def keep_created_after(
-    previous: Mapping[str, Job] | None, scanned: Mapping[str, Job], bound: datetime | None
-) -> Mapping[str, Job]:
-    """A bounded full scan's jobs, plus stored ones it could not list because they were
-    created after its bound: those are not absent, and must not count towards `vanished`."""
-    if bound is None or previous is None:
-        return scanned
-    kept = {
-        job_id: job
-        for job_id, job in previous.items()
-        if job_id not in scanned and job.create_time is not None and job.create_time > bound
-    }
-    if not kept:
-        return scanned
-    return {**scanned, **kept}
-
-
-def reverifies(cursor: Cursor, source: SourceConfig, *, now: datetime) -> bool:
-    """Whether a full scan now is a scheduled one (start-up or `full_scan_every`), which
-    lifts every demotion once committed."""
-    return cursor.last_full_at is None or now - cursor.last_full_at >= source.full_scan_every
 
 
 def is_refusal(err: ApiError) -> bool:
@@ -383,65 +194,6 @@ def _create_since(source: SourceConfig, bound: datetime) -> str:
     return rfc3339(bound)
 
 
-def overlay(stored: Mapping[str, Job], fetched: Mapping[str, Job]) -> tuple[dict[str, Job], int]:
-    """The complete snapshot of an incremental cycle, and how many fetched jobs differ.
-
-    Deduplication is by job and content: a job re-listed because of the overlap, with the
-    same `lastupdate_time` and fields, counts as unchanged (and diffs as such).
-    """
-    touched = {j: job for j, job in fetched.items() if stored.get(j) != job}
-    return Overlay(stored, touched), len(touched)
-
-
-def missing_after_partial_scan(before: Mapping[str, int], seen: Collection[str]) -> dict[str, int]:
-    """The tracker's miss counts after an incremental cycle: unchanged, except for jobs seen.
-
-    Only a complete scan may count a job as absent; an incremental listing omits unchanged
-    jobs by design, so it neither advances a count nor (unless it lists the job) clears one.
-    """
-    return {job_id: count for job_id, count in before.items() if job_id not in seen}
-
-
-@dataclass(frozen=True, slots=True)
-class Miss:
-    """A change a full scan found that the incremental cycles should have seen."""
-
-    job_id: str
-    state: str
-    previous_state: str | None  # None: a job they never listed
-
-
-def find_misses(
-    stored: Mapping[str, Job], scanned: Mapping[str, Job], covered_until: datetime | None
-) -> list[Miss]:
-    """Changes in a full scan older than the last incremental cycle, so missed by it.
-
-    A change after `covered_until` is simply news for this scan. Deletions are never
-    misses: only full scans are expected to notice them.
-    """
-    if covered_until is None:
-        return []
-    out: list[Miss] = []
-    for job_id in sorted(scanned):
-        job = scanned[job_id]
-        old = stored.get(job_id)
-        if old is None:
-            when = job.create_time
-            if when is not None and when < covered_until:
-                out.append(Miss(job_id, job.state, None))
-            continue
-        if (old.state, old.reject_times, old.lastupdate_time) == (
-            job.state,
-            job.reject_times,
-            job.lastupdate_time,
-        ):
-            continue
-        when = job.lastupdate_time
-        if when is None or when < covered_until:
-            out.append(Miss(job_id, job.state, old.state))
-    return out
-
-
 def use_settled_listing(
     departed: Sequence[Job], stored: Mapping[str, Job], settled: Collection[str], page_size: int
 ) -> datetime | None:
@@ -462,8 +214,9 @@ def use_settled_listing(
     return cutoff if pages < len(departed) else None
 
 
-# Called once per demotion with the strategy and why (the daemon counts it in a metric).
-OnDemote = Callable[[Strategy, str], None]
+# Called once per demotion with the strategy, why, and the cursor that now holds it: the
+# caller keeps that cursor (a demotion holds even when the cycle then fails) and counts it.
+OnDemote = Callable[[Strategy, str, Cursor], None]
 
 
 class IncrementalPoller:
@@ -490,18 +243,19 @@ class IncrementalPoller:
         self.on_demote = on_demote
 
     async def poll(self, stored: Mapping[str, Job]) -> Increment:
-        cursor = self.cursor
-        assert cursor.watermark is not None, "an incremental cycle needs a full scan first"
+        watermark = self.cursor.watermark
+        assert watermark is not None, "an incremental cycle needs a full scan first"
         before = self.client.requests_made
         reasons: list[str] = []
         for strategy in LADDER:
-            if cursor.strategy_at(self.now) is not strategy:
+            # self.cursor, not a copy: a demotion earlier in this loop moves it on.
+            if self.cursor.strategy_at(self.now) is not strategy:
                 continue
             try:
                 if strategy is Strategy.CHANGED_SINCE:
-                    inc = await self._changed_since(cursor.watermark)
+                    inc = await self._changed_since(stored, watermark)
                 else:
-                    inc = await self._active_set(stored, cursor.watermark)
+                    inc = await self._active_set(stored, watermark)
             except ListingRejected as rejected:
                 reasons.append(rejected.reason)
                 self._demote(strategy, rejected.reason)
@@ -520,7 +274,9 @@ class IncrementalPoller:
         )
 
     def _demote(self, strategy: Strategy, reason: str) -> None:
-        first = self.cursor.demote(
+        first = self.cursor.is_news(strategy)
+        # The poller's own view for the rest of this cycle; the caller gets it by on_demote.
+        self.cursor = self.cursor.demote(
             strategy, now=self.now, hold=self.source.full_scan_every, reason=reason
         )
         # Loud the first time; a re-verification that fails again is routine.
@@ -533,14 +289,15 @@ class IncrementalPoller:
             reason=reason,
         )
         if self.on_demote is not None:
-            self.on_demote(strategy, reason)
+            self.on_demote(strategy, reason, self.cursor)
 
-    async def _changed_since(self, watermark: datetime) -> Increment:
+    async def _changed_since(self, stored: Mapping[str, Job], watermark: datetime) -> Increment:
         since = lower_bound(watermark)
         scan = await self.client.list_jobs(
             [("update_since", rfc3339(since))],
             sort_key="update_time",
             check=updated_since_check(since),
+            known=stored,
         )
         return Increment(
             scan.jobs,
@@ -559,13 +316,16 @@ class IncrementalPoller:
                 self.client.list_jobs(
                     [("create_since", _create_since(source, since))],
                     check=created_since_check(since),
+                    known=stored,
                 )
             )
         ]
         if states:
             tasks.append(
                 asyncio.ensure_future(
-                    self.client.list_jobs([("state", ",".join(states))], check=state_check(states))
+                    self.client.list_jobs(
+                        [("state", ",".join(states))], check=state_check(states), known=stored
+                    )
                 )
             )
         try:
@@ -616,6 +376,7 @@ class IncrementalPoller:
             listing = await self.client.list_jobs(
                 [("state", ",".join(settled)), ("create_since", since)],
                 check=all_of(state_check(settled), created_since_check(cutoff)),
+                known=stored,
             )
             found.update(listing.jobs)
             requests += listing.requests
