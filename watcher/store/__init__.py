@@ -11,24 +11,20 @@ import errno
 import json
 import os
 import sqlite3
-import sys
 import threading
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
-import msgspec
 import structlog
 
 from watcher.errors import StoreError
 from watcher.model import (
     Alert,
-    BodyFormat,
     Event,
     Job,
-    NotifyType,
     OutboxItem,
     OutboxStatus,
     SentMessage,
@@ -36,6 +32,16 @@ from watcher.model import (
     Snapshot,
 )
 from watcher.statelock import DaemonLock
+from watcher.store.rows import (
+    alert_to_row,
+    dt,
+    dt_or_none,
+    event_to_row,
+    job_to_row,
+    row_to_item,
+    row_to_job,
+    ts,
+)
 
 log = structlog.get_logger()
 
@@ -460,7 +466,7 @@ class Store:
         with self._mutex:
             try:
                 cursor = self._conn.execute(_SELECT_JOBS, (source,))
-                return {row[0]: _row_to_job(row) for row in cursor}
+                return {row[0]: row_to_job(row) for row in cursor}
             except sqlite3.Error as err:
                 raise _store_error(self.path, "read the jobs", err) from err
 
@@ -485,16 +491,16 @@ class Store:
     ) -> int:
         """Store events that come without a snapshot (source health) and their alerts,
         with the engine's memory, in one transaction; return how many alerts were queued."""
-        stamp = _ts(now)
+        stamp = ts(now)
         with self._transaction(f"save the events of source {source!r}") as conn:
             conn.execute("INSERT OR IGNORE INTO sources (name) VALUES (?)", (source,))
             conn.executemany(
                 _INSERT_EVENT,
-                [_event_to_row(event) for event in events],
+                [event_to_row(event) for event in events],
             )
             before = conn.total_changes
             conn.executemany(
-                _INSERT_ALERT, [(*_alert_to_row(alert), stamp, stamp) for alert in alerts]
+                _INSERT_ALERT, [(*alert_to_row(alert), stamp, stamp) for alert in alerts]
             )
             queued = conn.total_changes - before
             conn.execute(
@@ -524,7 +530,7 @@ class Store:
         """
         if snapshot.source != source:
             raise ValueError(f"snapshot of {snapshot.source!r} committed as {source!r}")
-        stamp = _ts(now)
+        stamp = ts(now)
         if previous is None:
             changed = list(snapshot.jobs.values())
         else:
@@ -535,7 +541,7 @@ class Store:
                 if (old := previous.get(k)) is not j and old != j
             ]
         # A generator: a 100k-job baseline never holds all its rows in memory at once.
-        job_rows = ((source, *_job_to_row(job)) for job in changed)
+        job_rows = ((source, *job_to_row(job)) for job in changed)
         with self._transaction(f"save the poll cycle of source {source!r}") as conn:
             if previous is None:
                 stored = {
@@ -558,11 +564,11 @@ class Store:
             )
             conn.executemany(
                 _INSERT_EVENT,
-                [_event_to_row(event) for event in events],
+                [event_to_row(event) for event in events],
             )
             before = conn.total_changes
             conn.executemany(
-                _INSERT_ALERT, [(*_alert_to_row(alert), stamp, stamp) for alert in alerts]
+                _INSERT_ALERT, [(*alert_to_row(alert), stamp, stamp) for alert in alerts]
             )
             queued = conn.total_changes - before
             if tracking is not None:
@@ -586,7 +592,7 @@ class Store:
         self, source: str, ok: bool, now: datetime, error: str | None = None
     ) -> None:
         """Remember how the last poll of `source` went (the error text must hold no secret)."""
-        stamp = _ts(now)
+        stamp = ts(now)
         with self._transaction(f"record the poll of source {source!r}") as conn:
             conn.execute("INSERT OR IGNORE INTO sources (name) VALUES (?)", (source,))
             if ok:
@@ -614,11 +620,11 @@ class Store:
         return [
             SourceStatus(
                 name=row[0],
-                baseline_at=_dt_or_none(row[1]),
-                last_cycle_at=_dt_or_none(row[2]),
-                last_poll_at=_dt_or_none(row[3]),
-                last_ok_at=_dt_or_none(row[4]),
-                last_error_at=_dt_or_none(row[5]),
+                baseline_at=dt_or_none(row[1]),
+                last_cycle_at=dt_or_none(row[2]),
+                last_poll_at=dt_or_none(row[3]),
+                last_ok_at=dt_or_none(row[4]),
+                last_error_at=dt_or_none(row[5]),
                 last_error=row[6],
                 consecutive_failures=row[7],
                 job_count=row[8],
@@ -665,7 +671,7 @@ class Store:
                 "scan_pages_total = excluded.scan_pages_total, "
                 "scan_baseline = excluded.scan_baseline, "
                 "scan_updated_at = excluded.scan_updated_at",
-                (source, done, total, int(baseline), _ts(now)),
+                (source, done, total, int(baseline), ts(now)),
             )
 
     def poll_strategies(self) -> dict[str, PollStrategy]:
@@ -681,7 +687,7 @@ class Store:
                 pages_done=row[2],
                 pages_total=row[3],
                 baseline=bool(row[4]),
-                progress_at=_dt_or_none(row[5]),
+                progress_at=dt_or_none(row[5]),
             )
             for row in rows
         }
@@ -700,7 +706,7 @@ class Store:
                     channel=row[2],
                     status=OutboxStatus(row[3]),
                     attempts=row[4],
-                    sent_at=_dt_or_none(row[5]),
+                    sent_at=dt_or_none(row[5]),
                     last_error=row[6],
                 )
             )
@@ -714,7 +720,7 @@ class Store:
                 state=row[5],
                 reason=row[6],
                 note=row[7],
-                detected_at=_dt(row[8]),
+                detected_at=dt(row[8]),
                 subject=row[9],
                 sequence=row[10],
                 details=json.loads(row[11]),
@@ -741,10 +747,10 @@ class Store:
                 "VALUES (?, ?, ?, ?, ?)",
                 (
                     json.dumps([list(m) for m in matchers]),
-                    _ts(starts_at),
-                    _ts(ends_at),
+                    ts(starts_at),
+                    ts(ends_at),
                     comment,
-                    _ts(now),
+                    ts(now),
                 ),
             )
             silence_id = int(cursor.lastrowid or 0)
@@ -756,14 +762,14 @@ class Store:
             "read the silences",
             "SELECT id, matchers, starts_at, ends_at, comment FROM silences "
             "WHERE :at IS NULL OR (starts_at <= :at AND ends_at > :at) ORDER BY id",
-            {"at": _ts(active_at) if active_at is not None else None},
+            {"at": ts(active_at) if active_at is not None else None},
         )
         return [
             Silence(
                 row[0],
                 tuple((str(k), str(v)) for k, v in json.loads(row[1])),
-                _dt(row[2]),
-                _dt(row[3]),
+                dt(row[2]),
+                dt(row[3]),
                 row[4],
             )
             for row in rows
@@ -774,13 +780,13 @@ class Store:
         with self._transaction("expire the silence") as conn:
             cursor = conn.execute(
                 "UPDATE silences SET ends_at = :now WHERE id = :id AND ends_at > :now",
-                {"now": _ts(now), "id": silence_id},
+                {"now": ts(now), "id": silence_id},
             )
             return cursor.rowcount > 0
 
     def mark_silenced(self, item_id: int, silence_id: int, now: datetime) -> None:
         """A silence matched the alert: record it as silenced; it is never sent."""
-        stamp = _ts(now)
+        stamp = ts(now)
         self._update_item(
             item_id,
             "mark the alert silenced",
@@ -801,7 +807,7 @@ class Store:
         """One message carried several alerts: mark them all sent, and log the message on
         `channel` in the send log, in one transaction, so a crash right after the send
         repeats the message at most once, not half of it, and the log never disagrees."""
-        stamp = _ts(now)
+        stamp = ts(now)
         with self._transaction("mark the alerts sent") as conn:
             conn.executemany(
                 "UPDATE outbox SET status = 'sent', attempts = attempts + 1, sent_at = ?, "
@@ -820,10 +826,10 @@ class Store:
         rows = self._query_all(
             "read the send log",
             "SELECT channel, group_keys, sent_at FROM send_log WHERE sent_at >= ? ORDER BY id",
-            (_ts(since),),
+            (ts(since),),
         )
         return [
-            SentMessage(row[0], tuple(str(k) for k in json.loads(row[1])), _dt(row[2]))
+            SentMessage(row[0], tuple(str(k) for k in json.loads(row[1])), dt(row[2]))
             for row in rows
         ]
 
@@ -845,7 +851,7 @@ class Store:
             "UPDATE outbox SET status = 'pending', attempts = attempts + 1, last_error = ?, "
             "next_attempt_at = ?, updated_at = ?, retry_delay_s = ?, "
             "elapsed_s = coalesce(?, elapsed_s) WHERE id = ?",
-            (error, _ts(next_attempt_at), _ts(now), retry_delay, elapsed),
+            (error, ts(next_attempt_at), ts(now), retry_delay, elapsed),
         )
 
     def mark_dead(
@@ -863,12 +869,12 @@ class Store:
             "give up on the alert",
             "UPDATE outbox SET status = 'dead', attempts = attempts + ?, last_error = ?, "
             "updated_at = ?, elapsed_s = coalesce(?, elapsed_s) WHERE id = ?",
-            (1 if attempted else 0, error, _ts(now), elapsed),
+            (1 if attempted else 0, error, ts(now), elapsed),
         )
 
     def retry_dead(self, item_id: int | None, now: datetime) -> int:
         """Queue dead alerts again (one, or all with None), due at once with a fresh backoff."""
-        stamp = _ts(now)
+        stamp = ts(now)
         with self._transaction("requeue dead alerts") as conn:
             cursor = conn.execute(
                 "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = :now, "
@@ -882,7 +888,7 @@ class Store:
         """Every alert with one of `statuses`, oldest first."""
         wanted = json.dumps([OutboxStatus(status).value for status in statuses])
         rows = self._query_all("read the outbox", _SELECT_OUTBOX, (wanted,))
-        return [_row_to_item(row) for row in rows]
+        return [row_to_item(row) for row in rows]
 
     def outbox_counts(self) -> dict[OutboxStatus, int]:
         """How many alerts are in each status (every status present, zero included)."""
@@ -900,7 +906,7 @@ class Store:
         Small batches, each its own short transaction, so a running daemon's cycles are never
         kept waiting; call again until it returns 0.
         """
-        stamp = _ts(before)
+        stamp = ts(before)
         with self._transaction("prune old history") as conn:
             removed = 0
             for sql in _PRUNE:
@@ -964,7 +970,7 @@ class Store:
             "AND (:state IS NULL OR state = :state) ORDER BY source, job_id",
             {"source": source, "state": state},
         )
-        return [(row[0], _row_to_job(row[1:])) for row in rows]
+        return [(row[0], row_to_job(row[1:])) for row in rows]
 
     def jobs_by_state(self) -> dict[str, dict[str, int]]:
         """source -> state -> how many tracked jobs are in it."""
@@ -1097,148 +1103,3 @@ def _permission_hint(path: str) -> str | None:
         # WAL mode creates <file>-wal and <file>-shm next to the database.
         return f"directory is read-only ({parent}); fix its permissions or move storage"
     return None
-
-
-# --- rows <-> model ------------------------------------------------------------------------
-
-
-def _ts(value: datetime) -> str:
-    """UTC ISO text of fixed width, so text order is time order in SQL comparisons."""
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"naive datetime {value.isoformat()} given to the store; use UTC")
-    return value.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def _ts_or_none(value: datetime | None) -> str | None:
-    return None if value is None else _ts(value)
-
-
-def _dt(text: str) -> datetime:
-    return datetime.fromisoformat(text)
-
-
-def _dt_or_none(text: str | None) -> datetime | None:
-    return None if text is None else datetime.fromisoformat(text)
-
-
-def _job_to_row(job: Job) -> tuple[Any, ...]:
-    try:
-        extra = json.dumps(dict(job.extra), sort_keys=True, ensure_ascii=False)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"job {job.job_id}: extra is not JSON-compatible: {err}") from err
-    return (
-        job.job_id,
-        job.state,
-        job.reject_times,
-        _ts_or_none(job.create_time),
-        _ts_or_none(job.lastupdate_time),
-        job.voice_name,
-        job.job_type,
-        job.batch_name,
-        job.job_failed_code,
-        job.job_failed_reason,
-        job.asset_id,
-        extra,
-    )
-
-
-def _row_to_job(row: Sequence[Any]) -> Job:
-    return Job(
-        job_id=row[0],
-        state=sys.intern(row[1]),
-        reject_times=row[2],
-        create_time=_dt_or_none(row[3]),
-        lastupdate_time=_dt_or_none(row[4]),
-        voice_name=row[5],
-        job_type=row[6],
-        batch_name=row[7],
-        job_failed_code=row[8],
-        job_failed_reason=row[9],
-        asset_id=row[10],
-        extra=_decode_extra(row[11]),
-    )
-
-
-# msgspec decodes the stored `extra` objects about twice as fast as json with a pairs hook;
-# interning afterwards keeps what the hook did (one string object per repeated value).
-_decode_json = msgspec.json.Decoder().decode
-
-
-def _decode_extra(text: str) -> dict[str, Any]:
-    if text == "{}":
-        return {}
-    value = _decode_json(text)
-    if not isinstance(value, dict):
-        return {}
-    intern = sys.intern
-    # 100k jobs share a handful of values: one string object each, as parse does (keys are
-    # already shared: msgspec caches short keys).
-    return {k: intern(v) if type(v) is str and len(v) <= 32 else v for k, v in value.items()}
-
-
-def _event_to_row(event: Event) -> tuple[Any, ...]:
-    job = event.job
-    return (
-        event.key,
-        str(event.kind),
-        event.source,
-        None if job is None else job.job_id,
-        event.previous_state,
-        None if job is None else job.state,
-        event.reason,
-        event.note,
-        _ts(event.detected_at),
-        event.subject,
-        event.sequence,
-        # History only: an odd value must not fail the cycle, so it is kept as its str().
-        json.dumps(dict(event.details), sort_keys=True, ensure_ascii=False, default=str),
-    )
-
-
-def _alert_to_row(alert: Alert) -> tuple[Any, ...]:
-    created = _ts(alert.created_at)
-    return (
-        alert.alert_id,
-        alert.event_key,
-        alert.source,
-        alert.job_id,
-        alert.rule,
-        alert.channel,
-        alert.title,
-        alert.body,
-        str(alert.notify_type),
-        str(alert.body_format),
-        created,
-        created,  # due as soon as it is queued
-        alert.group_key,
-        json.dumps(dict(alert.labels), sort_keys=True, ensure_ascii=False),
-    )
-
-
-def _row_to_item(row: Sequence[Any]) -> OutboxItem:
-    alert = Alert(
-        event_key=row[1],
-        source=row[2],
-        job_id=row[3],
-        rule=row[4],
-        channel=row[5],
-        title=row[6],
-        body=row[7],
-        notify_type=NotifyType(row[8]),
-        body_format=BodyFormat(row[9]),
-        created_at=_dt(row[10]),
-        group_key=row[17] or "",
-        labels=json.loads(row[18] or "{}"),
-    )
-    return OutboxItem(
-        id=row[0],
-        alert=alert,
-        status=OutboxStatus(row[11]),
-        attempts=row[12],
-        next_attempt_at=_dt(row[13]),
-        last_error=row[14],
-        sent_at=_dt_or_none(row[15]),
-        queued_at=_dt_or_none(row[16]),
-        retry_delay=row[19],
-        elapsed=float(row[20] or 0.0),
-    )
