@@ -349,16 +349,10 @@ class Store:
         self._outbox.mark_failed(item_id, now, error, next_attempt_at, retry_delay, elapsed)
 
     def mark_dead(
-        self,
-        item_id: int,
-        now: datetime,
-        error: str,
-        *,
-        attempted: bool = True,
-        elapsed: float | None = None,
+        self, item_id: int, now: datetime, error: str, *, elapsed: float | None = None
     ) -> None:
-        """Give up on the alert; `attempted=False` when no delivery was tried this time."""
-        self._outbox.mark_dead(item_id, now, error, attempted, elapsed)
+        """Give up on the alert after a failed delivery attempt (counted in its attempts)."""
+        self._outbox.mark_dead(item_id, now, error, elapsed)
 
     def retry_dead(self, item_id: int | None, now: datetime) -> int:
         """Queue dead alerts again (one, or all with None), due at once with a fresh backoff."""

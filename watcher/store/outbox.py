@@ -78,15 +78,13 @@ class Outbox:
             (error, ts(next_attempt_at), ts(now), retry_delay, elapsed),
         )
 
-    def mark_dead(
-        self, item_id: int, now: datetime, error: str, attempted: bool, elapsed: float | None
-    ) -> None:
+    def mark_dead(self, item_id: int, now: datetime, error: str, elapsed: float | None) -> None:
         self._update_item(
             item_id,
             "give up on the alert",
-            "UPDATE outbox SET status = 'dead', attempts = attempts + ?, last_error = ?, "
+            "UPDATE outbox SET status = 'dead', attempts = attempts + 1, last_error = ?, "
             "updated_at = ?, elapsed_s = coalesce(?, elapsed_s) WHERE id = ?",
-            (1 if attempted else 0, error, ts(now), elapsed),
+            (error, ts(now), elapsed),
         )
 
     def retry_dead(self, item_id: int | None, now: datetime) -> int:
