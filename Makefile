@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit bench bench-cycles bench-web soak clean
+.PHONY: demo test lint typecheck unit bench bench-cycles bench-web soak clean lock min-deps pythons install nspawn
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,3 +57,60 @@ bench-cycles: $(VENV)/.installed
 # Status page and API latency with 100k jobs and 1M events in the store: prints a table.
 bench-web: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_status_page.py
+
+# --- dependency floors, Python versions, the lock ---------------------------------------------
+# The declared minimum versions (pyproject's >= bounds, made ==), installed on the oldest
+# supported Python; rebuilt only when pyproject.toml changes.
+MIN_PYTHON ?= $(or $(call find_python,3.11),python3.11)
+MIN_VENV   := .venv-min
+$(MIN_VENV)/.installed: pyproject.toml .ci/min_requirements.py
+	rm -rf $(MIN_VENV)
+	$(MIN_PYTHON) -m venv $(MIN_VENV)
+	$(PYTHON) .ci/min_requirements.py > $(MIN_VENV)/requirements-min.txt
+	$(MIN_VENV)/bin/pip install --quiet -r $(MIN_VENV)/requirements-min.txt
+	$(MIN_VENV)/bin/pip install --quiet --no-deps .
+	touch $@
+
+min-deps: $(VENV)/.installed-test $(MIN_VENV)/.installed
+	CI=1 WATCHER_TEST_PYTHONS=$(MIN_VENV)/bin/python $(BIN)/pytest -p no:cacheprovider -s \
+	  tests/packaging/test_interpreters.py
+
+# The package (not editable) from requirements.lock on every supported Python this machine has
+# (on PATH, or installed by pyenv without being its active version).
+SUPPORTED_PYTHONS := 3.11 3.12 3.13
+find_python = $(shell for p in python$(1) $(wildcard $(HOME)/.pyenv/versions/$(1).*/bin/python$(1)); do \
+  $$p -c 'import sys; print(sys.executable)' 2>/dev/null && break; done)
+FOUND_PYTHONS := $(foreach v,$(SUPPORTED_PYTHONS),$(if $(call find_python,$(v)),$(v)))
+.venv-py%/.installed: pyproject.toml requirements.lock
+	rm -rf .venv-py$*
+	$(call find_python,$*) -m venv .venv-py$*
+	.venv-py$*/bin/pip install --quiet -c requirements.lock .
+	touch $@
+
+pythons: $(VENV)/.installed-test $(foreach v,$(FOUND_PYTHONS),.venv-py$(v)/.installed)
+	@test -n "$(FOUND_PYTHONS)" || { echo "no python3.11-3.13 found" >&2; exit 1; }
+	CI=1 WATCHER_TEST_PYTHONS=$(subst $(eval) ,:,$(foreach v,$(FOUND_PYTHONS),.venv-py$(v)/bin/python)) \
+	  $(BIN)/pytest -p no:cacheprovider -s tests/packaging/test_interpreters.py
+
+# requirements.lock pins every package the image installs (the Dockerfile's Python, 3.12).
+# Refresh after changing dependencies: `make lock`, then review and commit the diff.
+LOCK_PYTHON ?= $(or $(call find_python,3.12),python3.12)
+lock:
+	rm -rf .venv-lock
+	$(LOCK_PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet .
+	{ echo "# pip freeze of \`pip install .\` on $$(.venv-lock/bin/python -V); refresh: make lock"; \
+	  .venv-lock/bin/pip freeze --exclude-editable | grep -v '^metastudio-watcher'; } > requirements.lock
+	rm -rf .venv-lock
+
+# --- systemd ---------------------------------------------------------------------------------
+# The venv under /opt/metastudio-watcher, /usr/local/bin/metastudio-watcher and the unit
+# (systemd/install.sh; as root).
+install:
+	sh systemd/install.sh
+
+# The unit under a real systemd 252: a debootstrapped Debian 12 booted with systemd-nspawn
+# (root, debootstrap, systemd-container). The rootfs is cached in /var/cache; this fails
+# rather than skips when it cannot run.
+nspawn: $(VENV)/.installed-test requirements.lock
+	CI=1 WATCHER_NSPAWN=1 $(BIN)/pytest -p no:cacheprovider -s tests/packaging/test_systemd_nspawn.py

@@ -26,7 +26,7 @@ import structlog
 from aiohttp import web
 
 from tests.receivers import WebhookReceiver, json_url
-from watcher.cli import EX_CONFIG, EX_FAILURE, EX_OK, EX_USAGE, TEST_TITLE, main
+from watcher.cli import EX_CONFIG, EX_FAILURE, EX_OK, EX_TEMPFAIL, EX_USAGE, TEST_TITLE, main
 from watcher.simulator.app import create_app
 from watcher.simulator.runner import serve_app
 from watcher.simulator.state import ApiBehaviour, SimulatorState
@@ -210,8 +210,22 @@ def columns(line: str) -> list[str]:
 
 
 def our_lines(err: str) -> list[str]:
-    """The CLI's own messages on stderr (log lines are JSON and start with `{`)."""
-    return [line for line in err.splitlines() if line.startswith("metastudio-watcher:")]
+    """The CLI's own messages on stderr: plain lines, or (for run/once, whose stderr is a log
+    stream) the JSON error records the CLI itself wrote, shown the way a terminal shows them."""
+    return [
+        line if line.startswith("metastudio-watcher:") else f"metastudio-watcher: {record['event']}"
+        for line in err.splitlines()
+        if line.startswith("metastudio-watcher:")
+        or ((record := _json_record(line)) and record.get("logger") == "watcher.cli")
+    ]
+
+
+def _json_record(line: str) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def baseline_then_failure(servers: Servers, capsys: pytest.CaptureFixture[str]) -> tuple[str, str]:
@@ -338,7 +352,7 @@ def test_route_prints_matching_rules_and_the_rendered_title(
     )
     assert code == EX_OK
     assert "MATCH failures: matched" in out
-    assert "done: state AUDIT_FAILED not in on=['SUCCEED']" in out
+    assert "done: state AUDIT_FAILED is not one of on: SUCCEED" in out
     assert "title: AUDIT_FAILED: voice job route-test-job" in out
     assert "channels: hook" in out
 
@@ -355,7 +369,10 @@ def test_outbox_lists_dead_alerts_and_retry_all_sends_them(
     assert cli(capsys, "once", "-c", config)[0] == EX_OK
     servers.set_state(job["job_id"], "FAILED")
     servers.hook.fail_next(1, status=500)
-    assert cli(capsys, "once", "-c", config)[0] == EX_OK
+    # The alert could not be delivered: once says so with EX_TEMPFAIL (75).
+    code, _, err = cli(capsys, "once", "-c", config)
+    assert code == EX_TEMPFAIL
+    assert "1 alert(s) could not be delivered (0 will be retried, 1 dead-lettered)" in err
     assert servers.hook.received == []
 
     code, out, _ = cli(capsys, "outbox", "-c", config)
@@ -367,10 +384,11 @@ def test_outbox_lists_dead_alerts_and_retry_all_sends_them(
         "CHANNEL",
         "ATTEMPTS",
         "NEXT TRY",
+        "HELD BY",
         "TITLE",
         "LAST ERROR",
     ]
-    assert columns(row)[1:5] == ["dead", "hook", "1", "-"]
+    assert columns(row)[1:6] == ["dead", "hook", "1", "-", "-"]
     assert f"FAILED: voice job {job['job_id']}" in row
     assert HOOK_TOKEN not in out
 
@@ -746,6 +764,15 @@ def test_the_example_config_passes_check_with_every_rule_form(
         "urgent:",
         "group_by:",
         "quiet_hours:",
+        "group_title:",
+        "group_limit:",
+        "batch_quiet:",
+        "enrich_timeout:",
+        "format: json",
+        "dingtalk://",
+        "wecombot://",
+        "feishu://",
+        "workflows://",
     ):
         assert form in text, form
     # Storage relative to the config: keep the example's state file out of the repo.
@@ -754,4 +781,5 @@ def test_the_example_config_passes_check_with_every_rule_form(
     copy.chmod(0o600)
     code, out, err = cli(capsys, "check", "-c", str(copy))
     assert code == EX_OK, err
-    assert "rules: 7 (review-failed, failures, batch-done, recovered, watcher-blind" in out
+    assert "rules: 11 (review-failed, failures, batch-done, failures-for-chat, " in out
+    assert "warning:" not in out

@@ -299,7 +299,8 @@ async def test_a_batch_failing_together_is_one_message(world: World) -> None:
     await watcher.once()
     (message,) = await world.hook.wait_for(1)
     assert message["title"] == "25 voice job alerts (rule failures, source prod)"
-    assert message["message"].splitlines()[-1] == "+5 more"
+    tail = message["message"].splitlines()[-1]
+    assert tail.startswith("+5 more not listed here; all of them: metastudio-watcher alerts ")
     assert message["type"] == "failure"
     await watcher.once()
     assert len(world.hook.received) == 1

@@ -151,7 +151,19 @@ def test_outbox_depth_reads_zero_for_absent_statuses() -> None:
     got = samples(metrics)
     assert got[key("watcher_outbox_depth", status="pending")] == 2
     assert got[key("watcher_outbox_depth", status="dead")] == 0
-    assert got[key("watcher_outbox_depth", status="sent")] == 0
+    assert got[key("watcher_outbox_depth", status="held")] == 0
+    # Sent and silenced rows are history, not depth: no series for them.
+    assert key("watcher_outbox_depth", status="sent") not in got
+    assert key("watcher_outbox_depth", status="silenced") not in got
+
+
+def test_held_alerts_are_counted_apart_from_pending() -> None:
+    metrics = Metrics()
+    metrics.outbox_depth({"pending": 5, "dead": 1, "sent": 40, "silenced": 3}, held=3)
+    got = samples(metrics)
+    assert got[key("watcher_outbox_depth", status="pending")] == 2
+    assert got[key("watcher_outbox_depth", status="held")] == 3
+    assert got[key("watcher_outbox_depth", status="dead")] == 1
 
 
 def test_add_sources_exposes_zero_counters_before_any_poll() -> None:

@@ -1,13 +1,16 @@
 """Command line: argument parsing, exit codes, and the one-line error a user sees.
 
-Exit codes: 0 ok, 1 runtime failure, 2 usage error, 78 config error (EX_CONFIG, so systemd's
-RestartPreventExitStatus=78 stops a restart loop on a broken config).
+Exit codes: 0 ok, 1 runtime failure, 2 usage error, 75 (EX_TEMPFAIL) when `once` polled every
+source but could not deliver an alert (it stays queued: the next run retries), 78 config error
+(EX_CONFIG, so systemd's RestartPreventExitStatus=78 stops a restart loop on a broken config).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
+import fnmatch
 import http.client
 import json
 import os
@@ -18,12 +21,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import structlog
 
 from watcher import __version__, statelock
+from watcher.advice import advice
 from watcher.config import (
     config_warnings,
     describe_credentials,
@@ -31,20 +34,38 @@ from watcher.config import (
     parse_duration,
     parse_listen,
 )
-from watcher.daemon import Watcher, serve, session_timeout
 from watcher.engine.diff import format_duration
+from watcher.engine.holds import Hold, explain_holds
+from watcher.engine.messages import entry_of, job_line, json_document, summary_line
 from watcher.engine.noise import SILENCE_FIELDS
+from watcher.engine.pipeline import RATE_WINDOW
+from watcher.engine.probe import Facts, ProbeError, probe_event
 from watcher.engine.rules import match
 from watcher.engine.templates import check_rule_templates, render
+from watcher.engine.why import why_lines
+from watcher.errorcodes import with_explanation
 from watcher.errors import ConfigError, StoreError, UsageError, WatcherError
-from watcher.http import readiness
 from watcher.logs import REDACTOR, configure
-from watcher.metrics import scan_note
-from watcher.model import BodyFormat, Config, Event, EventKind, Job, NotifyType, OutboxStatus
-from watcher.notify import Notifier, check_url, mask_url
+from watcher.model import (
+    KNOWN_STATES,
+    BodyFormat,
+    Config,
+    Event,
+    EventKind,
+    NotifyType,
+    OutboxItem,
+    OutboxStatus,
+)
+from watcher.readiness import readiness
 from watcher.store import HistoryEntry, PollStrategy, SourceStatus, Store
 
-EX_OK, EX_FAILURE, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
+if TYPE_CHECKING:
+    from watcher.notify import Notifier
+
+# aiohttp, apprise (watcher.notify) and the daemon are imported by the commands that use
+# them: `health`, the container's HEALTHCHECK, runs every minute and must stay cheap.
+
+EX_OK, EX_FAILURE, EX_USAGE, EX_TEMPFAIL, EX_CONFIG = 0, 1, 2, 75, 78
 DEFAULT_CONFIG = "config.yaml"
 # `health` calls a source stale after this many poll intervals without a successful poll,
 # the same grace the daemon's /readyz gives.
@@ -75,27 +96,38 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     with_config(add_command("run", help="run the daemon until SIGTERM/SIGINT"))
-    with_config(add_command("once", help="one poll-and-deliver cycle, then exit"))
-    with_config(add_command("check", help="validate a config without touching the network"))
+    once = with_config(add_command("once", help="one poll-and-deliver cycle, then exit"))
+    once.add_argument("--json", action="store_true", help="the cycle's outcome as JSON")
+    check = with_config(add_command("check", help="validate a config without touching the network"))
+    check.add_argument("--json", action="store_true", help="the result (or the errors) as JSON")
     demo = add_command("demo", help="run against the built-in simulator (no cloud account)")
     demo.add_argument("--jobs", type=int, default=30, help="jobs the simulator starts with")
     demo.add_argument("--step-every", type=float, default=4.0, help="simulator step, seconds")
     demo.add_argument("--poll-interval", default="5s", help="daemon poll interval")
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--duration", type=float, default=None, help="stop after N seconds")
+    demo.add_argument("--logs", action="store_true", help="show the daemon's log lines too")
     outbox = with_config(add_command("outbox", help="list pending and dead alerts"))
     outbox.add_argument("action", nargs="?", choices=["list", "retry"], default="list")
     outbox.add_argument("id", nargs="?", type=int, help="with retry: one dead alert's id")
     outbox.add_argument("--all", action="store_true", help="with retry: every dead alert")
     outbox.add_argument("--json", action="store_true")
     rt = with_config(add_command("route", help="which rules and channels an event reaches"))
-    rt.add_argument("--state", required=True)
-    rt.add_argument("--from", dest="from_state")
+    rt.add_argument("--state", help="the job's new state (job events only)")
+    rt.add_argument("--from", dest="from_state", help="the state it came from (transition)")
     rt.add_argument("--event", default="transition", choices=[k.value for k in EventKind])
     rt.add_argument("--job-type")
     rt.add_argument("--voice-name")
     rt.add_argument("--batch-name")
     rt.add_argument("--source", default="sample-source")
+    rt.add_argument("--json", action="store_true", help="each rule's decision as JSON")
+    alerts = with_config(
+        add_command("alerts", help="the alerts one grouped message carried (its +N more line)")
+    )
+    alerts.add_argument("--channel", required=True)
+    alerts.add_argument("--group", action="append", default=[], metavar="KEY")
+    alerts.add_argument("--ids", required=True, metavar="FIRST-LAST", help="outbox id span")
+    alerts.add_argument("--json", action="store_true", help="the JSON document (format: json)")
     status = with_config(add_command("status", help="per source: last poll, errors, jobs"))
     status.add_argument("--json", action="store_true")
     jobs = with_config(add_command("jobs", help="list the tracked jobs"))
@@ -106,16 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("job_id", metavar="JOB_ID")
     history.add_argument("--source", help="only events of this source")
     history.add_argument("--json", action="store_true")
-    with_config(
+    health = with_config(
         add_command(
             "health",
             help="exit 0 when every source polled successfully lately (Docker HEALTHCHECK)",
         )
     )
+    health.add_argument("--json", action="store_true")
     test_notify = with_config(
         add_command("test-notify", help="send a test message to every channel (or one)")
     )
     test_notify.add_argument("--channel", help="only this channel")
+    test_notify.add_argument("--json", action="store_true")
     silence = with_config(add_command("silence", help="add, list or expire silences"))
     silence.add_argument("action", nargs="?", choices=["list", "add", "expire"], default="list")
     silence.add_argument("id", nargs="?", type=int, help="with expire: the silence's id")
@@ -158,12 +192,15 @@ def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure(level=args.log_level, fmt=args.log_format)
+    fmt = configure(level=args.log_level, fmt=args.log_format)
+    # The daemon commands' stderr is a log stream (journald, a container's log): in JSON mode
+    # their fatal line is a JSON log record too. Other commands talk to a person.
+    args.structured_errors = fmt == "json" and args.command in _LOG_STREAM_COMMANDS
     command: Callable[[argparse.Namespace], int] = COMMANDS[args.command]
     try:
         return command(args)
     except WatcherError as err:
-        print(f"metastudio-watcher: {REDACTOR.redact(err.message)}", file=sys.stderr)
+        _say(args, REDACTOR.redact(err.message), exit_code=err.exit_code)
         return err.exit_code
     except KeyboardInterrupt:
         return EX_OK
@@ -174,24 +211,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # a bug: say so in one line unless --debug
         if args.debug:
             raise
-        print(
-            f"metastudio-watcher: internal error ({type(err).__name__}); "
-            "run again with --debug for the traceback",
-            file=sys.stderr,
+        _say(
+            args,
+            f"internal error ({type(err).__name__}); run again with --debug for the traceback",
+            exit_code=EX_FAILURE,
         )
         return EX_FAILURE
 
 
-def _load(args: argparse.Namespace) -> Config:
-    config = load_config(args.config, validate_url=check_url)
+_LOG_STREAM_COMMANDS = frozenset({"run", "once"})
+
+
+def _say(args: argparse.Namespace, message: str, *, exit_code: int | None = None) -> None:
+    """One error line on stderr: `metastudio-watcher: …`, or a JSON record in a log stream."""
+    if getattr(args, "structured_errors", False):
+        fields: dict[str, Any] = {} if exit_code is None else {"exit_code": exit_code}
+        log.error(message, **fields)
+    else:
+        print(f"metastudio-watcher: {message}", file=sys.stderr)
+
+
+def _load(args: argparse.Namespace, *, validate_urls: bool = True) -> Config:
+    validate = None
+    if validate_urls:
+        from watcher.notify import check_url
+
+        validate = check_url
+    config = load_config(args.config, validate_url=validate)
     REDACTOR.update(config.secrets)
     return config
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from watcher.notify import mask_url
+
+    if args.json:
+        return _check_json(args)
     config = _load(args)
     problems = template_problems(config)
-    for warning in config_warnings(args.config):
+    for warning in [*config_warnings(args.config), *advice(config)]:
         print(f"warning: {warning}")
     if problems:
         for problem in problems:
@@ -212,6 +270,65 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"  http: status page, /api/v1, /healthz /readyz /metrics on {config.http_listen}")
         print(f"  http auth: {_http_auth_text(config)}")
     return EX_OK
+
+
+def _check_json(args: argparse.Namespace) -> int:
+    """`check --json`: {"ok": true, ...} or {"ok": false, "errors": [...]}, exit 0 or 78."""
+    from watcher.notify import mask_url
+
+    try:
+        config = _load(args)
+        problems = template_problems(config)
+    except ConfigError as err:
+        config, problems = None, [err]
+    warnings = config_warnings(args.config)
+    if config is None or problems:
+        _print_json(
+            {
+                "ok": False,
+                "config": args.config,
+                "errors": [_config_error_json(p) for p in problems],
+                "warnings": warnings,
+            }
+        )
+        return EX_CONFIG
+    _print_json(
+        {
+            "ok": True,
+            "config": args.config,
+            "warnings": warnings,
+            "sources": [
+                {
+                    "name": source.name,
+                    "endpoint": source.endpoint,
+                    "poll_interval_seconds": source.poll_interval.total_seconds(),
+                    "ak_from": source.ak.origin,
+                    "sk_from": source.sk.origin,
+                    "security_token_from": (
+                        source.security_token.origin if source.security_token else None
+                    ),
+                }
+                for source in config.sources
+            ],
+            "channels": {
+                name: [mask_url(u.reveal()) for u in urls] for name, urls in config.channels.items()
+            },
+            "rules": [rule.name for rule in config.rules],
+            "storage": config.storage,
+            "http_listen": config.http_listen,
+        }
+    )
+    return EX_OK
+
+
+def _config_error_json(err: ConfigError) -> dict[str, Any]:
+    return {
+        "file": err.file,
+        "line": err.line,
+        "key": err.key,
+        "problem": REDACTOR.redact(err.problem),
+        "message": REDACTOR.redact(err.message),
+    }
 
 
 def _http_auth_text(config: Config) -> str:
@@ -249,17 +366,45 @@ def _open_for_daemon(config: Config) -> tuple[Store, Notifier]:
 
 
 def cmd_once(args: argparse.Namespace) -> int:
+    import aiohttp
+
+    from watcher.daemon import Watcher, session_timeout
+
     config = _load(args)
     store, notifier = _open_for_daemon(config)
 
     async def go() -> int:
         async with aiohttp.ClientSession(timeout=session_timeout(config)) as session:
             watcher = Watcher(config, store, notifier, session)
-            outcomes = await watcher.once()
+            # Watcher.once(), keeping the delivery pass's outcome for the exit code.
+            outcomes = await asyncio.gather(*(watcher.poll(s.name) for s in config.sources))
+            delivery = await watcher.deliver()
         failures = [o for o in outcomes if not o.ok]
+        undelivered = delivery.failed + delivery.dead
+        code = EX_FAILURE if failures else EX_TEMPFAIL if undelivered else EX_OK
+        if args.json:
+            _print_json(
+                {
+                    "sources": [
+                        {"source": o.source, "ok": o.ok, "error": o.error} for o in outcomes
+                    ],
+                    "sent": delivery.sent,
+                    "failed": delivery.failed,
+                    "dead": delivery.dead,
+                    "exit_code": code,
+                }
+            )
         for outcome in failures:
-            print(f"metastudio-watcher: source {outcome.source}: {outcome.error}", file=sys.stderr)
-        return EX_FAILURE if failures else EX_OK
+            error = outcome.error
+            text = with_explanation(str(error), error.code if error is not None else None)
+            _say(args, f"source {outcome.source}: {text}")
+        if undelivered:
+            _say(
+                args,
+                f"{undelivered} alert(s) could not be delivered ({delivery.failed} will be "
+                f"retried, {delivery.dead} dead-lettered); `outbox` lists them",
+            )
+        return code
 
     try:
         return asyncio.run(go())
@@ -269,6 +414,9 @@ def cmd_once(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from watcher.daemon import serve
+    from watcher.notify import check_url
+
     config = _load(args)
     store, notifier = _open_for_daemon(config)
     notifier.close()  # serve() builds its own, and a new one on every reload
@@ -300,6 +448,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _notifier(config: Config) -> Notifier:
+    from watcher.notify import Notifier
+
     return Notifier(config.channels, send_timeout=config.delivery.send_timeout.total_seconds())
 
 
@@ -313,6 +463,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             poll_interval=args.poll_interval,
             seed=args.seed,
             duration=args.duration,
+            logs=args.logs or args.log_level != "info",
+            log_format=args.log_format,
         )
     )
 
@@ -329,10 +481,15 @@ def cmd_outbox(args: argparse.Namespace) -> int:
             print(f"metastudio-watcher: no dead alert with id {args.id}", file=sys.stderr)
             return EX_FAILURE
         # The daemon looks at the outbox at least once a minute, sooner after its next poll.
-        print(f"{count} alert(s) queued again")
+        if args.json:
+            _print_json({"queued": count})
+        else:
+            print(f"{count} alert(s) queued again")
         return EX_OK
+    now = datetime.now(UTC)
     with _open_reader(config) as store:
         items = store.list_outbox([OutboxStatus.PENDING, OutboxStatus.DEAD])
+        holds = _holds(config, store, [i for i in items if i.status is OutboxStatus.PENDING], now)
     rows: list[dict[str, Any]] = [
         {
             "id": i.id,
@@ -343,6 +500,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
             "rule": i.alert.rule,
             "attempts": i.attempts,
             "next_attempt_at": i.next_attempt_at.isoformat(),
+            "held": _hold_json(holds.get(i.id)),
             "last_error": i.last_error,
             "title": i.alert.title,
         }
@@ -354,44 +512,78 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     if not rows:
         print("outbox empty: nothing pending, nothing dead")
         return EX_OK
-    now = datetime.now(UTC)
     table = [
         [
             str(item.id),
             str(item.status),
             item.alert.channel,
             str(item.attempts),
-            _until(item.next_attempt_at, now) if item.status is OutboxStatus.PENDING else "-",
+            _next_try(item, holds.get(item.id), now),
+            _held_by(holds.get(item.id)),
             item.alert.title,
             item.last_error or "",
         ]
         for item in items
     ]
-    headers = ["ID", "STATUS", "CHANNEL", "ATTEMPTS", "NEXT TRY", "TITLE", "LAST ERROR"]
+    headers = ["ID", "STATUS", "CHANNEL", "ATTEMPTS", "NEXT TRY", "HELD BY", "TITLE", "LAST ERROR"]
     _print_table(headers, table)
     return EX_OK
 
 
+def _holds(
+    config: Config, store: Store, pending: list[OutboxItem], now: datetime
+) -> dict[int, Hold]:
+    """What holds each pending alert back, replayed from the store (see engine.holds)."""
+    if not pending:
+        return {}
+    span = max([RATE_WINDOW, *(r.group_interval for r in config.rules)])
+    return explain_holds(
+        pending,
+        now,
+        rules={r.name: r for r in config.rules},
+        policies=config.channel_policies,
+        silences=store.list_silences(active_at=now),
+        sent=store.send_log(now - span),
+    )
+
+
+def _hold_json(hold: Hold | None) -> dict[str, str] | None:
+    return None if hold is None else {"until": _iso(hold.until) or "", "reason": hold.reason}
+
+
+def _next_try(item: OutboxItem, hold: Hold | None, now: datetime) -> str:
+    if item.status is not OutboxStatus.PENDING:
+        return "-"
+    return _until(hold.until if hold is not None else item.next_attempt_at, now)
+
+
+def _held_by(hold: Hold | None) -> str:
+    return "-" if hold is None else f"{hold.reason} until {_minutes(hold.until)}"
+
+
 def cmd_route(args: argparse.Namespace) -> int:
+    """Which rules and channels an event reaches, decided by the daemon's own matching."""
+    for option, value in (("--state", args.state), ("--from", args.from_state)):
+        if value is not None:
+            _known_state(value, option, globs=False)
     config = _load(args)
     now = datetime.now(UTC)
-    job = Job(
-        job_id="route-test-job",
-        state=args.state,
-        reject_times=1,
-        lastupdate_time=now,
-        voice_name=args.voice_name,
-        job_type=args.job_type,
-        batch_name=args.batch_name,
-    )
-    event = Event(
+    facts = Facts(
         EventKind(args.event),
         args.source,
-        now,
-        f"job route-test-job went from {args.from_state} to {args.state}",
-        job=job,
-        previous_state=args.from_state,
+        state=args.state,
+        from_state=args.from_state,
+        job_type=args.job_type,
+        voice_name=args.voice_name,
+        batch_name=args.batch_name,
     )
+    try:
+        event = probe_event(facts, now)
+    except ProbeError as err:
+        raise UsageError(str(err)) from None
+    print(f"event: {event.kind} · {event.reason}")
+    if args.json:
+        return _route_json(config, event)
     matched = 0
     for decision in match(config.rules, event):
         mark = "MATCH" if decision.matched else "  -  "
@@ -408,7 +600,56 @@ def cmd_route(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _route_json(config: Config, event: Event) -> int:
+    """`route --json`: every rule's decision, and for the matching ones where it goes."""
+    decisions = []
+    for decision in match(config.rules, event):
+        entry: dict[str, Any] = {
+            "rule": decision.rule.name,
+            "matched": decision.matched,
+            "reason": decision.reason,
+        }
+        if decision.matched:
+            rendered = render(event, decision.rule)
+            entry.update(
+                channels=list(decision.rule.notify), title=rendered.title, body=rendered.body
+            )
+        decisions.append(entry)
+    _print_json(
+        {
+            "event": str(event.kind),
+            "state": event.job.state if event.job else None,
+            "rules": decisions,
+        }
+    )
+    return EX_OK
+
+
 # --- operator commands: read the store next to a running daemon ----------------------------
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    """Every alert of one grouped message, as the message would list it, none left out."""
+    first, sep, last = str(args.ids).partition("-")
+    if not (first.isdigit() and (not sep or last.isdigit())):
+        raise UsageError(f"--ids {args.ids}: expected FIRST-LAST, e.g. --ids 12-57")
+    span = (int(first), int(last) if sep else int(first))
+    config = _load(args)
+    with _open_reader(config) as store:
+        items = store.alerts_of_group(args.channel, args.group, *span)
+    entries = [entry_of(i.alert) for i in items]
+    if args.json:
+        print(json_document(entries))
+        return EX_OK
+    if not items:
+        print("no such alerts: check --channel, --group and --ids against the message")
+        return EX_FAILURE
+    print(summary_line(entries))
+    for item, entry in zip(items, entries, strict=True):
+        print(f"{item.id:>6} {item.status:<8} {job_line(entry)}")
+        for line in why_lines(entry.get("why")):
+            print(f"{'':>16}{line}")
+    return EX_OK
 
 
 def _open_reader(config: Config) -> Store:
@@ -490,6 +731,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _scan_note(done: int, total: int | None, *, baseline: bool) -> str:
+    from watcher.metrics import scan_note  # prometheus_client stays out of light commands
+
+    return scan_note(done, total, baseline=baseline)
+
+
 def _polling_json(polling: PollStrategy | None) -> dict[str, Any]:
     """The strategy in use and the scan in flight (see `Store.poll_strategies`)."""
     scan = None
@@ -498,7 +745,7 @@ def _polling_json(polling: PollStrategy | None) -> dict[str, Any]:
             "baseline": polling.baseline,
             "pages_done": polling.pages_done,
             "pages_total": polling.pages_total,
-            "text": scan_note(polling.pages_done, polling.pages_total, baseline=polling.baseline),
+            "text": _scan_note(polling.pages_done, polling.pages_total, baseline=polling.baseline),
             "updated_at": _iso(polling.progress_at),
         }
     return {"strategy": polling.strategy if polling else None, "scan": scan}
@@ -512,7 +759,7 @@ def _polling_line(polling: PollStrategy | None) -> str | None:
     if polling.strategy:
         parts.append(f"strategy {polling.strategy}")
     if polling.pages_done is not None:
-        parts.append(scan_note(polling.pages_done, polling.pages_total, baseline=polling.baseline))
+        parts.append(_scan_note(polling.pages_done, polling.pages_total, baseline=polling.baseline))
     return "; ".join(parts) or None
 
 
@@ -538,6 +785,8 @@ def _source_json(
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
+    if args.state is not None:
+        _known_state(args.state, "--state", globs=False)
     config = _load(args)
     with _open_reader(config) as store:
         jobs = store.list_jobs(args.source, args.state)
@@ -588,11 +837,27 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 def cmd_history(args: argparse.Namespace) -> int:
     config = _load(args)
+    now = datetime.now(UTC)
     with _open_reader(config) as store:
         entries = store.job_history(args.job_id, args.source)
         tracked = [] if entries else store.list_jobs(args.source)
+        pending = [
+            item
+            for item in store.list_outbox([OutboxStatus.PENDING])
+            if item.alert.job_id == args.job_id
+            and (not args.source or item.alert.source == args.source)
+        ]
+        # Holds are decided over the whole outbox (rate limits and grouping span jobs), then
+        # keyed by (event, rule, channel), which is how the history names its alerts.
+        everything = store.list_outbox([OutboxStatus.PENDING]) if pending else []
+        holds = _holds(config, store, everything, now)
+        by_alert = {
+            (i.alert.event_key, i.alert.rule, i.alert.channel): holds[i.id]
+            for i in pending
+            if i.id in holds
+        }
     if args.json:
-        _print_json([_history_json(entry) for entry in entries])
+        _print_json([_history_json(entry, by_alert) for entry in entries])
     if not entries:
         current = [(source, job) for source, job in tracked if job.job_id == args.job_id]
         if not current:
@@ -635,13 +900,18 @@ def cmd_history(args: argparse.Namespace) -> int:
             )
             if alert.sent_at is not None:
                 line += f", sent {_minutes(alert.sent_at)}"
+            hold = by_alert.get((entry.event_key, alert.rule, alert.channel))
+            if hold is not None and alert.status is OutboxStatus.PENDING:
+                line += f", held by {_held_by(hold)}"
             if alert.last_error:
                 line += f", last error: {_clean(alert.last_error)}"
             print(line)
     return EX_OK
 
 
-def _history_json(entry: HistoryEntry) -> dict[str, Any]:
+def _history_json(
+    entry: HistoryEntry, holds: Mapping[tuple[str, str, str], Hold]
+) -> dict[str, Any]:
     return {
         "detected_at": _iso(entry.detected_at),
         "source": entry.source,
@@ -659,6 +929,9 @@ def _history_json(entry: HistoryEntry) -> dict[str, Any]:
                 "status": str(a.status),
                 "attempts": a.attempts,
                 "sent_at": _iso(a.sent_at),
+                "held": _hold_json(holds.get((entry.event_key, a.rule, a.channel)))
+                if a.status is OutboxStatus.PENDING
+                else None,
                 "last_error": a.last_error,
             }
             for a in entry.alerts
@@ -672,15 +945,20 @@ def cmd_health(args: argparse.Namespace) -> int:
     Asks the daemon's /readyz when it serves one (its answer is the same rule, from memory);
     otherwise, or when it does not answer, reads the store, without the daemon's lock.
     """
-    config = _load(args)
+    # No URL validation here: it imports apprise (seconds of CPU at --cpus 0.1), and the
+    # daemon being checked validated its URLs when it loaded this config.
+    config = _load(args, validate_urls=False)
     if config.http_listen:
         verdict = _health_over_http(config.http_listen)
         if verdict is not None:
-            return _report_health(*verdict)
-    return _report_health(*_health_from_store(config))
+            return _report_health(*verdict, as_json=args.json, via="http")
+    return _report_health(*_health_from_store(config), as_json=args.json, via="store")
 
 
-def _report_health(ok: bool, line: str) -> int:
+def _report_health(ok: bool, line: str, *, as_json: bool = False, via: str = "store") -> int:
+    if as_json:
+        _print_json({"healthy": ok, "message": line, "via": via})
+        return EX_OK if ok else EX_FAILURE
     if ok:
         print(line)
         return EX_OK
@@ -761,6 +1039,8 @@ def cmd_test_notify(args: argparse.Namespace) -> int:
     if not names:
         print(f"metastudio-watcher: {args.config} defines no channels", file=sys.stderr)
         return EX_FAILURE
+    from watcher.notify import Notifier
+
     notifier = Notifier(
         {name: config.channels[name] for name in names},
         send_timeout=config.delivery.send_timeout.total_seconds(),
@@ -778,15 +1058,28 @@ def cmd_test_notify(args: argparse.Namespace) -> int:
 
     try:
         outcomes = asyncio.run(send_all())
-        masked = {name: ", ".join(notifier.masked_urls(name)) for name in names}
+        notifier_masked = {name: notifier.masked_urls(name) for name in names}
+        masked = {name: ", ".join(urls) for name, urls in notifier_masked.items()}
     finally:
         notifier.close()
-    failed = 0
+    failed = sum(1 for _, ok, _ in outcomes if not ok)
+    if args.json:
+        _print_json(
+            [
+                {
+                    "channel": name,
+                    "ok": ok,
+                    "urls": list(notifier_masked[name]),
+                    "error": None if ok else REDACTOR.redact(error or "delivery failed"),
+                }
+                for name, ok, error in outcomes
+            ]
+        )
+        return EX_FAILURE if failed else EX_OK
     for name, ok, error in outcomes:
         if ok:
             print(f"ok      {name}: {masked[name]}")
         else:
-            failed += 1
             print(f"FAILED  {name}: {masked[name]}: {REDACTOR.redact(error or 'delivery failed')}")
     if failed:
         print(f"metastudio-watcher: {failed} of {len(names)} channel(s) failed", file=sys.stderr)
@@ -880,6 +1173,17 @@ def cmd_silence(args: argparse.Namespace) -> int:
             silence = store.add_silence(
                 matchers, starts_at=now, ends_at=now + length, comment=args.comment, now=now
             )
+        if args.json:
+            _print_json(
+                {
+                    "id": silence.id,
+                    "matchers": [f"{k}={v}" for k, v in silence.matchers],
+                    "starts_at": silence.starts_at.isoformat(),
+                    "ends_at": silence.ends_at.isoformat(),
+                    "comment": silence.comment,
+                }
+            )
+            return EX_OK
         print(f"silence {silence.id} added until {silence.ends_at:%Y-%m-%d %H:%M} UTC")
         return EX_OK
     if args.action == "expire":
@@ -891,7 +1195,10 @@ def cmd_silence(args: argparse.Namespace) -> int:
         if not expired:
             print(f"metastudio-watcher: no active silence with id {args.id}", file=sys.stderr)
             return EX_FAILURE
-        print(f"silence {args.id} expired")
+        if args.json:
+            _print_json({"id": args.id, "expired": True})
+        else:
+            print(f"silence {args.id} expired")
         return EX_OK
     with _open_reader(config) as store:
         silences = store.list_silences(active_at=None if args.all else now)
@@ -936,7 +1243,24 @@ def _matcher(text: str) -> tuple[str, str]:
         raise UsageError(
             f"--match: unknown field {name!r}; expected one of: {', '.join(SILENCE_FIELDS)}"
         )
+    if name == "state":
+        _known_state(value, "--match state")
     return name, value
+
+
+def _known_state(value: str, option: str, *, globs: bool = True) -> str:
+    """A state name (or a glob matching at least one), else a usage error with a suggestion:
+    `AUDIT_FAIL` silently matching nothing would hide a typo until the alert storm."""
+    states = sorted(KNOWN_STATES)
+    if globs and any(char in value for char in "*?["):
+        if any(fnmatch.fnmatchcase(state, value) for state in states):
+            return value
+        raise UsageError(f"{option}: {value!r} matches no known state; known: {', '.join(states)}")
+    if value in KNOWN_STATES:
+        return value
+    close = difflib.get_close_matches(value.upper(), states, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else f"; known: {', '.join(states)}"
+    raise UsageError(f"{option}: unknown state {value!r}{hint}")
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -946,6 +1270,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": cmd_demo,
     "outbox": cmd_outbox,
     "route": cmd_route,
+    "alerts": cmd_alerts,
     "status": cmd_status,
     "silence": cmd_silence,
     "jobs": cmd_jobs,

@@ -11,6 +11,7 @@ import math
 import os
 import re
 import stat
+import unicodedata
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ __all__ = [
     "load_config_text",
     "parse_duration",
     "parse_listen",
+    "storage_problem",
 ]
 
 KNOWN_REGIONS: Mapping[str, str] = REGION_ENDPOINTS
@@ -93,6 +95,8 @@ _SOURCE_KEYS = (
     "settled_states",
     "max_requests_per_second",
     "page_concurrency",
+    "batch_quiet",
+    "enrich_timeout",
 )
 _FILTER_KEYS = (
     "state",
@@ -121,8 +125,13 @@ _RULE_KEYS = (
     "group_by",
     "group_wait",
     "group_interval",
+    "group_title",
+    "group_body",
+    "group_limit",
 )
 _CHANNEL_KEYS = ("urls", "max_per_minute", "quiet_hours", "timezone")
+# The list API's job_type values (API reference, ListVoiceTrainingJob).
+_JOB_TYPES = ("BASIC", "MIDDLE", "ADVANCE", "THIRD_PARTY", "THIRD_PARTY_LJZN", "FLEXUS")
 _QUIET_HOURS = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)-([01]?\d|2[0-3]):([0-5]\d)")
 _DELIVERY_KEYS = ("retry_initial", "retry_max", "give_up_after", "send_timeout")
 _HTTP_KEYS = ("listen", "auth")
@@ -138,6 +147,13 @@ _CREDENTIALS = (
     ("security_token", "CLOUD_SDK_SECURITY_TOKEN", "security token"),
 )
 _MAX_CREDENTIAL_FILE = 64 * 1024
+# Channel schemes apprise dropped, and what to use instead (apprise's plugins/workflows.py).
+_REMOVED_SCHEMES = {
+    "msteams": (
+        "msteams:// (Office 365 connector webhooks) was removed in apprise 2; Microsoft Teams "
+        "now takes workflows://HOST/WORKFLOW/SIGNATURE (a Teams Workflows webhook)"
+    ),
+}
 
 _SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _CHANNEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
@@ -150,6 +166,61 @@ _DURATION = re.compile(
     r"(?:(\d{1,9})d)?(?:(\d{1,9})h)?(?:(\d{1,9})m)?(?:(\d{1,9})s)?(?:(\d{1,9})ms)?"
 )
 _BARE_SECONDS = re.compile(r"\d{1,12}")
+
+# The documented ranges (README, "Configuration ranges"). Outside them a value breaks at run
+# time (datetime overflow on every poll or send, gigabytes of page buffers, a watcher that is
+# blind for days, retries every few seconds), so `check` refuses it. Keyed by the key's name.
+_DURATION_RANGES: Mapping[str, tuple[timedelta, timedelta]] = {
+    "poll_interval": (timedelta(seconds=5), timedelta(days=1)),
+    "request_timeout": (timedelta(milliseconds=100), timedelta(minutes=10)),
+    "full_scan_every": (timedelta(seconds=5), timedelta(days=7)),
+    "for": (timedelta(minutes=1), timedelta(days=90)),
+    "repeat": (timedelta(minutes=1), timedelta(days=90)),
+    "group_wait": (timedelta(milliseconds=1), timedelta(hours=1)),
+    "group_interval": (timedelta(milliseconds=1), timedelta(days=1)),
+    "retry_initial": (timedelta(milliseconds=1), timedelta(hours=1)),
+    "retry_max": (timedelta(milliseconds=1), timedelta(days=1)),
+    "give_up_after": (timedelta(milliseconds=1), timedelta(days=90)),
+    "send_timeout": (timedelta(milliseconds=100), timedelta(minutes=10)),
+}
+# Any other duration (keys added later): long enough for anything, short enough that adding it
+# to a timestamp can never overflow.
+_DURATION_CAP = timedelta(days=365)
+_NUMBER_RANGES: Mapping[str, tuple[float, float]] = {
+    "max_requests_per_second": (0.1, 1000.0),
+    "page_concurrency": (1, 64),
+    "max_per_minute": (1, 10_000),
+}
+# Where a line break is meaningful: templates. Everywhere else (names, ids, URLs, paths) a
+# control character makes every request or send fail, forever.
+_MULTILINE_KEYS = frozenset({"title", "body"})
+MAX_CONFIG_BYTES = 1024 * 1024
+# Far more than any real config (a rule set of thousands of lines has a few thousand values),
+# far less than an alias bomb: beyond this the reader would take minutes and gigabytes.
+MAX_CONFIG_VALUES = 200_000
+_STORAGE_REFUSED_TREES = ("/proc", "/sys")
+# File systems that cannot hold a database file (devtmpfs is /dev; /dev/shm is a tmpfs, fine).
+_STORAGE_REFUSED_FS = frozenset(
+    {
+        "proc",
+        "sysfs",
+        "devtmpfs",
+        "devpts",
+        "cgroup",
+        "cgroup2",
+        "debugfs",
+        "tracefs",
+        "securityfs",
+        "configfs",
+        "pstore",
+        "bpf",
+        "mqueue",
+        "fusectl",
+        "binfmt_misc",
+        "autofs",
+        "efivarfs",
+    }
+)
 _LISTEN = re.compile(r"(?:\[(?P<ipv6>[^\]]*)\]|(?P<host>[^\[\]:]*)):(?P<port>[^:]*)")
 
 
@@ -215,14 +286,147 @@ def load_config(
 ) -> Config:
     """Read and validate the config file; `validate_url` is apprise's URL checker, if any."""
     try:
-        with open(path, encoding="utf-8") as stream:
-            text = stream.read()
-    except UnicodeDecodeError:
-        raise ConfigError("the configuration file is not UTF-8 text", file=path) from None
+        data = _read_config_bytes(path)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise ConfigError(f"cannot read the configuration file: {reason}", file=path) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError("the configuration file is not UTF-8 text", file=path) from None
     return load_config_text(text, path, env, validate_url)
+
+
+def _read_config_bytes(path: str) -> bytes:
+    """The file's bytes, refusing anything but a regular file of at most MAX_CONFIG_BYTES.
+
+    Opened non-blocking and checked with fstat on the open descriptor: a FIFO or a device as
+    `-c` is refused at once instead of hanging, and nothing can be swapped in between.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            what = _file_kind(info.st_mode)
+            raise ConfigError(
+                f"the configuration must be a regular file (this is {what})", file=path
+            )
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"the configuration file is {info.st_size} bytes; at most "
+                f"{MAX_CONFIG_BYTES} (1 MiB) is accepted",
+                file=path,
+            )
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_CONFIG_BYTES:  # it grew while being read
+                raise ConfigError(
+                    f"the configuration file is larger than {MAX_CONFIG_BYTES} bytes (1 MiB)",
+                    file=path,
+                )
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def storage_problem(path: str) -> str | None:
+    """Why `path` cannot be the SQLite state file, or None. Checked by `check` and at start.
+
+    A device, anything under /proc, /sys or /dev, a directory, a path under a file, and a file
+    or directory this user cannot write all fail on the first poll, after start-up said ok.
+    """
+    if path == ":memory:":
+        return None
+    full = os.path.abspath(path)
+    for tree in _STORAGE_REFUSED_TREES:
+        if full == tree or full.startswith(tree + "/"):
+            return f"{full} is under {tree}, which cannot hold a SQLite database; use a file path"
+    try:
+        info = os.stat(full)
+    except FileNotFoundError:
+        info = None
+    except NotADirectoryError:
+        return f"{_first_file_ancestor(full)} is a file, so {full} cannot be created under it"
+    except OSError as exc:
+        return f"cannot inspect {full}: {exc.strerror or type(exc).__name__}"
+    if info is not None:
+        if not stat.S_ISREG(info.st_mode):
+            return f"{full} is {_file_kind(info.st_mode)}; storage must be a regular file path"
+        if not os.access(full, os.R_OK | os.W_OK):
+            return f"{full} is not writable by this user; fix its permissions or move storage"
+    directory = os.path.dirname(full)
+    while not os.path.isdir(directory):
+        if os.path.lexists(directory):
+            return f"{directory} is a file, so {full} cannot be created under it"
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            break
+        directory = parent
+    fs_type = _filesystem_type(directory)
+    if fs_type in _STORAGE_REFUSED_FS:
+        return (
+            f"{directory} is on a {fs_type} file system, which cannot hold a SQLite database; "
+            "use a file path"
+        )
+    if directory == os.path.dirname(full) and not os.access(directory, os.W_OK | os.X_OK):
+        # SQLite writes a journal next to the file: the directory itself must be writable.
+        return f"the directory {directory} is not writable by this user; fix it or move storage"
+    return None
+
+
+def _filesystem_type(directory: str) -> str | None:
+    """The type of the file system `directory` is on, from /proc/self/mountinfo (None when
+    that cannot be read, e.g. under systemd's ProcSubset=pid)."""
+    try:
+        real = os.path.realpath(directory)
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mounts:
+            rows = mounts.read().splitlines()
+    except OSError:
+        return None
+    best, best_type = "", None
+    for row in rows:
+        fields, sep, rest = row.partition(" - ")
+        parts = fields.split()
+        if not sep or len(parts) < 5 or not rest:
+            continue
+        point = parts[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, best_type = point, rest.split()[0]
+    return best_type
+
+
+def _first_file_ancestor(full: str) -> str:
+    probe = os.path.dirname(full)
+    found = probe
+    while probe != os.path.dirname(probe):
+        if os.path.lexists(probe) and not os.path.isdir(probe):
+            found = probe
+        probe = os.path.dirname(probe)
+    return found
+
+
+def _control_character(value: str) -> str | None:
+    """`U+000A` for the first control/line-separator character in `value`, else None."""
+    for char in value:
+        if unicodedata.category(char) in ("Cc", "Zl", "Zp"):
+            return f"U+{ord(char):04X}"
+    return None
 
 
 def load_config_text(
@@ -238,6 +442,17 @@ def load_config_text(
     if document is None:
         raise ConfigError(
             "the configuration is empty: expected a mapping with at least 'sources'",
+            file=path,
+            line=1,
+        )
+    try:
+        expanded = _expanded_size(document, {})
+    except RecursionError:
+        raise ConfigError("invalid YAML: nested too deeply", file=path, line=1) from None
+    if expanded > MAX_CONFIG_VALUES:
+        raise ConfigError(
+            f"the configuration expands to {expanded} values through YAML aliases (*name); "
+            f"at most {MAX_CONFIG_VALUES} are accepted",
             file=path,
             line=1,
         )
@@ -257,10 +472,13 @@ def load_config_text(
 def config_warnings(path: str) -> list[str]:
     """Things worth telling the operator about the file itself (not errors): loose permissions."""
     try:
-        mode = os.stat(path).st_mode
+        info = os.stat(path)
     except OSError:
         return []  # load_config reports an unreadable file
-    if mode & (stat.S_IRGRP | stat.S_IROTH):
+    mode = info.st_mode
+    # Group root may read: root:root 0640 is how a container (running in group 0) reads a
+    # root-owned file, and on a host group 0 holds root alone.
+    if mode & stat.S_IROTH or (mode & stat.S_IRGRP and info.st_gid != 0):
         return [
             f"{path} is readable by other users (mode {stat.S_IMODE(mode):04o}) and may hold "
             f"credentials: run chmod 600 {path}"
@@ -415,6 +633,19 @@ def _parse_yaml(text: str, path: str) -> Any:
     finally:
         if loader is not None:
             loader.dispose()
+
+
+def _expanded_size(value: Any, memo: dict[int, int]) -> int:
+    """How many values the document holds once every alias is expanded (linear time: a shared
+    node is measured once). An alias bomb fits in a few kB and expands to billions."""
+    if not isinstance(value, _Map | _Seq):
+        return 1
+    if id(value) in memo:
+        return memo[id(value)]
+    memo[id(value)] = 1  # a recursive alias counts once; the reader refuses it later anyway
+    children = value.values() if isinstance(value, _Map) else value
+    memo[id(value)] = 1 + sum(_expanded_size(child, memo) for child in children)
+    return memo[id(value)]
 
 
 def _child(path: str, key: str) -> str:
@@ -593,7 +824,18 @@ class _Reader:
                     pure_var = name
             pos = match.end()
         out.append(raw[pos:])
-        return _Text("".join(out), raw, tuple(substituted), pure_var)
+        result = _Text("".join(out), raw, tuple(substituted), pure_var)
+        self.no_control(result, path)
+        return result
+
+    def no_control(self, text: _Text, path: str) -> None:
+        """Names, ids, URLs and paths are one line: a control character breaks every use."""
+        if path.rsplit(".", 1)[-1] in _MULTILINE_KEYS:
+            return
+        found = _control_character(text.value)
+        if found is not None:
+            origin = " (from a ${VAR})" if _control_character(text.raw) is None else ""
+            self.fail(path, f"contains the control character {found}{origin}; remove it")
 
     def mapping(self, value: Any, path: str, expected: str, keys: Sequence[str]) -> _Map:
         if not isinstance(value, _Map):
@@ -648,7 +890,18 @@ class _Reader:
             self.fail(path, f"must be at least {_format_duration(minimum)}")
         if minimum is None and result <= timedelta(0):
             self.fail(path, "must be longer than 0s")
+        self.in_duration_range(result, path)
         return result
+
+    def in_duration_range(self, value: timedelta, path: str) -> None:
+        key = path.rsplit(".", 1)[-1]
+        low, high = _DURATION_RANGES.get(key, (timedelta(0), _DURATION_CAP))
+        if not low <= value <= high:
+            self.fail(
+                path,
+                f"must be from {_range_duration(low)} to {_range_duration(high)} "
+                f"(got {_range_duration(value)})",
+            )
 
     def boolean(self, value: Any, path: str) -> bool:
         if isinstance(value, bool):
@@ -690,6 +943,8 @@ class _Reader:
             storage = self.nonempty(top["storage"], "storage", "a file path").value
         if storage != ":memory:":
             storage = os.path.normpath(os.path.join(self.base_dir, storage))
+        if (problem := storage_problem(storage)) is not None:
+            self.fail("storage", problem)
         first_run = FirstRun.BASELINE
         if "first_run" in top:
             choices = [member.value for member in FirstRun]
@@ -789,6 +1044,8 @@ class _Reader:
         problem: str | None = None if scheme else "expected scheme://… (an apprise URL)"
         if problem is None and self.validate_url is not None:
             problem = self.validate_url(url)
+        if problem is not None and scheme is not None:
+            problem = _REMOVED_SCHEMES.get(scheme.group(1).lower(), problem)
         if problem is not None:
             # The validator already keeps the URL's own parts out; mask what ${VAR}s brought
             # in (masking the whole URL too would garble "mailto://" in the message itself).
@@ -865,6 +1122,14 @@ class _Reader:
                     source["page_concurrency"], _child(path, "page_concurrency"), integer=True
                 )
             )
+        batch_quiet = timedelta(minutes=10)
+        if "batch_quiet" in source:
+            batch_quiet = self.duration(source["batch_quiet"], _child(path, "batch_quiet"))
+        enrich_timeout = timedelta(seconds=10)
+        if "enrich_timeout" in source:
+            enrich_timeout = self.duration(
+                source["enrich_timeout"], _child(path, "enrich_timeout"), timedelta(seconds=1)
+            )
         return SourceConfig(
             name=name,
             endpoint=endpoint,
@@ -881,6 +1146,8 @@ class _Reader:
             settled_states=settled_states,
             max_requests_per_second=max_rps,
             page_concurrency=page_concurrency,
+            batch_quiet=batch_quiet,
+            enrich_timeout=enrich_timeout,
         )
 
     def full_scan_every(self, value: Any, path: str, poll_interval: timedelta) -> timedelta:
@@ -919,6 +1186,10 @@ class _Reader:
             self.fail(path, f"expected {expected} (got {number!r})")
         if not math.isfinite(number) or number <= 0:
             self.fail(path, f"expected {expected} (got {number!r})")
+        low, high = _NUMBER_RANGES.get(path.rsplit(".", 1)[-1], (0.0, math.inf))
+        if not low <= number <= high:
+            shown = str(int(number)) if integer else f"{number:g}"
+            self.fail(path, f"must be from {low:g} to {high:g} (got {shown})")
         return number
 
     def endpoint(self, source: _Map, path: str) -> tuple[str | None, str]:
@@ -1025,6 +1296,10 @@ class _Reader:
                 items = self.texts(raw, key_path, "a state or a list of states")
                 states = [self.state(text, item_path) for text, item_path in items]
                 out.append((key, ",".join(states)))
+            elif key == "job_type":
+                # An unknown type filters every job out: the watcher would poll, see nothing
+                # and never alert.
+                out.append((key, self.choice(raw, key_path, _JOB_TYPES, "job type")))
             else:
                 out.append((key, self.nonempty(raw, key_path).value))
         return tuple(out)
@@ -1092,6 +1367,7 @@ class _Reader:
             for_ = self.duration(rule["for"], _child(path, "for"))
         if "repeat" in rule:
             repeat = self.duration(rule["repeat"], _child(path, "repeat"))
+        self.stuck_combination(rule, path, on, events, for_, repeat)
         urgent = False
         if "urgent" in rule:
             urgent = self.boolean(rule["urgent"], _child(path, "urgent"))
@@ -1103,6 +1379,14 @@ class _Reader:
             group_wait = self.duration(rule["group_wait"], _child(path, "group_wait"))
         if "group_interval" in rule:
             group_interval = self.duration(rule["group_interval"], _child(path, "group_interval"))
+        group_title, group_body, group_limit = self.group_message(rule, path)
+        if body_format is BodyFormat.JSON and body is not None:
+            # The JSON document is the body; a template there would be silently ignored.
+            self.fail(
+                _child(path, "body"),
+                "format: json sends the JSON document as the body; remove body: (title: "
+                "still applies) or use another format",
+            )
         return RuleConfig(
             name=name,
             on=on,
@@ -1120,7 +1404,58 @@ class _Reader:
             group_by=group_by,
             group_wait=group_wait,
             group_interval=group_interval,
+            group_title=group_title,
+            group_body=group_body,
+            group_limit=group_limit,
         )
+
+    def group_message(self, rule: _Map, path: str) -> tuple[str | None, str | None, int | None]:
+        """A rule's templates and list length for grouped messages."""
+        title = body = None
+        if "group_title" in rule:
+            title = self.text(rule["group_title"], _child(path, "group_title")).value
+        if "group_body" in rule:
+            body = self.text(rule["group_body"], _child(path, "group_body")).value
+        limit = None
+        if "group_limit" in rule:
+            limit = int(
+                self.positive_number(rule["group_limit"], _child(path, "group_limit"), integer=True)
+            )
+        return title, body, limit
+
+    def stuck_combination(
+        self,
+        rule: _Map,
+        path: str,
+        on: tuple[str, ...],
+        events: tuple[EventKind, ...] | None,
+        for_: timedelta | None,
+        repeat: timedelta | None,
+    ) -> None:
+        """`for:`/`repeat:` only where they can mean something (else stuck alerts misfire)."""
+        if repeat is not None and for_ is None:
+            self.fail(_child(path, "repeat"), "repeat: needs for: (it repeats a stuck alert)")
+        if for_ is None:
+            if events is not None and EventKind.STUCK in events:
+                self.fail(
+                    _child(path, "events"),
+                    "the stuck event needs for: (how long a job may stay in the on: states)",
+                )
+            return
+        for_path = _child(path, "for")
+        if "on" not in rule or on == ("*",):
+            self.fail(
+                for_path,
+                "for: needs on: naming the states a job may get stuck in (not '*'), e.g. "
+                "on: [AUDITING]",
+            )
+        if "SUCCEED" in on:
+            self.fail(_child(path, "on"), "a job in SUCCEED is finished: it cannot be stuck (for:)")
+        if events is not None and EventKind.STUCK not in events:
+            self.fail(
+                _child(path, "events"),
+                "for: only raises stuck events: add stuck to events: or drop for:",
+            )
 
     def group_by(self, value: Any, path: str) -> tuple[str, ...]:
         out = []
@@ -1298,3 +1633,12 @@ def _format_duration(value: timedelta) -> str:
     if seconds == int(seconds):
         return f"{int(seconds)}s"
     return f"{seconds}s"
+
+
+def _range_duration(value: timedelta) -> str:
+    """Exact and short, in the largest unit that divides it: 10m, 90d, 1500ms."""
+    millis = value // timedelta(milliseconds=1)
+    for unit, factor in _DURATION_UNITS:
+        if millis % factor == 0:
+            return f"{millis // factor}{unit}"
+    return f"{millis}ms"

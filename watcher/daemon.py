@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import aiohttp
 import structlog
@@ -21,10 +22,14 @@ import structlog
 from watcher.dispatch import DeliveryMemory, DeliveryOutcome, Dispatcher
 from watcher.engine.alerts import Routed, route
 from watcher.engine.diff import count_by_state
+from watcher.engine.rules import matching_rules
 from watcher.engine.tracker import Tracking, advance, health_step
+from watcher.engine.why import detail_resource, failure_key, unavailable
+from watcher.errorcodes import with_explanation
 from watcher.errors import ApiError, AuthError, StoreError, WatcherError
 from watcher.http import Readiness, readiness, start_http
 from watcher.metastudio.client import ListingRejected, MetaStudioClient, RetryPolicy, ScanProgress
+from watcher.metastudio.details import fetch_why
 from watcher.metastudio.incremental import (
     Cursor,
     IncrementalPoller,
@@ -154,6 +159,7 @@ class Watcher:
         self.failure: str | None = None  # why run() stopped by itself, if it did
         self.metrics = metrics or Metrics(process=False)
         self.metrics.add_sources(self._sources)
+        self.metrics.add_channels(config.channels)
         # Delivery: rate limits and group intervals come from the store's send log; retry
         # times from `memory`, which a reload hands on to the next Watcher.
         self._dispatcher = Dispatcher(
@@ -228,6 +234,7 @@ class Watcher:
             first_run=self.config.first_run,
             vanish_after=self.vanish_after,
             expected_interval=state.config.poll_interval,
+            batch_quiet=state.config.batch_quiet,
         )
         step_tracking = step.tracking
         if not listing.full and previous is not None:
@@ -240,6 +247,7 @@ class Watcher:
             step_tracking, name, ok=True, now=now, unhealthy_after=self._unhealthy_after(state)
         )
         events = step.events + ((health,) if health is not None else ())
+        events = await self._explain_failures(state, events)
         routed = self._route(events)
         # advance() builds a fresh dict: no need to copy 100k entries again.
         committed = step.jobs if isinstance(step.jobs, dict) else dict(step.jobs)
@@ -471,10 +479,73 @@ class Watcher:
         return state.config.poll_interval * 3
 
     def _route(self, events: Sequence[Event]) -> Routed:
-        routed = route(events, self.config.rules)
+        # The config path lets a grouped message name the exact `alerts -c …` command.
+        routed = route(events, self.config.rules, config_path=self.config.path)
         for problem in routed.problems:
             log.warning("template_failed_using_default", rule=problem.rule, error=problem.error)
         return routed
+
+    async def _explain_failures(
+        self, state: _SourceState, events: tuple[Event, ...]
+    ) -> tuple[Event, ...]:
+        """Add `why` to failures some rule will send: the job's review result or operation
+        log, asked once per failure (kept in the store, so a restart does not ask again) and
+        given at most the source's `enrich_timeout`: a slow, failing or missing detail never
+        delays the alert longer, nor drops it; the alert then says the detail is unavailable.
+        """
+        wanted: dict[str, tuple[str, str]] = {}
+        for event in events:
+            resource = detail_resource(event)
+            if resource is not None and event.job is not None and self._routed_anywhere(event):
+                wanted[failure_key(event.job)] = (event.job.job_id, resource)
+        if not wanted:
+            return events
+        name = state.config.name
+        found: dict[str, dict[str, Any]] = {}
+        for key in wanted:
+            cached = self.store.failure_detail(name, key)
+            if cached is not None:
+                found[key] = cached
+        asks = {
+            key: asyncio.ensure_future(fetch_why(state.client, job_id, resource))
+            for key, (job_id, resource) in wanted.items()
+            if key not in found
+        }
+        limit = state.config.enrich_timeout.total_seconds()
+        if asks:
+            _, late = await asyncio.wait(asks.values(), timeout=limit)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        now = self.clock()
+        for key, task in asks.items():
+            job_id, resource = wanted[key]
+            error = None if task.cancelled() else task.exception()
+            if task.cancelled():
+                found[key] = unavailable(resource, f"no answer within {limit:g}s")
+            elif error is not None:
+                problem = error.message if isinstance(error, WatcherError) else type(error).__name__
+                found[key] = unavailable(resource, problem)
+            else:
+                found[key] = task.result()
+                self.store.save_failure_detail(name, key, found[key], now)
+                continue
+            log.warning(
+                "failure_detail_unavailable",
+                source=name,
+                job_id=job_id,
+                resource=resource,
+                problem=found[key]["problem"],
+            )
+        return tuple(
+            replace(e, details={**e.details, "why": found[failure_key(e.job)]})
+            if e.job is not None and failure_key(e.job) in found and detail_resource(e)
+            else e
+            for e in events
+        )
+
+    def _routed_anywhere(self, event: Event) -> bool:
+        return any(rule.notify for rule in matching_rules(self.config.rules, event))
 
     def _poll_failed(self, state: _SourceState, err: ApiError, seconds: float) -> None:
         name = state.config.name
@@ -500,7 +571,8 @@ class Watcher:
             ok=False,
             now=now,
             unhealthy_after=self._unhealthy_after(state),
-            error=text,
+            error=with_explanation(text, err.code),  # what a documented code means
+            failed_at=now - timedelta(seconds=seconds),  # when this failing poll began
         )
         events = (event,) if event is not None else ()
         routed = self._route(events)
@@ -514,6 +586,25 @@ class Watcher:
             log.error("source_unhealthy", source=name, reason=event.reason)
         if inserted:
             self._wake_delivery.set()
+
+    def _poll_crashed(self, name: str, err: Exception, seconds: float) -> bool:
+        """A poll that crashed is a failed poll: it counts towards `source_unhealthy`, so a bug
+        cannot blind the watcher silently. The alert names the log entry, not the exception
+        text (which may carry anything)."""
+        failure = ApiError(
+            f"the poll crashed inside the watcher ({type(err).__name__}); see the "
+            "poll_crashed entry in the log",
+            retryable=True,
+        )
+        try:
+            self._poll_failed(self._sources[name], failure, seconds)
+        except StoreError as store_err:
+            log.error("store_failed", source=name, error=str(store_err))
+            self.failure = str(store_err)
+            return False  # the store is gone: stop, as a failing poll would
+        except Exception:  # recording the crash must not crash the loop as well
+            log.exception("poll_crash_not_recorded", source=name)
+        return True
 
     async def deliver(self) -> DeliveryOutcome:
         """One delivery pass (see `watcher.dispatch`): silences, per-job order, quiet hours,
@@ -559,6 +650,7 @@ class Watcher:
     async def _source_loop(self, name: str, stop: asyncio.Event) -> None:
         interval = self._sources[name].config.poll_interval.total_seconds()
         while not stop.is_set():
+            started = time.monotonic()
             try:
                 await self.poll(name)
             except StoreError as err:
@@ -566,9 +658,12 @@ class Watcher:
                 self.failure = str(err)
                 stop.set()
                 return
-            except Exception:
+            except Exception as err:
                 # A bug must not silence every later poll of this source: log it and go on.
                 log.exception("poll_crashed", source=name)
+                if not self._poll_crashed(name, err, time.monotonic() - started):
+                    stop.set()
+                    return
             # A little jitter so that many watchers (or sources) do not poll in lockstep.
             delay = interval * (1 + self.rng.uniform(-0.05, 0.05))
             await _wait(stop, delay)

@@ -12,7 +12,10 @@ import secrets
 import signal
 import sys
 import tempfile
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import structlog
@@ -20,7 +23,7 @@ from aiohttp import web
 
 from watcher.config import load_config
 from watcher.daemon import Watcher, session_timeout
-from watcher.logs import REDACTOR
+from watcher.logs import REDACTOR, configure
 from watcher.notify import Notifier, check_url
 from watcher.simulator.runner import start_simulator
 from watcher.store import Store
@@ -44,6 +47,7 @@ rules:
   - name: failures
     on: [AUDIT_FAILED, SPLIT_FAILED, FAILED]
     notify: [terminal]
+    group_wait: 3s                    # failures of one poll arrive as one message
   - name: recovered
     events: [recovered]
     notify: [terminal]
@@ -52,19 +56,32 @@ rules:
     on: [SUCCEED]
     notify: [terminal]
   - name: batches
-    events: [batch_settled]
+    events: [batch_settled, batch_updated]
+    notify: [terminal]
+  - name: watcher-blind
+    events: [source_unhealthy, source_recovered]
     notify: [terminal]
 storage: {storage}
 """
 
 
+def chat_block(payload: Mapping[str, Any], received_at: datetime) -> str:
+    """One message as a person would see it in a chat window: a header, then the body."""
+    icon = _ICONS.get(str(payload.get("type")), "·")
+    title = str(payload.get("title", "")).strip()
+    lines = str(payload.get("message", "")).strip().splitlines()
+    stamp = received_at.astimezone().strftime("%H:%M:%S")
+    out = [f"╭─ {stamp}  {icon} {title}"]
+    out += [f"│ {line}" for line in lines]
+    out.append("╰─")
+    return "\n".join(out)
+
+
 async def _printing_receiver() -> tuple[web.AppRunner, int]:
     async def alerts(request: web.Request) -> web.Response:
         payload = await request.json()
-        icon = _ICONS.get(str(payload.get("type")), "·")
-        print(f"\n{icon} {payload.get('title', '')}", flush=True)
-        for line in str(payload.get("message", "")).splitlines():
-            print(f"    {line}", flush=True)
+        # One print per message, so blocks never interleave.
+        print("\n" + chat_block(payload, datetime.now(UTC)), flush=True)
         return web.json_response({"ok": True})
 
     app = web.Application()
@@ -78,8 +95,18 @@ async def _printing_receiver() -> tuple[web.AppRunner, int]:
 
 
 async def run_demo(
-    *, jobs: int, step_every: float, poll_interval: str, seed: int, duration: float | None
+    *,
+    jobs: int,
+    step_every: float,
+    poll_interval: str,
+    seed: int,
+    duration: float | None,
+    logs: bool = False,
+    log_format: str | None = None,
 ) -> int:
+    if not logs:
+        # A chat window, not a log: the daemon's event and debug lines only when asked for.
+        configure(level="warning", fmt=log_format)
     project_id = "demo-project"
     ak = "DEMO" + secrets.token_hex(8).upper()
     sk = secrets.token_hex(20)
@@ -110,7 +137,8 @@ async def run_demo(
         print(
             f"demo: simulator at {endpoint} with {jobs} jobs stepping every {step_every}s; "
             f"polling every {poll_interval}. The first poll is a silent baseline; alerts "
-            "follow as jobs change state. Ctrl-C stops.",
+            "follow as jobs change state, one block per message. Ctrl-C stops "
+            "(--logs shows the daemon's log too).",
             file=sys.stderr,
             flush=True,
         )

@@ -156,7 +156,10 @@ class Dispatcher:
         results = await asyncio.gather(
             *(self._deliver_channel(batch, stopping) for batch in by_channel.values())
         )
-        self.metrics.outbox_depth({str(k): v for k, v in self.store.outbox_counts().items()})
+        self.metrics.outbox_depth(
+            {str(k): v for k, v in self.store.outbox_counts().items()},
+            held=len({h.item_id for h in decided.held}),
+        )
         return DeliveryOutcome(
             sum(r.sent for r in results),
             sum(r.failed for r in results),

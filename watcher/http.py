@@ -6,50 +6,22 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from collections.abc import Callable
 
 from aiohttp import web
 
 from watcher.config import parse_listen
 from watcher.errors import ConfigError
 from watcher.metrics import Metrics
+from watcher.readiness import Readiness, readiness
 
 __all__ = ["Readiness", "bound_port", "readiness", "start_http"]
 
 ReadinessProbe = Callable[[], "Readiness"]
 
 
-@dataclass(frozen=True, slots=True)
-class Readiness:
-    """Ready when no source is stale; `stale` names the ones that are, in config order."""
-
-    ready: bool
-    stale: tuple[str, ...]
-    reason: str | None = None  # not ready for a reason of its own (the state file went away)
-
-
 _METRICS = web.AppKey("metrics", Metrics)
 _READY: web.AppKey[ReadinessProbe] = web.AppKey("ready")
-
-
-def readiness(
-    last_ok: Mapping[str, datetime | None],
-    intervals: Mapping[str, timedelta],
-    now: datetime,
-    factor: float = 3.0,
-) -> Readiness:
-    """Each source in `intervals` is stale if it never succeeded or not within factor × interval.
-
-    Several intervals of grace, so one slow or failed poll does not flap the probe.
-    """
-    stale = tuple(
-        source
-        for source, interval in intervals.items()
-        if (last := last_ok.get(source)) is None or now - last > interval * factor
-    )
-    return Readiness(ready=not stale, stale=stale)
 
 
 async def start_http(

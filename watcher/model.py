@@ -115,6 +115,7 @@ class EventKind(StrEnum):
     STUCK = "stuck"
     RECOVERED = "recovered"
     BATCH_SETTLED = "batch_settled"
+    BATCH_UPDATED = "batch_updated"  # a settled batch changed and settled again
     SOURCE_UNHEALTHY = "source_unhealthy"
     SOURCE_RECOVERED = "source_recovered"
     SUMMARY = "summary"
@@ -166,6 +167,8 @@ class BodyFormat(StrEnum):
     TEXT = "text"
     MARKDOWN = "markdown"
     HTML = "html"
+    # One JSON document per message (see watcher.engine.messages); apprise sends it as text.
+    JSON = "json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +189,9 @@ class Alert:
     group_key: str = ""
     # What silences match on: job_id, voice_name, batch_name, job_type, state, kind, tag...
     labels: Mapping[str, str] = field(default_factory=dict)
+    # What the alert is about as plain JSON data (see watcher.engine.messages.alert_facts):
+    # grouped messages, JSON bodies and `alerts --group` are composed from it.
+    facts: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def alert_id(self) -> str:
@@ -288,6 +294,10 @@ class SourceConfig:
     # Client-side throttle per source: MetaStudio's list APIs allow ~10-20 req/s per tenant.
     max_requests_per_second: float = 5.0
     page_concurrency: int = 4
+    # A batch is settled once all its jobs are terminal and none changed for this long.
+    batch_quiet: timedelta = timedelta(minutes=10)
+    # How long an alert may wait for the detail APIs (audit-result, op-logs) to say why.
+    enrich_timeout: timedelta = timedelta(seconds=10)
 
 
 class FirstRun(StrEnum):
@@ -314,6 +324,11 @@ class RuleConfig:
     group_by: tuple[str, ...] = ("source", "rule")
     group_wait: timedelta = timedelta(0)  # wait this long for more alerts of the group
     group_interval: timedelta = timedelta(0)  # at most one message per group this often
+    # Grouped messages: Jinja2 templates over `alerts` and `counts`, and how many alerts
+    # the body lists (None: 20 for chat formats, 200 for html and json).
+    group_title: str | None = None
+    group_body: str | None = None
+    group_limit: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -127,7 +127,19 @@ def mask_url(url: str) -> str:
     """The URL for display: passwords, tokens and webhook path secrets masked."""
     plugin: Any = apprise.Apprise.instantiate(url, asset=_asset())
     shown = str(plugin.url(privacy=True)) if plugin is not None else url
-    return _mask_leftovers(shown, mask_userinfo=plugin is None, mask_path=plugin is None)
+    masked = _mask_leftovers(shown, mask_userinfo=plugin is None, mask_path=plugin is None)
+    return _only_written_args(masked, url)
+
+
+def _only_written_args(shown: str, written: str) -> str:
+    """Drop the query arguments apprise adds on its own (`method=POST&overflow=upstream&
+    retry=0…`): the operator should recognise the URL they wrote, not apprise's defaults."""
+    base, sep, query = shown.partition("?")
+    if not sep:
+        return shown
+    own = {key.lower() for key, _ in parse_qsl(urlsplit(written).query, keep_blank_values=True)}
+    kept = [part for part in query.split("&") if unquote(part.partition("=")[0]).lower() in own]
+    return f"{base}?{'&'.join(kept)}" if kept else base
 
 
 def _mask_leftovers(url: str, *, mask_userinfo: bool, mask_path: bool) -> str:

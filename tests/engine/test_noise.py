@@ -55,9 +55,11 @@ def test_group_message_lists_each_job_with_a_tail() -> None:
     message = render_group("ops", ["source=prod|rule=failures"], items)
     assert message.title == "25 voice job alerts (rule failures, source prod)"
     lines = message.body.splitlines()
-    assert lines[0] == "- AUDIT_FAILED: voice job job1"
-    assert len(lines) == 21
-    assert lines[-1] == "+5 more"
+    # Alerts queued before facts were kept: their title stands for them (see test_messages).
+    assert lines[2] == "- AUDIT_FAILED: voice job job1"
+    assert len(lines) == 2 + 20 + 2 + 2  # summary, 20 jobs, where/when, the tail
+    assert lines[-3] == "source prod · detected 2026-11-25 12:00 UTC"
+    assert lines[-1].startswith("+5 more not listed here; all of them: metastudio-watcher alerts")
     assert message.notify_type is NotifyType.FAILURE
 
 

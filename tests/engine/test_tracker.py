@@ -145,11 +145,12 @@ def test_batch_settled_summarises_once() -> None:
         ),
     ]
     batch = [[r for k, r in evs if k is EventKind.BATCH_SETTLED] for evs in run(scans, [])]
+    # All terminal at 7h, quiet (batch_quiet, 10m) by 8h: announced then, once.
     assert batch == [
         [],
         [],
-        ["batch spring-sale settled: 1 SUCCEED, 2 FAILED (MSS.0012 audio too noisy ×2), took 6h"],
         [],
+        ["batch spring-sale settled: 1 SUCCEED, 2 FAILED (MSS.0012 audio too noisy ×2), took 6h"],
     ]
 
 
@@ -215,3 +216,161 @@ def test_offline_gap_is_noted() -> None:
         notes.extend(e.note for e in step.events)
         previous, tracking = dict(step.jobs), step.tracking
     assert notes == ["the watcher saw no scan for 2h; intermediate states may have been missed"]
+
+
+def bj(job_id: str, state: str, **kw: object) -> Job:
+    return Job(job_id=job_id, state=state, batch_name="b5", create_time=T0, **kw)  # type: ignore[arg-type]
+
+
+def batch_run(scans: list[Snapshot], quiet: timedelta = timedelta(minutes=10)) -> list[list[str]]:
+    """Per scan, the batch events as 'kind: reason'."""
+    previous = None
+    tracking = Tracking()
+    out = []
+    for s in scans:
+        step = advance(previous, tracking, s, [], batch_quiet=quiet)
+        out.append(
+            [
+                f"{e.kind}: {e.reason}"
+                for e in step.events
+                if e.kind in (EventKind.BATCH_SETTLED, EventKind.BATCH_UPDATED)
+            ]
+        )
+        previous, tracking = dict(step.jobs), Tracking.from_json(step.tracking.to_json())
+    return out
+
+
+def at(minutes: int, *jobs: Job) -> Snapshot:
+    return snap(T0 + timedelta(minutes=minutes), *jobs)
+
+
+def test_batch_waits_for_late_jobs_and_settles_once_with_exact_counts() -> None:
+    """The issue's case: 3 of 5 jobs terminal, the other 2 appear later."""
+    noisy = {"job_failed_code": "MSS.1", "job_failed_reason": "too noisy"}
+    three = [bj("a", "SUCCEED"), bj("b", "FAILED", **noisy), bj("c", "FAILED", **noisy)]
+    five = [*three, bj("d", "SUCCEED"), bj("e", "FAILED", job_failed_reason="voice mismatch")]
+    events = batch_run(
+        [
+            at(0, bj("a", "PROCESSING")),
+            at(1, *three),  # terminal, but not quiet yet
+            at(5, *three),
+            at(8, *five),  # two more appear: the quiet period starts again
+            at(15, *five),
+            at(19, *five),  # 11 minutes without change: settled
+            at(40, *five),
+            at(90, *five),
+        ]
+    )
+    fired = [e for evs in events for e in evs]
+    assert fired == [
+        "batch_settled: batch b5 settled: 2 SUCCEED, 3 FAILED (MSS.1 too noisy ×2, "
+        "voice mismatch ×1)"
+    ]
+    assert events[5] == fired
+
+
+def test_settled_batch_that_changes_gives_one_update_saying_what_changed() -> None:
+    done = [bj("a", "SUCCEED"), bj("b", "FAILED")]
+    retried = [bj("a", "SUCCEED"), bj("b", "PROCESSING")]
+    fixed = [bj("a", "SUCCEED"), bj("b", "SUCCEED")]
+    events = batch_run(
+        [
+            at(0, bj("a", "PROCESSING"), bj("b", "PROCESSING")),
+            at(1, *done),
+            at(20, *done),  # settled
+            at(30, *retried),  # b is retried: not terminal, nothing yet
+            at(40, *fixed),
+            at(45, *fixed),
+            at(55, *fixed),  # quiet again: one update
+            at(90, *fixed),
+        ]
+    )
+    assert [len(e) for e in events] == [0, 0, 1, 0, 0, 0, 1, 0]
+    assert events[2][0].startswith("batch_settled: batch b5 settled: 1 SUCCEED, 1 FAILED")
+    assert events[6] == [
+        "batch_updated: batch b5 changed after it settled: was 1 SUCCEED, 1 FAILED, "
+        "now 2 SUCCEED (changed: b)"
+    ]
+
+
+def test_batch_quiet_is_the_sources_setting() -> None:
+    done = [bj("a", "SUCCEED")]
+    scans = [at(0, bj("a", "PROCESSING")), at(1, *done), at(3, *done)]
+    assert batch_run(scans, quiet=timedelta(minutes=1))[2] != []
+    assert batch_run(scans, quiet=timedelta(minutes=5))[2] == []
+
+
+def test_old_memory_of_settled_batches_is_not_announced_again() -> None:
+    done = [bj("a", "SUCCEED")]
+    old = Tracking(settled_batches=frozenset({"b5"}))
+    step = advance({"a": done[0]}, old, at(30, *done), [])
+    step = advance(dict(step.jobs), step.tracking, at(60, *done), [])
+    assert [e for e in step.events if e.kind is EventKind.BATCH_SETTLED] == []
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(1, 30), st.sampled_from(["PROCESSING", "SUCCEED", "FAILED"])),
+        min_size=1,
+        max_size=25,
+    )
+)
+def test_a_batch_is_announced_settled_at_most_once(changes: list[tuple[int, str]]) -> None:
+    jobs = {"a": bj("a", "PROCESSING"), "b": bj("b", "PROCESSING")}
+    scans, minute = [at(0, *jobs.values())], 0
+    for step_minutes, state in changes:
+        minute += step_minutes
+        jobs["ab"[minute % 2]] = bj("ab"[minute % 2], state)
+        scans.append(at(minute, *jobs.values()))
+    scans.append(at(minute + 60, *jobs.values()))
+    fired = [e for evs in batch_run(scans) for e in evs if e.startswith("batch_settled")]
+    assert len(fired) <= 1
+    if all(j.state != "PROCESSING" for j in jobs.values()):
+        assert len(fired) == 1
+
+
+def test_unhealthy_window_starts_when_the_first_failed_poll_began() -> None:
+    """A 40 s outage with 10 s polls: the first poll spends 25 s on retries before failing."""
+    after = timedelta(seconds=30)
+    event, tracking = health_step(
+        Tracking(),
+        "prod",
+        ok=False,
+        now=T0 + timedelta(seconds=25),
+        unhealthy_after=after,
+        failed_at=T0,
+    )
+    assert event is None
+    assert tracking.failing_since == T0
+    event, tracking = health_step(
+        tracking,
+        "prod",
+        ok=False,
+        now=T0 + timedelta(seconds=35),
+        unhealthy_after=after,
+        failed_at=T0 + timedelta(seconds=35),
+    )
+    assert event is not None
+    assert event.kind is EventKind.SOURCE_UNHEALTHY
+    assert "35s" in event.reason
+
+
+def test_a_later_batch_reusing_the_name_settles_as_a_new_batch() -> None:
+    previous = None
+    tracking = Tracking()
+    keys = []
+    scans = [
+        at(0, bj("a", "PROCESSING")),
+        at(1, bj("a", "SUCCEED")),
+        at(20, bj("a", "SUCCEED")),  # settled
+        at(30),  # the batch is gone (cleaned up)
+        at(40, bj("z", "PROCESSING")),  # a new batch, same name
+        at(41, bj("z", "FAILED")),
+        at(60, bj("z", "FAILED")),  # settled too: a different event
+    ]
+    for s in scans:
+        step = advance(previous, tracking, s, [], vanish_after=1)
+        keys += [e.key for e in step.events if e.kind is EventKind.BATCH_SETTLED]
+        previous, tracking = dict(step.jobs), Tracking.from_json(step.tracking.to_json())
+    assert len(keys) == 2
+    assert len(set(keys)) == 2

@@ -70,8 +70,9 @@ def test_hadolint_control(hadolint: str) -> None:
 
 @dataclass
 class Stage:
-    image: str
+    image: str  # with the global ARG defaults substituted
     name: str | None
+    raw_image: str = ""  # as written, e.g. ${BASE_IMAGE}
     instructions: list[tuple[str, str]] = field(default_factory=list)
 
     def values(self, instruction: str) -> list[str]:
@@ -87,9 +88,22 @@ def parser() -> Any:
     return DockerfileParser(str(DOCKERFILE), cache_content=True)
 
 
+def global_args(parser: Any) -> dict[str, str]:
+    """The ARGs before the first FROM, with their defaults (what FROM lines may use)."""
+    out: dict[str, str] = {}
+    for item in parser.structure:
+        if item["instruction"] == "FROM":
+            break
+        if item["instruction"] == "ARG":
+            name, _, default = item["value"].partition("=")
+            out[name.strip()] = default.strip()
+    return out
+
+
 @pytest.fixture(scope="module")
 def stages(parser: Any) -> list[Stage]:
     out: list[Stage] = []
+    defaults = global_args(parser)
     for item in parser.structure:
         instruction, value = item["instruction"], item["value"]
         if instruction == "COMMENT":
@@ -97,7 +111,8 @@ def stages(parser: Any) -> list[Stage]:
         if instruction == "FROM":
             words = [w for w in value.split() if not w.startswith("--")]
             name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
-            out.append(Stage(image=words[0], name=name))
+            image = re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], words[0])
+            out.append(Stage(image=image, name=name, raw_image=words[0]))
             continue
         if not out:
             assert instruction == "ARG", f"{instruction} before the first FROM"
@@ -162,8 +177,56 @@ def test_final_user_numeric_non_root(final: Stage) -> None:
     match = re.fullmatch(r"(\d+)(?::(\d+))?", users[-1])
     assert match, f"USER must be numeric uid[:gid], got {users[-1]!r}"
     assert int(match.group(1)) != 0
-    assert match.group(2) is None or int(match.group(2)) != 0
-    assert users[-1] == "10001:10001"
+    # Group 0 on purpose (it grants nothing by itself): root:root 0640 config and credential
+    # files are readable through it, and OpenShift's arbitrary UIDs run in group 0 too.
+    assert users[-1] == "10001:0"
+
+
+def test_no_frontend_syntax_line() -> None:
+    """`# syntax=` makes BuildKit pull a frontend image from Docker Hub before building."""
+    text = DOCKERFILE.read_text()
+    assert not re.search(r"^#\s*syntax\s*=", text, re.MULTILINE | re.IGNORECASE)
+    assert not re.search(r"^#\s*escape\s*=", text, re.MULTILINE | re.IGNORECASE)
+
+
+def test_base_image_and_index_are_build_arguments(parser: Any, stages: list[Stage]) -> None:
+    assert "BASE_IMAGE" in global_args(parser)
+    assert all(stage.raw_image == "${BASE_IMAGE}" for stage in stages)
+    builder_args = [v.partition("=")[0] for v in stages[0].values("ARG")]
+    assert "PIP_INDEX_URL" in builder_args
+    installs = [v for v in stages[0].values("RUN") if "pip" in v]
+    assert installs and all('--index-url "${PIP_INDEX_URL}"' in v for v in installs)
+
+
+def test_dependencies_come_from_the_lock(stages: list[Stage]) -> None:
+    copied = " ".join(stages[0].values("COPY"))
+    assert "requirements.lock" in copied
+    (run,) = [v for v in stages[0].values("RUN") if "pip" in v]
+    assert "install --no-deps" in run and "-r requirements.lock" in run
+    assert " check" in run  # the lock is complete: pip check passes without resolving
+    lock = (REPO_ROOT / "requirements.lock").read_text()
+    pinned = [line for line in lock.splitlines() if line and not line.startswith("#")]
+    assert pinned and all(re.fullmatch(r"[A-Za-z0-9_.-]+==[^=\s]+", line) for line in pinned)
+    names = {line.split("==")[0].lower().replace("_", "-") for line in pinned}
+    for dependency in tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"][
+        "dependencies"
+    ]:
+        assert re.split(r"[<>=\[ ]", dependency)[0].lower() in names, dependency
+
+
+def test_no_pip_or_setuptools_at_run_time(stages: list[Stage]) -> None:
+    (venv,) = [v for v in stages[0].values("RUN") if "venv" in v]
+    assert "-m venv --without-pip /opt/venv" in venv
+    runtime = " ".join(stages[-1].values("RUN"))
+    assert "pip uninstall --yes pip setuptools wheel" in runtime
+    assert '! python3 -c "import pip"' in runtime  # and the build fails if that did not work
+    assert '! python3 -c "import setuptools"' in runtime
+
+
+def test_state_directory_writable_by_any_uid_in_group_0(final: Stage) -> None:
+    runtime = " ".join(final.values("RUN"))
+    assert f"install -d -m 2770 -o 10001 -g 0 {STATE_DIR}" in runtime
+    assert "--gid 0" in runtime
 
 
 def test_healthcheck(final: Stage) -> None:

@@ -69,7 +69,7 @@ def _stage_unit(tmp_path: Path, text: str) -> Path:
     stub.write_text("#!/bin/sh\nexit 0\n")
     stub.chmod(0o755)
     unit = tmp_path / UNIT_NAME
-    unit.write_text(text.replace(f"ExecStart={EXEC_PATH} ", f"ExecStart={stub} "))
+    unit.write_text(text.replace(f"{EXEC_PATH} ", f"{stub} "))
     return unit
 
 
@@ -164,8 +164,15 @@ SINGLE_SETTINGS = {
     "MemoryDenyWriteExecute": "yes",
     "UMask": "0077",
     "ExecStart": f"{EXEC_PATH} run -c {CONFIG}",
-    "ExecReload": "/bin/kill -HUP $MAINPID",
 }
+
+
+def test_reload_validates_before_signalling(service: dict[str, list[str]]) -> None:
+    """A rejected config must make `systemctl reload` fail, not report success."""
+    assert service["ExecReload"] == [
+        f"+/usr/bin/env -u CREDENTIALS_DIRECTORY {EXEC_PATH} check -c {CONFIG}",
+        "/bin/kill -HUP $MAINPID",
+    ]
 
 
 @pytest.mark.parametrize(("key", "expected"), list(SINGLE_SETTINGS.items()))

@@ -110,8 +110,14 @@ def config_text(
 _GROUP_TITLE = re.compile(r"^\d+ voice job alerts \(")
 
 
+# A grouped message's line about one job: "- JOB (VOICE): PREVIOUS → STATE …" (see
+# watcher.engine.messages.job_line); indented lines under it are its why.
+_GROUP_LINE = re.compile(r"- (?P<job>\S+?)(?: \((?P<voice>.*?)\))?: \S+ → (?P<state>\S+)")
+
+
 def alert_titles(payload: Mapping[str, Any]) -> list[str]:
-    """The alerts one received message carries: itself, or each line of a grouped message.
+    """The alerts one received message carries: itself, or each job line of a grouped message,
+    as the default title of that alert ("STATE: voice job JOB (VOICE)").
 
     A group too large to list every alert ("+N more") cannot be checked alert by alert.
     """
@@ -119,9 +125,19 @@ def alert_titles(payload: Mapping[str, Any]) -> list[str]:
     if not _GROUP_TITLE.match(title):
         return [title]
     lines = str(payload.get("message", "")).replace("<br>", "").splitlines()
-    if any(line.startswith("+") and line.endswith(" more") for line in lines):
+    if any(line.startswith("+") and " more" in line for line in lines):
         raise AssertionError(f"grouped message too large to verify: {title}")
-    return [line[2:] for line in lines if line.startswith("- ")]
+    out = []
+    for line in lines:
+        if not line.startswith("- "):
+            continue
+        found = _GROUP_LINE.match(line)
+        if found is None:
+            out.append(line[2:])  # a job-less alert: its reason
+            continue
+        voice = f" ({found['voice']})" if found["voice"] else ""
+        out.append(f"{found['state']}: voice job {found['job']}{voice}")
+    return out
 
 
 def alert_counts(received: list[dict[str, Any]]) -> Counter[str]:

@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from watcher.engine.messages import alert_facts, json_document
 from watcher.engine.noise import group_key, labels_for
 from watcher.engine.rules import matching_rules
 from watcher.engine.templates import render
-from watcher.model import Alert, Event, RuleConfig
+from watcher.model import Alert, BodyFormat, Event, RuleConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +29,9 @@ class Routed:
     problems: tuple[TemplateProblem, ...]
 
 
-def route(events: Iterable[Event], rules: Sequence[RuleConfig]) -> Routed:
+def route(
+    events: Iterable[Event], rules: Sequence[RuleConfig], *, config_path: str | None = None
+) -> Routed:
     """Every alert the events produce under the rules, in event order."""
     alerts: list[Alert] = []
     problems: list[TemplateProblem] = []
@@ -38,6 +41,11 @@ def route(events: Iterable[Event], rules: Sequence[RuleConfig]) -> Routed:
             if rendered.error is not None:
                 problems.append(TemplateProblem(rule.name, event.key, rendered.error))
             labels = labels_for(event)
+            facts = alert_facts(event, rule, config_path=config_path)
+            body = rendered.body
+            if rule.format is BodyFormat.JSON:
+                # For machines: the same document a group gets, with one entry.
+                body = json_document([facts["alert"]])
             for channel in rule.notify:
                 alerts.append(
                     Alert(
@@ -47,12 +55,13 @@ def route(events: Iterable[Event], rules: Sequence[RuleConfig]) -> Routed:
                         rule=rule.name,
                         channel=channel,
                         title=rendered.title,
-                        body=rendered.body,
+                        body=body,
                         notify_type=rendered.notify_type,
                         body_format=rule.format,
                         created_at=event.detected_at,
                         group_key=group_key(event, rule),
                         labels=labels,
+                        facts=facts,
                     )
                 )
     return Routed(tuple(alerts), tuple(problems))

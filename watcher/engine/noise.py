@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
 from zoneinfo import ZoneInfo
 
+from watcher.engine.messages import compose
 from watcher.engine.rules import field_of
 from watcher.model import (
     Alert,
@@ -23,9 +24,6 @@ from watcher.model import (
     RuleConfig,
     Silence,
 )
-
-MAX_GROUP_LINES = 20
-_SEVERITY = [NotifyType.INFO, NotifyType.SUCCESS, NotifyType.WARNING, NotifyType.FAILURE]
 
 
 def group_key(event: Event, rule: RuleConfig) -> str:
@@ -120,29 +118,15 @@ class Message:
 
 
 def render_group(channel: str, keys: Sequence[str], items: Sequence[OutboxItem]) -> Message:
-    """A single alert as it is; several as one message listing each, capped with "+N more"."""
+    """One message for items that go out together; composed by `watcher.engine.messages`."""
     items = sorted(items, key=lambda i: i.id)
-    if len(items) == 1:
-        alert = items[0].alert
-        return Message(
-            channel,
-            tuple(items),
-            alert.title,
-            alert.body,
-            alert.notify_type,
-            alert.body_format,
-            tuple(keys),
-        )
-    alerts = [i.alert for i in items]
-    rules = sorted({a.rule for a in alerts})
-    sources = sorted({a.source for a in alerts})
-    about = f"rule {rules[0]}" if len(rules) == 1 else f"{len(rules)} rules"
-    title = f"{len(alerts)} voice job alerts ({about}, source {', '.join(sources)})"
-    lines = [f"- {a.title}" for a in alerts[:MAX_GROUP_LINES]]
-    if len(alerts) > MAX_GROUP_LINES:
-        lines.append(f"+{len(alerts) - MAX_GROUP_LINES} more")
-    formats = {a.body_format for a in alerts}
-    body_format = formats.pop() if len(formats) == 1 else BodyFormat.TEXT
-    body = "<br>\n".join(lines) if body_format is BodyFormat.HTML else "\n".join(lines)
-    severity = max(alerts, key=lambda a: _SEVERITY.index(a.notify_type)).notify_type
-    return Message(channel, tuple(items), title, body, severity, body_format, tuple(keys))
+    composed = compose(channel, keys, [i.alert for i in items], [i.id for i in items])
+    return Message(
+        channel,
+        tuple(items),
+        composed.title,
+        composed.body,
+        composed.notify_type,
+        composed.body_format,
+        tuple(keys),
+    )

@@ -38,25 +38,34 @@ def decide(rule: RuleConfig, event: Event) -> RuleDecision:
     if rule.for_ is not None and rule.events is None:
         kinds = frozenset({EventKind.STUCK})
     if event.kind not in kinds:
-        return RuleDecision(rule, False, f"event kind {event.kind} not in {sorted(kinds)}")
+        listed = ", ".join(sorted(str(k) for k in kinds))
+        return RuleDecision(rule, False, f"event kind {event.kind} is not one of: {listed}")
     if event.kind is EventKind.STUCK and event.subject not in (None, rule.name):
         # A stuck event is raised by one rule's `for:` threshold and belongs to that rule.
         return RuleDecision(rule, False, f"stuck event belongs to rule {event.subject!r}")
     state = event_state(event)
     if "*" not in rule.on and (state is None or state not in rule.on):
-        return RuleDecision(rule, False, f"state {state} not in on={list(rule.on)}")
+        wanted = ", ".join(rule.on)
+        if state is None:
+            # A job-less event (a batch, a source) has no state: only `on: ["*"]` takes it.
+            return RuleDecision(rule, False, f"{event.kind} is about no job; on: needs {wanted}")
+        return RuleDecision(rule, False, f"state {state} is not one of on: {wanted}")
     if rule.from_states is not None and (
         event.previous_state is None or event.previous_state not in rule.from_states
     ):
+        wanted = ", ".join(rule.from_states)
+        if event.previous_state is None:
+            return RuleDecision(rule, False, f"no previous state; from: needs {wanted}")
         return RuleDecision(
-            rule,
-            False,
-            f"previous state {event.previous_state} not in from={list(rule.from_states)}",
+            rule, False, f"previous state {event.previous_state} is not one of from: {wanted}"
         )
     for name, patterns in rule.where:
         value = field_of(event, name)
-        if value is None or not any(fnmatchcase(str(value), p) for p in patterns):
-            return RuleDecision(rule, False, f"{name}={value!r} does not match {list(patterns)}")
+        wanted = ", ".join(patterns)
+        if value is None:
+            return RuleDecision(rule, False, f"{name} is not set; where: needs {wanted}")
+        if not any(fnmatchcase(str(value), p) for p in patterns):
+            return RuleDecision(rule, False, f"{name} {value} does not match where: {wanted}")
     return RuleDecision(rule, True, "matched")
 
 

@@ -6,8 +6,8 @@ escapes); a template that fails at run time falls back to the default and says s
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import cache, lru_cache
 from typing import Any
@@ -16,6 +16,8 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from watcher.engine.diff import format_duration
+from watcher.engine.why import why_lines
+from watcher.errorcodes import explain
 from watcher.model import (
     FAILURE_STATES,
     SUCCEED,
@@ -45,7 +47,7 @@ def notify_type_for(event: Event) -> NotifyType:
         return NotifyType.SUCCESS
     if event.kind in (EventKind.STUCK, EventKind.VANISHED):
         return NotifyType.WARNING
-    if event.kind is EventKind.BATCH_SETTLED:
+    if event.kind in (EventKind.BATCH_SETTLED, EventKind.BATCH_UPDATED):
         counts = event.details.get("counts", {})
         failed = any(n for state, n in counts.items() if state in FAILURE_STATES)
         return NotifyType.WARNING if failed else NotifyType.SUCCESS
@@ -86,6 +88,7 @@ def _environment(autoescape: bool) -> ImmutableSandboxedEnvironment:
     )
     env.filters["datetime"] = _format_datetime
     env.filters["duration"] = _format_duration
+    env.filters["why_lines"] = why_lines
     return env
 
 
@@ -110,7 +113,16 @@ def template_context(event: Event) -> dict[str, Any]:
             "detected_at": event.detected_at,
         },
         "source": event.source,
+        # What the detail APIs said about a failure (None when not fetched for this event).
+        "why": event.details.get("why"),
+        # What the job's failure code means, when MetaStudio documents it (else None).
+        "failure_meaning": _meaning(job.get("job_failed_code")),
     }
+
+
+def _meaning(code: Any) -> str | None:
+    found = explain(str(code)) if code else None
+    return found.line() if found is not None else None
 
 
 DEFAULT_TITLE = (
@@ -130,10 +142,18 @@ voice: {{ job.voice_name or "-" }} · type: {{ job.job_type or "-" }}\
 {% if job.job_failed_code or job.job_failed_reason %}
 failure: {{ job.job_failed_code or "-" }} {{ job.job_failed_reason or "" }}
 {% endif %}
-{% if job.reject_times %}
-reject_times: {{ job.reject_times }}
+{% if failure_meaning %}
+{{ failure_meaning }}
+{% endif %}
+{# Rejections matter while a job is rejected or just recovered, not on every SUCCEED. #}
+{% if job.reject_times and (event.state in ("AUDIT_FAILED", "USER_REVIEW_REJECT") \
+or event.kind in ("rejected_again", "recovered")) %}
+rejected {{ job.reject_times }} time{{ "s" if job.reject_times != 1 else "" }} so far
 {% endif %}
 {% endif %}
+{% for line in why | why_lines %}
+{{ "why: " if loop.first else "     " }}{{ line }}
+{% endfor %}
 {{ event.reason }}
 {% if event.note %}
 note: {{ event.note }}
@@ -155,7 +175,11 @@ def render(event: Event, rule: RuleConfig | None = None) -> Rendered:
         # Not only TemplateError: `{{ 'n=' + job.reject_times }}` raises a plain TypeError.
         fallback = render(event, None)
         return Rendered(fallback.title, fallback.body, kind, error=_describe(err))
-    return Rendered(_one_line(title), body.strip(), kind)
+    body = body.strip()
+    if body_format is BodyFormat.HTML and not (rule is not None and rule.body):
+        # The default body is lines of text (escaped by autoescape): keep them lines in mail.
+        body = "<br>\n".join(body.splitlines())
+    return Rendered(_one_line(title), body, kind)
 
 
 def _one_line(text: str) -> str:
@@ -209,4 +233,116 @@ def check_rule_templates(rule: RuleConfig, now: datetime) -> list[tuple[str, str
             )
         except Exception as err:  # report whatever the template raises
             problems.append((name, f"template fails on a sample job: {_describe(err)}"))
+    return problems + check_group_templates(rule, now)
+
+
+# --- grouped messages ----------------------------------------------------------------------
+
+_ENTRY_TIMES = ("create_time", "lastupdate_time")
+
+
+def entry_context(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A single alert's template context, rebuilt from its stored JSON entry."""
+    job = dict(entry.get("job") or {})
+    for name in _ENTRY_TIMES:
+        if isinstance(job.get(name), str):
+            job[name] = _parse_time(job[name])
+    return {
+        "job": job,
+        "event": {
+            "kind": entry.get("kind"),
+            "source": entry.get("source"),
+            "previous_state": entry.get("previous_state"),
+            "state": entry.get("state"),
+            "reason": entry.get("reason"),
+            "note": None,
+            "detected_at": _parse_time(entry.get("detected_at")),
+        },
+        "source": entry.get("source"),
+        "rule": entry.get("rule"),
+        "why": entry.get("why"),
+    }
+
+
+def _parse_time(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    return value
+
+
+def render_group_templates(
+    title_src: str | None,
+    body_src: str | None,
+    body_format: BodyFormat,
+    entries: Sequence[Mapping[str, Any]],
+    counts: Mapping[str, int],
+) -> tuple[str | None, str | None]:
+    """A rule's group_title/group_body over `alerts` and `counts`; None where unset or failing
+    (the default composition is used then: a message is never lost to a template)."""
+    context = {"alerts": [entry_context(e) for e in entries], "counts": dict(counts)}
+    out: list[str | None] = []
+    for source in (title_src, body_src):
+        if not source:
+            out.append(None)
+            continue
+        try:
+            out.append(compile_template(source, body_format).render(context))
+        except Exception:  # a failing group template falls back, like a single one
+            out.append(None)
+    title, body = out
+    return (_one_line(title) if title is not None else None), (
+        body.strip() if body is not None else None
+    )
+
+
+def sample_group_entries(now: datetime) -> list[dict[str, Any]]:
+    """Three alerts `check` renders group templates against: two failures and a success."""
+    first = sample_event(now)
+    job = first.job
+    assert job is not None
+    second = replace(
+        first,
+        job=replace(
+            job,
+            job_id="sample-job-0002",
+            voice_name="客服女声",
+            job_failed_reason="文本与语音不一致",
+        ),
+    )
+    third = replace(
+        first,
+        job=replace(job, job_id="sample-job-0003", state="SUCCEED"),
+        previous_state="PROCESSING",
+    )
+    return [_sample_entry(e) for e in (first, second, third)]
+
+
+def _sample_entry(event: Event) -> dict[str, Any]:
+    from watcher.engine.messages import alert_entry  # messages imports this module
+
+    return alert_entry(event, "sample-rule")
+
+
+def check_group_templates(rule: RuleConfig, now: datetime) -> list[tuple[str, str]]:
+    """Problems in a rule's group_title/group_body, found by rendering a sample group."""
+    entries = sample_group_entries(now)
+    counts: dict[str, int] = {}
+    for entry in entries:
+        counts[str(entry["state"])] = counts.get(str(entry["state"]), 0) + 1
+    context = {"alerts": [entry_context(e) for e in entries], "counts": counts}
+    problems: list[tuple[str, str]] = []
+    for name, source in (("group_title", rule.group_title), ("group_body", rule.group_body)):
+        if not source:
+            continue
+        try:
+            compile_template(source, rule.format).render(context)
+        except jinja2.TemplateSyntaxError as err:
+            problems.append(
+                (name, f"template syntax error at template line {err.lineno}: {err.message}")
+            )
+        except Exception as err:  # report whatever the template raises
+            problems.append((name, f"template fails on a sample group: {_describe(err)}"))
     return problems

@@ -7,6 +7,7 @@ succeeded after failing, batches that settled, sources that went blind. The shel
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -46,6 +47,42 @@ class StuckMemory:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchMemory:
+    """One batch between scans: what it looked like, since when, and what was announced."""
+
+    signature: str  # digest of every job's id, state and update time
+    changed_at: datetime  # when a job of it last changed or appeared
+    # When the watcher first saw this batch: a later batch reusing the name is another one.
+    first_seen: datetime
+    announced: str | None = None  # the signature last announced (settled or updated)
+    # state -> count when last announced, so an update can say what changed.
+    announced_counts: Mapping[str, int] = field(default_factory=dict)
+    # Jobs that changed or appeared since the last announcement (bounded).
+    changed_jobs: tuple[str, ...] = ()
+
+    def to_json(self) -> list[Any]:
+        return [
+            self.signature,
+            self.changed_at.isoformat(),
+            self.first_seen.isoformat(),
+            self.announced,
+            dict(self.announced_counts),
+            list(self.changed_jobs),
+        ]
+
+    @classmethod
+    def from_json(cls, value: Sequence[Any]) -> BatchMemory:
+        return cls(
+            str(value[0]),
+            datetime.fromisoformat(value[1]),
+            datetime.fromisoformat(value[2]),
+            value[3],
+            {str(k): int(v) for k, v in dict(value[4]).items()},
+            tuple(str(j) for j in value[5]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Tracking:
     """Everything beyond the snapshot that the engine needs from one scan to the next."""
 
@@ -54,7 +91,8 @@ class Tracking:
     entered: Mapping[str, datetime] = field(default_factory=dict)
     failures: Mapping[str, FailureMemory] = field(default_factory=dict)
     stuck: Mapping[str, StuckMemory] = field(default_factory=dict)  # "job_id|rule" -> memory
-    settled_batches: frozenset[str] = frozenset()
+    settled_batches: frozenset[str] = frozenset()  # before batch memory: read, never written
+    batches: Mapping[str, BatchMemory] = field(default_factory=dict)
     failing_since: datetime | None = None
     unhealthy: bool = False
     last_scan_at: datetime | None = None
@@ -71,6 +109,7 @@ class Tracking:
                 k: [v.stay, v.fired, v.last_fired_at.isoformat()] for k, v in self.stuck.items()
             },
             "settled_batches": sorted(self.settled_batches),
+            "batches": {k: v.to_json() for k, v in self.batches.items()},
             "failing_since": self.failing_since.isoformat() if self.failing_since else None,
             "unhealthy": self.unhealthy,
             "last_scan_at": self.last_scan_at.isoformat() if self.last_scan_at else None,
@@ -93,6 +132,7 @@ class Tracking:
                 for k, v in data.get("stuck", {}).items()
             },
             settled_batches=frozenset(data.get("settled_batches", [])),
+            batches={str(k): BatchMemory.from_json(v) for k, v in data.get("batches", {}).items()},
             failing_since=dt(data.get("failing_since")),
             unhealthy=bool(data.get("unhealthy", False)),
             last_scan_at=dt(data.get("last_scan_at")),
@@ -117,6 +157,7 @@ def advance(
     first_run: FirstRun = FirstRun.BASELINE,
     vanish_after: int = 3,
     expected_interval: timedelta | None = None,
+    batch_quiet: timedelta = timedelta(minutes=10),
 ) -> Step:
     """One complete scan's worth of events. `previous` is None on a source's first scan."""
     now = snapshot.taken_at
@@ -144,7 +185,7 @@ def advance(
     entered = _entered(previous or {}, tracking.entered, snapshot)
     events, failures = _recoveries(events, tracking.failures, snapshot.jobs)
     stuck_events, stuck = _stuck(snapshot, rules, tracking.stuck, entered, now)
-    batch_events, settled = _batches(previous, snapshot, tracking.settled_batches)
+    batch_events, batches = _batches(previous, snapshot, tracking, batch_quiet)
     if previous is not None or first_run is FirstRun.NOTIFY:
         events.extend(stuck_events)
     elif first_run is FirstRun.SUMMARY:
@@ -157,7 +198,8 @@ def advance(
         entered=entered,
         failures=failures,
         stuck=stuck,
-        settled_batches=settled,
+        settled_batches=frozenset(),
+        batches=batches,
         last_scan_at=now,
     )
     return Step(tuple(events), jobs, new_tracking)
@@ -286,37 +328,132 @@ def _stuck(
     return out, kept
 
 
+MAX_CHANGED_JOBS = 20
+
+
 def _batches(
-    previous: Mapping[str, Job] | None, snapshot: Snapshot, announced: frozenset[str]
-) -> tuple[list[Event], frozenset[str]]:
-    """One summary when every job of a batch has settled (SUCCEED or FAILED)."""
+    previous: Mapping[str, Job] | None,
+    snapshot: Snapshot,
+    tracking: Tracking,
+    quiet: timedelta,
+) -> tuple[list[Event], dict[str, BatchMemory]]:
+    """A batch settles once: every job terminal and none changed or appeared for `quiet`.
+    A settled batch that changes again gives one `batch_updated` saying what changed."""
+    now = snapshot.taken_at
     by_batch: dict[str, list[Job]] = {}
     for job in snapshot.jobs.values():
         if job.batch_name:
             by_batch.setdefault(job.batch_name, []).append(job)
-    settled_now = {
-        name for name, jobs in by_batch.items() if all(j.state in SETTLED_STATES for j in jobs)
-    }
-    if previous is None:
-        # Batches already settled when watching started are history, not news.
-        return [], frozenset(settled_now)
     out: list[Event] = []
-    for name in sorted(settled_now - announced):
-        jobs = by_batch[name]
-        out.append(batch_event(snapshot.source, name, jobs, snapshot.taken_at))
-    return out, frozenset(settled_now)
+    kept: dict[str, BatchMemory] = {}
+    for name in sorted(by_batch):
+        jobs = sorted(by_batch[name], key=lambda j: j.job_id)
+        signature = _batch_signature(jobs)
+        terminal = all(j.state in SETTLED_STATES for j in jobs)
+        mem = tracking.batches.get(name)
+        if mem is None:
+            # Unknown so far: at the first scan (or from the old memory, which only kept
+            # names) a batch already settled is history, not news.
+            history = previous is None or name in tracking.settled_batches
+            announced = signature if (terminal and history) else None
+            counts = _state_counts(jobs) if announced else {}
+            kept[name] = BatchMemory(signature, now, now, announced, counts)
+            continue
+        if mem.signature != signature:
+            changed = mem.changed_jobs
+            if mem.announced is not None:
+                changed = _changed_jobs(previous or {}, jobs, changed)
+            mem = replace(mem, signature=signature, changed_at=now, changed_jobs=changed)
+        if terminal and mem.announced != signature and now - mem.changed_at >= quiet:
+            if mem.announced is None:
+                out.append(batch_event(snapshot.source, name, jobs, now, since=mem.first_seen))
+            else:
+                out.append(batch_update_event(snapshot.source, name, jobs, mem, now))
+            mem = replace(
+                mem, announced=signature, announced_counts=_state_counts(jobs), changed_jobs=()
+            )
+        kept[name] = mem
+    return out, kept
 
 
-def batch_event(source: str, name: str, jobs: Iterable[Job], now: datetime) -> Event:
-    """The settled-batch summary: counts by state, failure reasons, how long it took."""
-    jobs = list(jobs)
+def _batch_signature(jobs: Sequence[Job]) -> str:
+    digest = hashlib.sha256()
+    for job in jobs:
+        stamp = job.lastupdate_time.isoformat() if job.lastupdate_time else ""
+        digest.update(f"{job.job_id}\0{job.state}\0{stamp}\n".encode())
+    return digest.hexdigest()[:24]
+
+
+def _state_counts(jobs: Iterable[Job]) -> dict[str, int]:
     counts: dict[str, int] = {}
-    reasons: dict[str, int] = {}
     for job in jobs:
         counts[job.state] = counts.get(job.state, 0) + 1
+    return counts
+
+
+def _changed_jobs(
+    previous: Mapping[str, Job], jobs: Sequence[Job], already: tuple[str, ...]
+) -> tuple[str, ...]:
+    """Jobs of a batch that appeared or changed state since the previous scan, added to
+    those already noted since the last announcement (bounded: the update names a few)."""
+    out = list(already)
+    for job in jobs:
+        old = previous.get(job.job_id)
+        if (old is None or old.state != job.state) and job.job_id not in out:
+            out.append(job.job_id)
+    return tuple(out[:MAX_CHANGED_JOBS])
+
+
+def _counts_text(counts: Mapping[str, int]) -> str:
+    return ", ".join(
+        f"{counts[s]} {s}" for s in sorted(counts, key=lambda s: (s != SUCCEED, s)) if counts[s]
+    )
+
+
+def batch_update_event(
+    source: str, name: str, jobs: Sequence[Job], mem: BatchMemory, now: datetime
+) -> Event:
+    """A settled batch that changed and settled again: what it was, what it is, which jobs."""
+    counts = _state_counts(jobs)
+    before = _counts_text(mem.announced_counts) or "nothing"
+    which = ", ".join(mem.changed_jobs[:5])
+    if len(mem.changed_jobs) > 5:
+        which += f" and {len(mem.changed_jobs) - 5} more"
+    text = f"batch {name} changed after it settled: was {before}, now {_counts_text(counts)}"
+    if which:
+        text += f" (changed: {which})"
+    return Event(
+        EventKind.BATCH_UPDATED,
+        source,
+        now,
+        text,
+        subject=f"{name}|update|{mem.first_seen.isoformat()}|{_batch_signature(jobs)}",
+        details={
+            "batch_name": name,
+            "counts": counts,
+            "previous_counts": dict(mem.announced_counts),
+            "changed_jobs": list(mem.changed_jobs),
+            "failure_reasons": _reasons(jobs),
+        },
+    )
+
+
+def _reasons(jobs: Iterable[Job]) -> dict[str, int]:
+    reasons: dict[str, int] = {}
+    for job in jobs:
         if job.state in FAILURE_STATES:
             why = " ".join(p for p in (job.job_failed_code, job.job_failed_reason) if p)
             reasons[why or "no reason given"] = reasons.get(why or "no reason given", 0) + 1
+    return reasons
+
+
+def batch_event(
+    source: str, name: str, jobs: Iterable[Job], now: datetime, *, since: datetime | None = None
+) -> Event:
+    """The settled-batch summary: counts by state, failure reasons, how long it took."""
+    jobs = list(jobs)
+    counts = _state_counts(jobs)
+    reasons = _reasons(jobs)
     parts = [f"{counts[s]} {s}" for s in sorted(counts, key=lambda s: (s != SUCCEED, s))]
     text = ", ".join(parts)
     if reasons:
@@ -328,13 +465,13 @@ def batch_event(source: str, name: str, jobs: Iterable[Job], now: datetime) -> E
     ends = [j.lastupdate_time for j in jobs if j.lastupdate_time is not None]
     if starts and ends:
         text += f", took {format_duration(max(ends) - min(starts))}"
-    last = max(ends).isoformat() if ends else now.isoformat()
     return Event(
         EventKind.BATCH_SETTLED,
         source,
         now,
         f"batch {name} settled: {text}",
-        subject=f"{name}|{len(jobs)}|{last}",
+        # Once per batch: a later batch reusing the name (first seen later) is news again.
+        subject=f"{name}|settled|{(since or now).isoformat()}",
         details={"batch_name": name, "counts": counts, "failure_reasons": reasons},
     )
 
@@ -347,8 +484,12 @@ def health_step(
     now: datetime,
     unhealthy_after: timedelta,
     error: str | None = None,
+    failed_at: datetime | None = None,
 ) -> tuple[Event | None, Tracking]:
-    """A source that fails longer than `unhealthy_after` is announced once; so is its return."""
+    """A source that fails longer than `unhealthy_after` is announced once; so is its return.
+
+    The failing window starts when the first failed poll began (`failed_at`), not when its
+    retries gave up: a poll that spends a minute on 429 retries must not hide the outage."""
     if ok:
         if tracking.unhealthy:
             down = now - (tracking.failing_since or now)
@@ -361,7 +502,7 @@ def health_step(
             )
             return event, replace(tracking, unhealthy=False, failing_since=None)
         return None, replace(tracking, failing_since=None)
-    since = tracking.failing_since or now
+    since = tracking.failing_since or min(failed_at or now, now)
     tracking = replace(tracking, failing_since=since)
     if not tracking.unhealthy and now - since >= unhealthy_after:
         event = Event(

@@ -343,6 +343,16 @@ class MetaStudioClient:
         self.progress.last_progress = self._monotonic()
         return body_to_job(body), tally.requests
 
+    async def get_job_resource(
+        self, job_id: str, resource: str, query: Sequence[tuple[str, str]] = ()
+    ) -> dict[str, Any]:
+        """A per-job sub-resource (`audit-result`, `op-logs`): signed, throttled and retried
+        like the list call; ApiError as it answers (404 for an unknown job)."""
+        body = await self._fetch(
+            f"{self._path}/{job_id}/{resource}", list(query), _Tally(), f"{resource} of {job_id}"
+        )
+        return dict(body)
+
     def idle_for(self) -> float:
         """Seconds since the last page or lookup of this cycle was answered."""
         return self._monotonic() - self.progress.last_progress

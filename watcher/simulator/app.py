@@ -18,6 +18,7 @@ from aiohttp import web
 
 from watcher.metastudio import signer
 from watcher.model import DOCUMENTED_STATES
+from watcher.simulator.details import add_detail_routes
 from watcher.simulator.state import ApiBehaviour, SimulatorState, to_ms
 
 Clock = Callable[[], datetime]
@@ -401,4 +402,5 @@ def create_app(
     app.router.add_get("/_sim/stats", api.sim_stats)
     app.router.add_post("/_sim/faults", api.sim_faults)
     app.router.add_post("/_sim/config", api.sim_config)
+    add_detail_routes(app, api)  # audit-result and op-logs (watcher.simulator.details)
     return app

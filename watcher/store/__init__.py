@@ -14,7 +14,8 @@ and SQL and never opens a transaction that spans another aggregate:
     snapshots.py   jobs             sources.py  sources (baseline, poll health, tracking)
     cursors.py     poll_cursors     events.py   events and `history`
     outbox.py      outbox           sendlog.py  send_log
-    silences.py    silences         retention.py  pruning old history
+    silences.py    silences         failures.py   failure_details (detail API answers)
+    retention.py   pruning old history
 
 To add a migration: append a tuple of statements to `migrations.MIGRATIONS` (never edit a
 released one; each entry self-contained). `SCHEMA_VERSION` follows from its length.
@@ -52,6 +53,7 @@ from watcher.store import migrations, retention
 from watcher.store.cursors import Cursors, PollStrategy
 from watcher.store.database import Database, connect, prepare_file
 from watcher.store.events import AlertDelivery, Events, HistoryEntry
+from watcher.store.failures import FAILURE_DETAIL_DAYS, FailureDetails
 from watcher.store.migrations import MIGRATIONS as _MIGRATIONS
 from watcher.store.migrations import SCHEMA_VERSION
 from watcher.store.outbox import Outbox
@@ -62,6 +64,7 @@ from watcher.store.snapshots import Snapshots, changed_jobs
 from watcher.store.sources import Sources, SourceStatus
 
 __all__ = [
+    "FAILURE_DETAIL_DAYS",
     "SCHEMA_VERSION",
     "_MIGRATIONS",
     "AlertDelivery",
@@ -89,6 +92,7 @@ class Store:
         self._outbox = Outbox(db)
         self._send_log = SendLog(db)
         self._silences = Silences(db)
+        self._failures = FailureDetails(db)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -301,11 +305,23 @@ class Store:
 
     def list_silences(self, *, active_at: datetime | None = None) -> list[Silence]:
         """Every silence (or only those active at `active_at`), oldest first."""
-        return self._silences.list(active_at)
+        return self._silences.find(active_at)
 
     def expire_silence(self, silence_id: int, now: datetime) -> bool:
         """End a silence now; False if there is no such silence still running."""
         return self._silences.expire(silence_id, now)
+
+    # --- failure details ---------------------------------------------------------------------
+
+    def failure_detail(self, source: str, failure: str) -> dict[str, Any] | None:
+        """What the detail APIs said about one failure, if it was fetched before."""
+        return self._failures.get(source, failure)
+
+    def save_failure_detail(
+        self, source: str, failure: str, why: Mapping[str, Any], now: datetime
+    ) -> None:
+        """Keep what the detail APIs said about a failure (and forget those past 90 days)."""
+        self._failures.save(source, failure, why, now)
 
     # --- outbox and send log -----------------------------------------------------------------
 
@@ -360,7 +376,13 @@ class Store:
 
     def list_outbox(self, statuses: Collection[OutboxStatus]) -> list[OutboxItem]:
         """Every alert with one of `statuses`, oldest first."""
-        return self._outbox.list(statuses)
+        return self._outbox.with_status(statuses)
+
+    def alerts_of_group(
+        self, channel: str, group_keys: Collection[str], first_id: int, last_id: int
+    ) -> list[OutboxItem]:
+        """The alerts one grouped message carried: its channel, group keys and id span."""
+        return self._outbox.of_group(channel, group_keys, first_id, last_id)
 
     def outbox_counts(self) -> dict[OutboxStatus, int]:
         """How many alerts are in each status (every status present, zero included)."""
@@ -383,7 +405,7 @@ class Store:
         self, source: str | None = None, state: str | None = None
     ) -> list[tuple[str, Job]]:
         """Tracked jobs as (source, job), by source then job id; None matches any."""
-        return self._snapshots.list(source, state)
+        return self._snapshots.find(source, state)
 
     def jobs_by_state(self) -> dict[str, dict[str, int]]:
         """source -> state -> how many tracked jobs are in it."""

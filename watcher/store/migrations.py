@@ -203,6 +203,21 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
+    # v8: alert facts and failure details: each alert keeps what it is about as JSON (grouped
+    # messages, JSON bodies and `alerts` are composed from it), and what the detail APIs
+    # said about a failure is kept once per failure, so a restart does not ask again.
+    (
+        "ALTER TABLE outbox ADD COLUMN facts TEXT NOT NULL DEFAULT '{}'",
+        """
+        CREATE TABLE failure_details (
+            source TEXT NOT NULL,
+            failure TEXT NOT NULL,
+            why TEXT NOT NULL,
+            fetched_at TEXT NOT NULL,
+            PRIMARY KEY (source, failure)
+        )
+        """,
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -18,13 +18,13 @@ from watcher.store.rows import alert_to_row, row_to_item, ts
 _INSERT_ALERT = """
     INSERT OR IGNORE INTO outbox (alert_id, event_key, source, job_id, rule, channel, title,
                                   body, notify_type, body_format, created_at, next_attempt_at,
-                                  group_key, labels, updated_at, queued_at)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                  group_key, labels, facts, updated_at, queued_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 _SELECT_OUTBOX = """
     SELECT id, event_key, source, job_id, rule, channel, title, body, notify_type, body_format,
            created_at, status, attempts, next_attempt_at, last_error, sent_at, queued_at,
-           group_key, labels, retry_delay_s, elapsed_s
+           group_key, labels, retry_delay_s, elapsed_s, facts
     FROM outbox WHERE status IN (SELECT value FROM json_each(?)) ORDER BY id
 """
 
@@ -98,9 +98,23 @@ class Outbox:
             )
             return cursor.rowcount
 
-    def list(self, statuses: Collection[OutboxStatus]) -> list[OutboxItem]:
+    def with_status(self, statuses: Collection[OutboxStatus]) -> list[OutboxItem]:
         wanted = json.dumps([OutboxStatus(status).value for status in statuses])
         rows = self._db.query_all("read the outbox", _SELECT_OUTBOX, (wanted,))
+        return [row_to_item(row) for row in rows]
+
+    def of_group(
+        self, channel: str, group_keys: Collection[str], first_id: int, last_id: int
+    ) -> list[OutboxItem]:
+        rows = self._db.query_all(
+            "read the outbox",
+            _SELECT_OUTBOX.replace(
+                "WHERE status IN (SELECT value FROM json_each(?))",
+                "WHERE channel = ? AND (group_key IN (SELECT value FROM json_each(?)) OR ? = 0) "
+                "AND id BETWEEN ? AND ?",
+            ),
+            (channel, json.dumps(sorted(group_keys)), len(group_keys), first_id, last_id),
+        )
         return [row_to_item(row) for row in rows]
 
     def counts(self) -> dict[OutboxStatus, int]:

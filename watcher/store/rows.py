@@ -126,6 +126,7 @@ def alert_to_row(alert: Alert) -> tuple[Any, ...]:
         created,  # due as soon as it is queued
         alert.group_key,
         json.dumps(dict(alert.labels), sort_keys=True, ensure_ascii=False),
+        json.dumps(dict(alert.facts), ensure_ascii=False, default=str),  # document order
     )
 
 
@@ -143,6 +144,7 @@ def row_to_item(row: Sequence[Any]) -> OutboxItem:
         created_at=dt(row[10]),
         group_key=row[17] or "",
         labels=json.loads(row[18] or "{}"),
+        facts=json.loads(row[21] or "{}") if len(row) > 21 else {},
     )
     return OutboxItem(
         id=row[0],

@@ -42,7 +42,7 @@ class Silences:
             silence_id = int(cursor.lastrowid or 0)
         return Silence(silence_id, tuple(matchers), starts_at, ends_at, comment)
 
-    def list(self, active_at: datetime | None) -> list[Silence]:
+    def find(self, active_at: datetime | None) -> list[Silence]:
         rows = self._db.query_all(
             "read the silences",
             "SELECT id, matchers, starts_at, ends_at, comment FROM silences "

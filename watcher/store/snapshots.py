@@ -87,7 +87,7 @@ class Snapshots:
         # A generator: a 100k-job baseline never holds all its rows in memory at once.
         conn.executemany(_UPSERT_JOB, ((source, *job_to_row(job)) for job in changed))
 
-    def list(self, source: str | None, state: str | None) -> list[tuple[str, Job]]:
+    def find(self, source: str | None, state: str | None) -> list[tuple[str, Job]]:
         rows = self._db.query_all(
             "read the jobs",
             "SELECT source, job_id, state, reject_times, create_time, lastupdate_time, "
