@@ -1,21 +1,25 @@
 """The state database: last snapshot per source, event history, the durable alert outbox, the
 send log, silences and poll cursors, one SQLite file behind the `Store` facade.
 
-One SQLite file in WAL mode; every change a cycle makes is one transaction, so a crash either
-keeps the whole cycle (snapshot, events, alerts) or none of it, and no alert is lost or doubled.
+Every change a cycle makes is one transaction, so a crash either keeps the whole cycle
+(snapshot, events, alerts, tracking) or none of it, and no alert is lost or doubled.
 
-Layout: `Store` (here) owns the connection, the lock and the one transaction boundary
+Layout: `Store` (here) owns the connection, the daemon lock and the one transaction boundary
 (`database.Database.transaction`); each aggregate has a repository module that owns its table
-and SQL and never opens a transaction that spans another aggregate:
+and SQL, and never opens a transaction that spans another aggregate:
 
-    database.py    the file: private creation, WAL connection, errors, transactions
+    database.py    the file: private creation, WAL connection, errors, the transaction
     migrations.py  MIGRATIONS (append-only) and applying them
     rows.py        row <-> model codecs (times, jobs, events, alerts)
-    snapshots.py   jobs             sources.py  sources (baseline, poll health, tracking)
-    cursors.py     poll_cursors     events.py   events and `history`
-    outbox.py      outbox           sendlog.py  send_log
-    silences.py    silences         failures.py   failure_details (detail API answers)
-    retention.py   pruning old history
+    snapshots.py   jobs: the last listing of each source
+    sources.py     sources: baseline, poll health, the engine's tracking
+    cursors.py     poll_cursors: what the next cycle needs, scan progress
+    events.py      events, and `history` per job
+    outbox.py      outbox: alerts until sent, dead or silenced
+    sendlog.py     send_log: messages sent, for rate limits and group_interval
+    silences.py    silences
+    failures.py    failure_details: what the detail APIs said about a failure
+    retention.py   pruning old history in small batches
 
 To add a migration: append a tuple of statements to `migrations.MIGRATIONS` (never edit a
 released one; each entry self-contained). `SCHEMA_VERSION` follows from its length.
