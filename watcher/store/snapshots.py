@@ -1,0 +1,108 @@
+"""Snapshots: the jobs table, the last committed listing of every source, one row per job.
+
+Written only inside a cycle's transaction (see `Store.commit_cycle`), and only where a job
+changed; read whole by the daemon at start and by the CLI's `jobs`/`status`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping
+
+from watcher.model import Job, Snapshot
+from watcher.store.database import Database
+from watcher.store.rows import job_to_row, row_to_job
+
+_SELECT_JOBS = """
+    SELECT job_id, state, reject_times, create_time, lastupdate_time, voice_name, job_type,
+           batch_name, job_failed_code, job_failed_reason, asset_id, extra
+    FROM jobs WHERE source = ? ORDER BY job_id
+"""
+# Rewrites a job row only when something changed, so an idle cycle writes almost nothing.
+_UPSERT_JOB = """
+    INSERT INTO jobs (source, job_id, state, reject_times, create_time, lastupdate_time,
+                      voice_name, job_type, batch_name, job_failed_code, job_failed_reason,
+                      asset_id, extra)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (source, job_id) DO UPDATE SET
+        state = excluded.state, reject_times = excluded.reject_times,
+        create_time = excluded.create_time, lastupdate_time = excluded.lastupdate_time,
+        voice_name = excluded.voice_name, job_type = excluded.job_type,
+        batch_name = excluded.batch_name, job_failed_code = excluded.job_failed_code,
+        job_failed_reason = excluded.job_failed_reason, asset_id = excluded.asset_id,
+        extra = excluded.extra
+    WHERE state IS NOT excluded.state OR reject_times IS NOT excluded.reject_times
+        OR create_time IS NOT excluded.create_time
+        OR lastupdate_time IS NOT excluded.lastupdate_time
+        OR voice_name IS NOT excluded.voice_name OR job_type IS NOT excluded.job_type
+        OR batch_name IS NOT excluded.batch_name
+        OR job_failed_code IS NOT excluded.job_failed_code
+        OR job_failed_reason IS NOT excluded.job_failed_reason
+        OR asset_id IS NOT excluded.asset_id OR extra IS NOT excluded.extra
+"""
+
+
+def changed_jobs(snapshot: Snapshot, previous: Mapping[str, Job] | None) -> list[Job]:
+    """The jobs of `snapshot` that differ from `previous` (all of them without it)."""
+    if previous is None:
+        return list(snapshot.jobs.values())
+    # `is` first: unchanged jobs are the very objects held before (see the client).
+    return [j for k, j in snapshot.jobs.items() if (old := previous.get(k)) is not j and old != j]
+
+
+class Snapshots:
+    """The jobs table."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def load(self, source: str) -> dict[str, Job]:
+        # Row by row, not fetchall(): 100k rows as tuples would briefly double the memory.
+        with self._db.reading("read the jobs") as conn:
+            cursor = conn.execute(_SELECT_JOBS, (source,))
+            return {row[0]: row_to_job(row) for row in cursor}
+
+    def replace(
+        self,
+        conn: sqlite3.Connection,
+        snapshot: Snapshot,
+        changed: list[Job],
+        previous: Mapping[str, Job] | None,
+    ) -> None:
+        """Inside the caller's transaction: make the stored jobs of the source `snapshot`,
+        writing only `changed` and deleting what left (`previous`, when given, is exactly
+        what is stored, which spares reading the ids back)."""
+        source = snapshot.source
+        if previous is None:
+            stored = {
+                row[0]
+                for row in conn.execute("SELECT job_id FROM jobs WHERE source = ?", (source,))
+            }
+        else:
+            stored = set(previous)
+        conn.executemany(
+            "DELETE FROM jobs WHERE source = ? AND job_id = ?",
+            [(source, job_id) for job_id in stored - snapshot.jobs.keys()],
+        )
+        # A generator: a 100k-job baseline never holds all its rows in memory at once.
+        conn.executemany(_UPSERT_JOB, ((source, *job_to_row(job)) for job in changed))
+
+    def find(self, source: str | None, state: str | None) -> list[tuple[str, Job]]:
+        rows = self._db.query_all(
+            "read the jobs",
+            "SELECT source, job_id, state, reject_times, create_time, lastupdate_time, "
+            "voice_name, job_type, batch_name, job_failed_code, job_failed_reason, asset_id, "
+            "extra FROM jobs WHERE (:source IS NULL OR source = :source) "
+            "AND (:state IS NULL OR state = :state) ORDER BY source, job_id",
+            {"source": source, "state": state},
+        )
+        return [(row[0], row_to_job(row[1:])) for row in rows]
+
+    def count_by_state(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for source, state, count in self._db.query_all(
+            "read the jobs",
+            "SELECT source, state, count(*) FROM jobs GROUP BY source, state ORDER BY 1, 2",
+        ):
+            out.setdefault(source, {})[state] = count
+        return out
