@@ -54,24 +54,25 @@ class ChannelsSection(Reader):
         return out
 
     def channel_policy(self, settings: Map, path: str) -> ChannelPolicy:
-        max_per_minute = None
+        # Only the keys the file gives: ChannelPolicy and QuietHours state the defaults.
+        given: dict[str, Any] = {}
         if "max_per_minute" in settings:
-            max_per_minute = int(
+            given["max_per_minute"] = int(
                 self.positive_number(
                     settings["max_per_minute"], at_key(path, "max_per_minute"), integer=True
                 )
             )
-        zone = "UTC"
+        zone: dict[str, str] = {}
         if "timezone" in settings:
             zone_path = at_key(path, "timezone")
-            zone = self.nonempty(settings["timezone"], zone_path).value
+            name = self.nonempty(settings["timezone"], zone_path).value
             try:
-                ZoneInfo(zone)
+                ZoneInfo(name)
             except (ZoneInfoNotFoundError, ValueError):
                 self.fail(
-                    zone_path, f"unknown timezone {zone!r}: expected a name like Asia/Shanghai"
+                    zone_path, f"unknown timezone {name!r}: expected a name like Asia/Shanghai"
                 )
-        quiet = None
+            zone["timezone"] = name
         if "quiet_hours" in settings:
             quiet_path = at_key(path, "quiet_hours")
             text = self.nonempty(settings["quiet_hours"], quiet_path).value
@@ -81,10 +82,10 @@ class ChannelsSection(Reader):
             h1, m1, h2, m2 = (int(g) for g in match.groups())
             if (h1, m1) == (h2, m2):
                 self.fail(quiet_path, "the window is empty: start and end are the same time")
-            quiet = QuietHours(time(h1, m1), time(h2, m2), zone)
+            given["quiet_hours"] = QuietHours(time(h1, m1), time(h2, m2), **zone)
         elif "timezone" in settings:
             self.fail(at_key(path, "timezone"), "timezone only applies to quiet_hours")
-        return ChannelPolicy(max_per_minute=max_per_minute, quiet_hours=quiet)
+        return ChannelPolicy(**given)
 
     def channel_url(self, text: Text, path: str) -> Secret:
         text = self.expand(text.raw, path, in_url=True)

@@ -62,95 +62,71 @@ class RulesSection(Reader):
         name = self.nonempty(self.require(rule, path, "name"), name_path).value
         if not name.isprintable():
             self.fail(name_path, "a rule name must be one line of printable text")
-        on: tuple[str, ...] = ("*",)
+        # Only the keys the file gives: RuleConfig states every default (read in the file's
+        # documented key order, so the first problem reported stays the same).
+        given: dict[str, Any] = {}
+        on = EVERY_STATE
         if "on" in rule:
             on = self.states(rule["on"], at_key(path, "on"))
-        from_states = None
         if "from" in rule:
             from_states = self.states(rule["from"], at_key(path, "from"))
-            if from_states == ("*",):
-                from_states = None
-        events = None
+            if from_states != EVERY_STATE:  # from: '*' is no condition at all
+                given["from_states"] = from_states
         if "events" in rule:
-            events = self.events(rule["events"], at_key(path, "events"))
-        where: tuple[tuple[str, tuple[str, ...]], ...] = ()
+            given["events"] = self.events(rule["events"], at_key(path, "events"))
         if "where" in rule:
-            where = self.where(rule["where"], at_key(path, "where"))
+            given["where"] = self.where(rule["where"], at_key(path, "where"))
         notify = self.notify(self.require(rule, path, "notify"), at_key(path, "notify"), channels)
-        title = body = None
         if "title" in rule:
-            title = self.text(rule["title"], at_key(path, "title")).value
+            given["title"] = self.text(rule["title"], at_key(path, "title")).value
         if "body" in rule:
-            body = self.text(rule["body"], at_key(path, "body")).value
-        body_format = BodyFormat.TEXT
+            given["body"] = self.text(rule["body"], at_key(path, "body")).value
         if "format" in rule:
             choices = [member.value for member in BodyFormat]
-            body_format = BodyFormat(
+            given["format"] = BodyFormat(
                 self.choice(rule["format"], at_key(path, "format"), choices, "format")
             )
-        stop = False
         if "continue" in rule:
-            stop = not self.boolean(rule["continue"], at_key(path, "continue"))
-        for_ = repeat = None
+            given["stop"] = not self.boolean(rule["continue"], at_key(path, "continue"))
         if "for" in rule:
-            for_ = self.duration(rule["for"], at_key(path, "for"))
+            given["for_"] = self.duration(rule["for"], at_key(path, "for"))
         if "repeat" in rule:
-            repeat = self.duration(rule["repeat"], at_key(path, "repeat"))
-        self.stuck_combination(rule, path, on, events, for_, repeat)
-        urgent = False
+            given["repeat"] = self.duration(rule["repeat"], at_key(path, "repeat"))
+        self.stuck_combination(
+            rule, path, on, given.get("events"), given.get("for_"), given.get("repeat")
+        )
         if "urgent" in rule:
-            urgent = self.boolean(rule["urgent"], at_key(path, "urgent"))
-        group_by: tuple[str, ...] = ("source", "rule")
+            given["urgent"] = self.boolean(rule["urgent"], at_key(path, "urgent"))
         if "group_by" in rule:
-            group_by = self.group_by(rule["group_by"], at_key(path, "group_by"))
-        group_wait = group_interval = timedelta(0)
+            given["group_by"] = self.group_by(rule["group_by"], at_key(path, "group_by"))
         if "group_wait" in rule:
-            group_wait = self.duration(rule["group_wait"], at_key(path, "group_wait"))
+            given["group_wait"] = self.duration(rule["group_wait"], at_key(path, "group_wait"))
         if "group_interval" in rule:
-            group_interval = self.duration(rule["group_interval"], at_key(path, "group_interval"))
-        group_title, group_body, group_limit = self.group_message(rule, path)
-        if body_format is BodyFormat.JSON and body is not None:
+            given["group_interval"] = self.duration(
+                rule["group_interval"], at_key(path, "group_interval")
+            )
+        given.update(self.group_message(rule, path))
+        if given.get("format") is BodyFormat.JSON and given.get("body") is not None:
             # The JSON document is the body; a template there would be silently ignored.
             self.fail(
                 at_key(path, "body"),
                 "format: json sends the JSON document as the body; remove body: (title: "
                 "still applies) or use another format",
             )
-        return RuleConfig(
-            name=name,
-            on=on,
-            notify=notify,
-            from_states=from_states,
-            events=events,
-            where=where,
-            title=title,
-            body=body,
-            format=body_format,
-            stop=stop,
-            for_=for_,
-            repeat=repeat,
-            urgent=urgent,
-            group_by=group_by,
-            group_wait=group_wait,
-            group_interval=group_interval,
-            group_title=group_title,
-            group_body=group_body,
-            group_limit=group_limit,
-        )
+        return RuleConfig(name=name, on=on, notify=notify, **given)
 
-    def group_message(self, rule: Map, path: str) -> tuple[str | None, str | None, int | None]:
-        """A rule's templates and list length for grouped messages."""
-        title = body = None
+    def group_message(self, rule: Map, path: str) -> dict[str, Any]:
+        """A rule's templates and list length for grouped messages, those the file gives."""
+        given: dict[str, Any] = {}
         if "group_title" in rule:
-            title = self.text(rule["group_title"], at_key(path, "group_title")).value
+            given["group_title"] = self.text(rule["group_title"], at_key(path, "group_title")).value
         if "group_body" in rule:
-            body = self.text(rule["group_body"], at_key(path, "group_body")).value
-        limit = None
+            given["group_body"] = self.text(rule["group_body"], at_key(path, "group_body")).value
         if "group_limit" in rule:
-            limit = int(
+            given["group_limit"] = int(
                 self.positive_number(rule["group_limit"], at_key(path, "group_limit"), integer=True)
             )
-        return title, body, limit
+        return given
 
     def stuck_combination(
         self,

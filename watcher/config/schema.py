@@ -16,7 +16,7 @@ from watcher.config.rules import RulesSection
 from watcher.config.scalars import format_duration
 from watcher.config.sources import SourcesSection
 from watcher.config.yaml_loader import Map, at_key
-from watcher.model import DEFAULT_RETENTION, Config, DeliveryConfig, FirstRun, RuleConfig
+from watcher.model import Config, DeliveryConfig, FirstRun, RuleConfig
 
 TOP_KEYS = (
     "sources",
@@ -51,33 +51,29 @@ class SchemaReader(SourcesSection, ChannelsSection, RulesSection, HttpSection):
             storage = os.path.normpath(os.path.join(self.base_dir, storage))
         if (problem := storage_problem(storage)) is not None:
             self.fail("storage", problem)
-        first_run = FirstRun.BASELINE
+        # Only the keys the file gives: Config states every default.
+        given: dict[str, Any] = {}
         if "first_run" in top:
             choices = [member.value for member in FirstRun]
-            first_run = FirstRun(self.choice(top["first_run"], "first_run", choices, "mode"))
-        delivery = DeliveryConfig()
+            given["first_run"] = FirstRun(
+                self.choice(top["first_run"], "first_run", choices, "mode")
+            )
         if "delivery" in top:
-            delivery = self.delivery(top["delivery"], "delivery")
-        http_listen, http_auth = None, None
+            given["delivery"] = self.delivery(top["delivery"], "delivery")
         if "http" in top:
-            http_listen, http_auth = self.http(top["http"], "http")
-        retention = DEFAULT_RETENTION
+            given["http_listen"], given["http_auth"] = self.http(top["http"], "http")
         if "retention" in top:
-            retention = self.duration(top["retention"], "retention", MIN_RETENTION)
+            given["retention"] = self.duration(top["retention"], "retention", MIN_RETENTION)
         return Config(
             path=self.file,
             sources=sources,
             channels=MappingProxyType(channels),
             rules=rules,
             storage=storage,
-            first_run=first_run,
-            delivery=delivery,
-            http_listen=http_listen,
-            http_auth=http_auth,
             channel_policies=MappingProxyType(dict(self.channel_policies)),
             lines=MappingProxyType({k: v for k, v in self.lines.items() if k}),
             secrets=frozenset(self.secrets),
-            retention=retention,
+            **given,
         )
 
     def delivery(self, value: Any, path: str) -> DeliveryConfig:

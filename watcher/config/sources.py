@@ -12,8 +12,8 @@ from datetime import timedelta
 from typing import Any
 
 from watcher.config.credentials import CredentialsSection
-from watcher.config.ranges import MIN_POLL_INTERVAL
-from watcher.config.reader import suggest
+from watcher.config.ranges import MIN_ENRICH_TIMEOUT, MIN_POLL_INTERVAL
+from watcher.config.reader import model_default, suggest
 from watcher.config.scalars import format_duration
 from watcher.config.yaml_loader import Map, Seq, at_index, at_key, kind
 from watcher.metastudio.regions import REGION_ENDPOINTS
@@ -86,51 +86,47 @@ class SourcesSection(CredentialsSection):
             self.require(source, path, "project_id"), at_key(path, "project_id")
         ).value
         ak, sk, token = self.credentials(source, path)
-        app_user_id = None
+        # Only the keys the file gives: SourceConfig states every default (read in that order,
+        # so the first problem reported stays the first in the file's key order).
+        given: dict[str, Any] = {}
         if "app_user_id" in source:
-            app_user_id = self.nonempty(source["app_user_id"], at_key(path, "app_user_id")).value
-        poll_interval = timedelta(seconds=60)
+            given["app_user_id"] = self.nonempty(
+                source["app_user_id"], at_key(path, "app_user_id")
+            ).value
         if "poll_interval" in source:
-            poll_interval = self.duration(
+            given["poll_interval"] = self.duration(
                 source["poll_interval"], at_key(path, "poll_interval"), MIN_POLL_INTERVAL
             )
-        request_timeout = timedelta(seconds=30)
         if "request_timeout" in source:
-            request_timeout = self.duration(
+            given["request_timeout"] = self.duration(
                 source["request_timeout"], at_key(path, "request_timeout")
             )
-        filters: tuple[tuple[str, str], ...] = ()
         if "filters" in source:
-            filters = self.filters(source["filters"], at_key(path, "filters"))
-        full_scan_every = timedelta(hours=1)
+            given["filters"] = self.filters(source["filters"], at_key(path, "filters"))
         if "full_scan_every" in source:
-            full_scan_every = self.full_scan_every(
+            poll_interval = given.get("poll_interval", model_default(SourceConfig, "poll_interval"))
+            given["full_scan_every"] = self.full_scan_every(
                 source["full_scan_every"], at_key(path, "full_scan_every"), poll_interval
             )
-        settled_states: tuple[str, ...] = ("SUCCEED", "FAILED")
         if "settled_states" in source:
-            settled_states = self.settled_states(
+            given["settled_states"] = self.settled_states(
                 source["settled_states"], at_key(path, "settled_states")
             )
-        max_rps = 5.0
         if "max_requests_per_second" in source:
-            max_rps = self.positive_number(
+            given["max_requests_per_second"] = self.positive_number(
                 source["max_requests_per_second"], at_key(path, "max_requests_per_second")
             )
-        page_concurrency = 4
         if "page_concurrency" in source:
-            page_concurrency = int(
+            given["page_concurrency"] = int(
                 self.positive_number(
                     source["page_concurrency"], at_key(path, "page_concurrency"), integer=True
                 )
             )
-        batch_quiet = timedelta(minutes=10)
         if "batch_quiet" in source:
-            batch_quiet = self.duration(source["batch_quiet"], at_key(path, "batch_quiet"))
-        enrich_timeout = timedelta(seconds=10)
+            given["batch_quiet"] = self.duration(source["batch_quiet"], at_key(path, "batch_quiet"))
         if "enrich_timeout" in source:
-            enrich_timeout = self.duration(
-                source["enrich_timeout"], at_key(path, "enrich_timeout"), timedelta(seconds=1)
+            given["enrich_timeout"] = self.duration(
+                source["enrich_timeout"], at_key(path, "enrich_timeout"), MIN_ENRICH_TIMEOUT
             )
         return SourceConfig(
             name=name,
@@ -140,16 +136,7 @@ class SourcesSection(CredentialsSection):
             ak=ak,
             sk=sk,
             security_token=token,
-            app_user_id=app_user_id,
-            poll_interval=poll_interval,
-            filters=filters,
-            request_timeout=request_timeout,
-            full_scan_every=full_scan_every,
-            settled_states=settled_states,
-            max_requests_per_second=max_rps,
-            page_concurrency=page_concurrency,
-            batch_quiet=batch_quiet,
-            enrich_timeout=enrich_timeout,
+            **given,
         )
 
     def full_scan_every(self, value: Any, path: str, poll_interval: timedelta) -> timedelta:
