@@ -56,7 +56,8 @@ def suggest(word: str, choices: Sequence[str]) -> str:
 
 @dataclass
 class Reader:
-    """Turns the parsed document into a `Config`, failing at the first problem."""
+    """What every section reads with: the file's lines, the environment, the secrets seen so
+    far; the sections (`schema.SchemaReader` and its bases) fail at the first problem."""
 
     file: str
     base_dir: str
@@ -65,8 +66,6 @@ class Reader:
     validate_url: UrlValidator | None
     secrets: set[str] = field(default_factory=set)
     channel_policies: dict[str, ChannelPolicy] = field(default_factory=dict)
-
-    # -- plumbing
 
     def fail(self, path: str, problem: str) -> NoReturn:
         raise ConfigError(problem, file=self.file, line=self.line(path), key=path or None)
