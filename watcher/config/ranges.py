@@ -18,7 +18,7 @@ MIN_TOKEN_LENGTH = 16
 # Outside these a value breaks at run time (datetime overflow on every poll or send,
 # gigabytes of page buffers, a watcher that is blind for days, retries every few seconds).
 DURATION_RANGES: Mapping[str, tuple[timedelta, timedelta]] = {
-    "poll_interval": (timedelta(seconds=5), timedelta(days=1)),
+    "poll_interval": (MIN_POLL_INTERVAL, timedelta(days=1)),
     "request_timeout": (timedelta(milliseconds=100), timedelta(minutes=10)),
     "full_scan_every": (timedelta(seconds=5), timedelta(days=7)),
     "for": (timedelta(minutes=1), timedelta(days=90)),
