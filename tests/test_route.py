@@ -29,7 +29,8 @@ rules:
     notify: [pipeline]
   - name: everything
     on: ["*"]
-    events: [transition, rejected_again, new, vanished, reappeared, stuck, recovered,
+    # Every kind but stuck: a stuck event needs for: and named on: states (see `stuck`).
+    events: [transition, rejected_again, new, vanished, reappeared, recovered,
              batch_settled, batch_updated, source_unhealthy, source_recovered, summary]
     notify: [ops]
   - name: stuck
@@ -73,7 +74,7 @@ def test_route_answers_for_every_kind_without_python_internals(
     for internal in ("<EventKind", "None", "EventKind.", "[]", "{'"):
         assert internal not in out
     assert out.startswith(f"event: {kind} · ")
-    assert "MATCH everything: matched" in out
+    assert f"MATCH {'stuck' if kind is EventKind.STUCK else 'everything'}: matched" in out
     if kind not in JOB_KINDS:
         assert "route-test-job" not in out
         assert f"  -   done: {kind} is about no job; on: needs SUCCEED" in out
@@ -93,14 +94,16 @@ def test_route_decides_what_the_daemon_routes(kind: EventKind, config: str) -> N
     if kind in JOB_KINDS - {EventKind.VANISHED} and state == "SUCCEED":
         expected.add("done")
     if kind is EventKind.STUCK:
-        expected = {"everything", "stuck"}
+        expected = {"stuck"}
     assert rules == expected
 
 
 def test_state_is_refused_where_it_does_not_apply(
     config: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, err = run(capsys, "route", "-c", config, "--event", "batch_settled", "--state", "X")
+    code, _, err = run(
+        capsys, "route", "-c", config, "--event", "batch_settled", "--state", "FAILED"
+    )
     assert code == EX_USAGE
     assert "--state do(es) not apply to batch_settled" in err
 

@@ -554,9 +554,9 @@ def cmd_route(args: argparse.Namespace) -> int:
         event = probe_event(facts, now)
     except ProbeError as err:
         raise UsageError(str(err)) from None
-    print(f"event: {event.kind} · {event.reason}")
     if args.json:
         return _route_json(config, event)
+    print(f"event: {event.kind} · {event.reason}")
     matched = 0
     for decision in match(config.rules, event):
         mark = "MATCH" if decision.matched else "  -  "

@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.packaging._support import tool_missing
 from tests.receivers import WebhookReceiver, json_url
 from watcher.simulator.app import create_app
 from watcher.simulator.runner import serve_app
@@ -84,7 +83,9 @@ def test_check_and_once_with_each_install(
     python: str, servers: tuple[str, WebhookReceiver, _Loop, list[str]], tmp_path: Path
 ) -> None:
     if python == "<none>":
-        tool_missing("WATCHER_TEST_PYTHONS is not set: run `make min-deps` or `make pythons`")
+        # A plain `pytest` (make unit) has nothing to run here; the targets that build the
+        # installs set WATCHER_TEST_PYTHONS and CI=1, so a missing interpreter fails there.
+        pytest.skip("WATCHER_TEST_PYTHONS is not set: run `make min-deps` or `make pythons`")
     base, hook, loop, job_ids = servers
     config = tmp_path / "config.yaml"
     config.write_text(
