@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from watcher.logs import REDACTOR, Redactor, configure, journal_priority, stream_is_journal
+from watcher.logs import Redactor, configure, journal_priority, stream_is_journal
 
 
 @pytest.fixture(autouse=True)
@@ -79,10 +79,11 @@ def test_exceptions_stay_inside_the_one_json_line() -> None:
 
 def test_secrets_masked_in_library_lines_and_the_redactor_only_grows() -> None:
     out = io.StringIO()
-    configure(fmt="json", stream=out)
-    REDACTOR.update(["old-hook-token-1234"])
-    REDACTOR.add(["url-part-from-notifier"])
-    REDACTOR.update(["new-hook-token-5678"])  # a reload: nothing registered before is dropped
+    redactor = Redactor()
+    configure(fmt="json", stream=out, redactor=redactor)
+    redactor.add(["old-hook-token-1234"])
+    redactor.add(["url-part-from-notifier"])
+    redactor.add(["new-hook-token-5678"])  # a reload: nothing registered before is dropped
     logging.getLogger("apprise").warning(
         "posting to json://h/old-hook-token-1234/url-part-from-notifier?t=new-hook-token-5678"
     )
@@ -93,11 +94,22 @@ def test_secrets_masked_in_library_lines_and_the_redactor_only_grows() -> None:
     assert text.count("****") == 3
 
 
-def test_redactor_update_keeps_every_earlier_secret() -> None:
+def test_a_later_configure_keeps_the_redactor_it_was_handed() -> None:
+    out = io.StringIO()
     redactor = Redactor()
-    redactor.update(["alpha-secret"])
-    redactor.update(["beta-secret"])
-    redactor.update([])
+    configure(fmt="json", stream=out, redactor=redactor)
+    configure(level="warning", fmt="json", stream=out)  # as `demo` does: only the level changes
+    redactor.add(["hook-token-after-reconfigure"])
+    logging.getLogger("apprise").warning("posting to json://h/hook-token-after-reconfigure")
+    assert "hook-token-after-reconfigure" not in out.getvalue()
+    assert "****" in out.getvalue()
+
+
+def test_redactor_keeps_every_earlier_secret() -> None:
+    redactor = Redactor()
+    redactor.add(["alpha-secret"])
+    redactor.add(["beta-secret"])
+    redactor.add([])
     assert redactor.redact("alpha-secret beta-secret") == "**** ****"
 
 

@@ -21,16 +21,16 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
 from watcher import __version__, statelock
 from watcher.advice import advice
+from watcher.app import Root
 from watcher.config import (
     config_warnings,
     describe_credentials,
-    load_config,
     parse_duration,
     parse_listen,
 )
@@ -45,7 +45,7 @@ from watcher.engine.templates import check_rule_templates, render
 from watcher.engine.why import why_lines
 from watcher.errorcodes import with_explanation
 from watcher.errors import ConfigError, StoreError, UsageError, WatcherError
-from watcher.logs import REDACTOR, configure
+from watcher.logs import configure
 from watcher.model import (
     KNOWN_STATES,
     BodyFormat,
@@ -58,9 +58,6 @@ from watcher.model import (
 )
 from watcher.readiness import readiness
 from watcher.store import HistoryEntry, PollStrategy, SourceStatus, Store
-
-if TYPE_CHECKING:
-    from watcher.notify import Notifier
 
 # aiohttp, apprise (watcher.notify) and the daemon are imported by the commands that use
 # them: `health`, the container's HEALTHCHECK, runs every minute and must stay cheap.
@@ -192,7 +189,10 @@ def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    fmt = configure(level=args.log_level, fmt=args.log_format)
+    # The composition root: the commands load configs and build the app through it, and its
+    # redactor (handed to the logging chain here) masks every line and error we print.
+    args.root = root = Root()
+    fmt = configure(level=args.log_level, fmt=args.log_format, redactor=root.redactor)
     # The daemon commands' stderr is a log stream (journald, a container's log): in JSON mode
     # their fatal line is a JSON log record too. Other commands talk to a person.
     args.structured_errors = fmt == "json" and args.command in _LOG_STREAM_COMMANDS
@@ -200,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return command(args)
     except WatcherError as err:
-        _say(args, REDACTOR.redact(err.message), exit_code=err.exit_code)
+        _say(args, root.redactor.redact(err.message), exit_code=err.exit_code)
         return err.exit_code
     except KeyboardInterrupt:
         return EX_OK
@@ -232,14 +232,8 @@ def _say(args: argparse.Namespace, message: str, *, exit_code: int | None = None
 
 
 def _load(args: argparse.Namespace, *, validate_urls: bool = True) -> Config:
-    validate = None
-    if validate_urls:
-        from watcher.notify import check_url
-
-        validate = check_url
-    config = load_config(args.config, validate_url=validate)
-    REDACTOR.update(config.secrets)
-    return config
+    root: Root = args.root
+    return root.load(args.config, validate_urls=validate_urls)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -287,7 +281,7 @@ def _check_json(args: argparse.Namespace) -> int:
             {
                 "ok": False,
                 "config": args.config,
-                "errors": [_config_error_json(p) for p in problems],
+                "errors": [_config_error_json(p, args.root) for p in problems],
                 "warnings": warnings,
             }
         )
@@ -321,13 +315,13 @@ def _check_json(args: argparse.Namespace) -> int:
     return EX_OK
 
 
-def _config_error_json(err: ConfigError) -> dict[str, Any]:
+def _config_error_json(err: ConfigError, root: Root) -> dict[str, Any]:
     return {
         "file": err.file,
         "line": err.line,
         "key": err.key,
-        "problem": REDACTOR.redact(err.problem),
-        "message": REDACTOR.redact(err.message),
+        "problem": root.redactor.redact(err.problem),
+        "message": root.redactor.redact(err.message),
     }
 
 
@@ -352,33 +346,30 @@ def template_problems(config: Config) -> list[ConfigError]:
     return out
 
 
-def _open_for_daemon(config: Config) -> tuple[Store, Notifier]:
+def _open_for_daemon(root: Root, config: Config) -> Store:
+    """The state file, locked, once the config's templates render (a refused channel stops
+    the app's build, before it polls or listens)."""
     problems = template_problems(config)
     if problems:
         raise problems[0]
-    store = Store.open(config.storage, exclusive=True)
-    try:
-        notifier = _notifier(config)
-    except BaseException:
-        store.close()
-        raise
-    return store, notifier
+    return root.open_store(config)
 
 
 def cmd_once(args: argparse.Namespace) -> int:
-    import aiohttp
-
-    from watcher.daemon import Watcher, session_timeout
-
+    root: Root = args.root
     config = _load(args)
-    store, notifier = _open_for_daemon(config)
+    store = _open_for_daemon(root, config)
 
     async def go() -> int:
-        async with aiohttp.ClientSession(timeout=session_timeout(config)) as session:
-            watcher = Watcher(config, store, notifier, session)
-            # Watcher.once(), keeping the delivery pass's outcome for the exit code.
-            outcomes = await asyncio.gather(*(watcher.poll(s.name) for s in config.sources))
-            delivery = await watcher.deliver()
+        async with root.session(config) as session:
+            app = root.build_app(config, store, session)
+            try:
+                watcher = app.watcher
+                # Watcher.once(), keeping the delivery pass's outcome for the exit code.
+                outcomes = await asyncio.gather(*(watcher.poll(s.name) for s in config.sources))
+                delivery = await watcher.deliver()
+            finally:
+                app.close()
         failures = [o for o in outcomes if not o.ok]
         undelivered = delivery.failed + delivery.dead
         code = EX_FAILURE if failures else EX_TEMPFAIL if undelivered else EX_OK
@@ -409,48 +400,29 @@ def cmd_once(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(go())
     finally:
-        notifier.close()
         store.close()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from watcher.daemon import serve
-    from watcher.notify import check_url
 
+    root: Root = args.root
     config = _load(args)
-    store, notifier = _open_for_daemon(config)
-    notifier.close()  # serve() builds its own, and a new one on every reload
-
-    # Every secret any loaded config held stays masked: an old one may still be in flight.
-    secrets = set(config.secrets)
+    store = _open_for_daemon(root, config)
 
     def reload_config(path: str) -> Config:
-        new = load_config(path, validate_url=check_url)
-        secrets.update(new.secrets)
-        REDACTOR.update(secrets)
+        # Its secrets join the root's redactor at once, even if its templates are refused:
+        # every secret any loaded config held stays masked.
+        new = root.load(path)
         problems = template_problems(new)
         if problems:
             raise problems[0]
         return new
 
     try:
-        return asyncio.run(
-            serve(
-                args.config,
-                config,
-                store,
-                load_config=reload_config,
-                notifier_factory=_notifier,
-            )
-        )
+        return asyncio.run(serve(args.config, config, store, root=root, load_config=reload_config))
     finally:
         store.close()
-
-
-def _notifier(config: Config) -> Notifier:
-    from watcher.notify import Notifier
-
-    return Notifier(config.channels, send_timeout=config.delivery.send_timeout.total_seconds())
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -465,6 +437,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             duration=args.duration,
             logs=args.logs or args.log_level != "info",
             log_format=args.log_format,
+            root=args.root,
         )
     )
 
@@ -1039,12 +1012,8 @@ def cmd_test_notify(args: argparse.Namespace) -> int:
     if not names:
         print(f"metastudio-watcher: {args.config} defines no channels", file=sys.stderr)
         return EX_FAILURE
-    from watcher.notify import Notifier
-
-    notifier = Notifier(
-        {name: config.channels[name] for name in names},
-        send_timeout=config.delivery.send_timeout.total_seconds(),
-    )
+    root: Root = args.root
+    notifier = root.notifier(config, names)
     body = (
         f"A test message from metastudio-watcher on {socket.gethostname()} "
         f"(config {os.path.abspath(args.config)}). Nothing happened; no action needed."
@@ -1070,7 +1039,7 @@ def cmd_test_notify(args: argparse.Namespace) -> int:
                     "channel": name,
                     "ok": ok,
                     "urls": list(notifier_masked[name]),
-                    "error": None if ok else REDACTOR.redact(error or "delivery failed"),
+                    "error": None if ok else root.redactor.redact(error or "delivery failed"),
                 }
                 for name, ok, error in outcomes
             ]
@@ -1080,7 +1049,8 @@ def cmd_test_notify(args: argparse.Namespace) -> int:
         if ok:
             print(f"ok      {name}: {masked[name]}")
         else:
-            print(f"FAILED  {name}: {masked[name]}: {REDACTOR.redact(error or 'delivery failed')}")
+            reason = root.redactor.redact(error or "delivery failed")
+            print(f"FAILED  {name}: {masked[name]}: {reason}")
     if failed:
         print(f"metastudio-watcher: {failed} of {len(names)} channel(s) failed", file=sys.stderr)
         return EX_FAILURE

@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import structlog
 
+from watcher.app import App, Root
 from watcher.dispatch import DeliveryMemory, DeliveryOutcome, Dispatcher
 from watcher.engine.alerts import Routed, route
 from watcher.engine.cursor import Cursor, Strategy, cursor_scope
@@ -731,8 +732,8 @@ async def serve(
     config: Config,
     store: Store,
     *,
+    root: Root,
     load_config: ConfigLoader,
-    notifier_factory: Callable[[Config], Notifier],
     sd: SystemdNotifier | None = None,
 ) -> int:
     """The daemon's life: signals, sd_notify, the HTTP endpoint, reloads, a clean stop.
@@ -740,7 +741,7 @@ async def serve(
     READY=1 is sent once start-up succeeded (config valid, store open, endpoint listening),
     not after the first poll: a cloud outage at boot must not make systemd kill a watcher
     whose job is to report exactly that. SIGHUP reloads; an invalid new config is logged and
-    the old one keeps running.
+    the old one keeps running. `root` wires the app, at start and on every reload.
     """
     sd = sd or SystemdNotifier.from_env()
     loop = asyncio.get_running_loop()
@@ -748,9 +749,6 @@ async def serve(
     loop.add_signal_handler(signal.SIGTERM, shutdown.set)
     loop.add_signal_handler(signal.SIGINT, shutdown.set)
     loop.add_signal_handler(signal.SIGHUP, reload.set)
-    metrics = Metrics()
-    # Retry times on the monotonic clock: one memory for the daemon's life, across reloads.
-    memory = DeliveryMemory()
     current: list[Watcher] = []
     lost: list[str] = []  # why the state file is no longer ours, once that happened
 
@@ -765,16 +763,20 @@ async def serve(
         return verdict
 
     http_runner = None
-    if config.http_listen:
-        page = StatusPage(lambda: current[0].config if current else config)
-        http_runner = await start_http(
-            config.http_listen, metrics, ready, lambda app: install(app, page)
-        )
     exit_code = 0
+    retire: list[App] = []  # the app whose notifier is closed however we leave
     try:
-        async with aiohttp.ClientSession(timeout=session_timeout(config)) as session:
-            notifier = notifier_factory(config)
-            watcher = Watcher(config, store, notifier, session, metrics=metrics, memory=memory)
+        async with root.session(config) as session:
+            # Metrics and the retry memory (on the monotonic clock) live as long as the daemon:
+            # each reload's app is rebuilt from this one and hands them on.
+            app = root.build_app(config, store, session, process_metrics=True)
+            retire[:] = [app]
+            if config.http_listen:
+                page = StatusPage(lambda: current[0].config if current else config)
+                http_runner = await start_http(
+                    config.http_listen, app.metrics, ready, lambda web: install(web, page)
+                )
+            watcher = app.watcher
             current[:] = [watcher]
             stop_watcher = asyncio.Event()
             task = asyncio.create_task(watcher.run(stop_watcher), name="watcher")
@@ -795,8 +797,7 @@ async def serve(
                 reload.clear()
                 sd.reloading()
                 try:
-                    new_config = load_config(config_path)
-                    new_notifier = notifier_factory(new_config)
+                    new_app = app.rebuild(load_config(config_path))
                 except WatcherError as err:
                     log.error("reload_rejected", error=err.message, keeping="the running config")
                     sd.ready()
@@ -805,9 +806,10 @@ async def serve(
                 # (Watcher.run waits for them): a reload neither loses nor repeats a send.
                 stop_watcher.set()
                 await task
-                notifier.close()
-                config, notifier = new_config, new_notifier
-                watcher = Watcher(config, store, notifier, session, metrics=metrics, memory=memory)
+                app.close()
+                app = new_app
+                retire[:] = [app]
+                config, watcher = app.config, app.watcher
                 current[:] = [watcher]
                 stop_watcher = asyncio.Event()
                 task = asyncio.create_task(watcher.run(stop_watcher), name="watcher")
@@ -819,10 +821,12 @@ async def serve(
             await task
             watchdog.cancel()
             guard.cancel()
-            notifier.close()
+            app.close()
             if watcher.failure is not None:
                 exit_code = 1
     finally:
+        for left in retire:
+            left.close()  # closing twice is harmless
         if http_runner is not None:
             await http_runner.cleanup()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

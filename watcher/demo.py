@@ -17,16 +17,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import structlog
 from aiohttp import web
 
-from watcher.config import load_config
-from watcher.daemon import Watcher, session_timeout
-from watcher.logs import REDACTOR, configure
-from watcher.notify import Notifier, check_url
+from watcher.app import Root
+from watcher.logs import configure
 from watcher.simulator.runner import start_simulator
-from watcher.store import Store
 
 log = structlog.get_logger(__name__)
 
@@ -61,6 +57,8 @@ rules:
   - name: watcher-blind
     events: [source_unhealthy, source_recovered]
     notify: [terminal]
+delivery:
+  send_timeout: 10s
 storage: {storage}
 """
 
@@ -103,8 +101,14 @@ async def run_demo(
     duration: float | None,
     logs: bool = False,
     log_format: str | None = None,
+    root: Root | None = None,
 ) -> int:
-    if not logs:
+    """The demo, wired by `root` (the command line's; a new one, if none, masks this run's
+    lines with its own redactor)."""
+    if root is None:
+        root = Root()
+        configure(level="info" if logs else "warning", fmt=log_format, redactor=root.redactor)
+    elif not logs:
         # A chat window, not a log: the daemon's event and debug lines only when asked for.
         configure(level="warning", fmt=log_format)
     project_id = "demo-project"
@@ -132,8 +136,7 @@ async def run_demo(
                 storage=Path(tmp) / "demo.db",
             )
         )
-        config = load_config(str(path), {"DEMO_AK": ak, "DEMO_SK": sk}, validate_url=check_url)
-        REDACTOR.update(config.secrets)
+        config = root.load(str(path), {"DEMO_AK": ak, "DEMO_SK": sk})
         print(
             f"demo: simulator at {endpoint} with {jobs} jobs stepping every {step_every}s; "
             f"polling every {poll_interval}. The first poll is a silent baseline; alerts "
@@ -142,8 +145,7 @@ async def run_demo(
             file=sys.stderr,
             flush=True,
         )
-        store = Store.open(config.storage, exclusive=True)
-        notifier = Notifier(config.channels, send_timeout=10.0)
+        store = root.open_store(config)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -151,10 +153,13 @@ async def run_demo(
         if duration is not None:
             loop.call_later(duration, stop.set)
         try:
-            async with aiohttp.ClientSession(timeout=session_timeout(config)) as session:
-                await Watcher(config, store, notifier, session).run(stop)
+            async with root.session(config) as session:
+                app = root.build_app(config, store, session)
+                try:
+                    await app.watcher.run(stop)
+                finally:
+                    app.close()
         finally:
-            notifier.close()
             store.close()
             with contextlib.suppress(Exception):
                 await receiver.cleanup()

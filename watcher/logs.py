@@ -30,12 +30,9 @@ class Redactor:
         self._secrets: set[str] = set()
         self._pattern: re.Pattern[str] | None = None
 
-    def update(self, secrets: Iterable[str]) -> None:
-        """Mask these from now on, as well as every secret registered before."""
-        self.add(secrets)
-
     def add(self, secrets: Iterable[str]) -> None:
-        """Mask these too (the notifier adds the token-like parts of channel URLs)."""
+        """Mask these from now on, as well as every secret registered before (there is no
+        way to drop one: the composition root only ever adds)."""
         new = {s for s in secrets if len(s) >= _MIN_SECRET_LEN} - self._secrets
         if new:
             self._secrets |= new
@@ -75,7 +72,9 @@ class Redactor:
 _NOT_SECRET_KEYS = frozenset({"logger", "level", "timestamp"})
 
 
-REDACTOR = Redactor()
+# The redactor the composition root (watcher.app.Root) handed to configure(): the chain masks
+# with it. A later configure() that only changes the level or format keeps it.
+_redactor = Redactor()
 
 
 def _drop_personal_fields(
@@ -138,7 +137,7 @@ def stream_is_journal(stream: TextIO, environ: Mapping[str, str] | None = None) 
 
 
 class _Formatter(structlog.stdlib.ProcessorFormatter):
-    """Every record, ours or a library's, rendered by one chain (REDACTOR in it masks every
+    """Every record, ours or a library's, rendered by one chain (the redactor masks every
     value, a library's message included); with `journal`, each line led by its sd-daemon
     priority."""
 
@@ -154,13 +153,25 @@ class _Formatter(structlog.stdlib.ProcessorFormatter):
         return "\n".join(prefix + line for line in text.split("\n"))
 
 
-def configure(*, level: str = "info", fmt: str | None = None, stream: TextIO | None = None) -> str:
+def configure(
+    *,
+    level: str = "info",
+    fmt: str | None = None,
+    stream: TextIO | None = None,
+    redactor: Redactor | None = None,
+) -> str:
     """Set up structlog and stdlib logging once per process (and again on reload).
+
+    `redactor` is the composition root's: it masks every line (kept from the last call if
+    not given; it is the root that registers secrets in it, never this module).
 
     Our lines and every library's (apprise, asyncio, warnings) go through the stdlib root
     handler and one structlog renderer: in JSON mode each stderr line is one JSON object whose
     `logger` names where it came from. Returns the format chosen (`json` or `console`).
     """
+    global _redactor
+    if redactor is not None:
+        _redactor = redactor
     out: TextIO = stream or cast(TextIO, _CurrentStderr())
     if fmt is None:
         fmt = "console" if out.isatty() else "json"
@@ -197,7 +208,7 @@ def configure(*, level: str = "info", fmt: str | None = None, stream: TextIO | N
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 _drop_personal_fields,
                 structlog.processors.format_exc_info,
-                REDACTOR,
+                _redactor,
                 renderer,
             ],
         )

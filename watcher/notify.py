@@ -21,7 +21,6 @@ import apprise
 import structlog
 
 from watcher.errors import DeliveryError
-from watcher.logs import REDACTOR
 from watcher.model import BodyFormat, NotifyType, Secret
 
 log = structlog.get_logger()
@@ -293,9 +292,9 @@ class Notifier:
         self._channels: dict[str, _Channel] = {}
         asset = _asset()
         for name, secrets in channels.items():
+            # apprise and urllib3 print URLs and token paths at DEBUG: the composition root
+            # (watcher.app.Root.notifier) registers their url_secrets with the log redactor.
             urls = [secret.reveal() for secret in secrets]
-            # apprise and urllib3 print URLs and token paths at DEBUG: mask their secret parts.
-            REDACTOR.add(part for url in urls for part in url_secrets(url))
             if not urls:
                 raise DeliveryError(f"channel {name!r} has no URLs; give it at least one")
             apprise_obj = apprise.Apprise(asset=asset)

@@ -1,0 +1,156 @@
+"""The composition root: the one place `run`, `once`, `demo` and a reload wire the app.
+
+Owns the process's log redactor (secrets are registered here and only here, and only added),
+and builds from a Config the store, HTTP session, notifier, metrics and Watcher.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Collection, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from watcher.config import load_config
+from watcher.logs import Redactor
+from watcher.model import Config
+from watcher.store import Store
+
+# aiohttp, apprise (watcher.notify) and the daemon are imported where they are used: every
+# command builds a Root, and `health` must stay cheap.
+if TYPE_CHECKING:
+    import aiohttp
+
+    from watcher.daemon import Watcher
+    from watcher.dispatch import DeliveryMemory
+    from watcher.metrics import Metrics
+    from watcher.notify import Notifier
+
+
+class Root:
+    """One per process. Whatever reaches a log line is masked by `redactor`, which grows with
+    every config loaded and every notifier built, and never forgets: after a reload an alert
+    or a retry in flight may still carry the old config's tokens."""
+
+    def __init__(self, redactor: Redactor | None = None) -> None:
+        self.redactor = redactor or Redactor()
+
+    def register(self, config: Config) -> Config:
+        """Mask this config's secrets (AK, SK, tokens, channel URLs) from now on, too."""
+        self.redactor.add(config.secrets)
+        return config
+
+    def load(
+        self, path: str, env: Mapping[str, str] | None = None, *, validate_urls: bool = True
+    ) -> Config:
+        """Read and validate a config (apprise checks channel URLs) and register its secrets."""
+        validate = None
+        if validate_urls:
+            from watcher.notify import check_url
+
+            validate = check_url
+        return self.register(load_config(path, env, validate_url=validate))
+
+    def notifier(self, config: Config, channels: Collection[str] | None = None) -> Notifier:
+        """A notifier for the config's channels (or just `channels`), with the token-like
+        parts of their URLs registered first: apprise and urllib3 print them at DEBUG."""
+        from watcher.notify import Notifier, url_secrets
+
+        chosen = {
+            n: urls for n, urls in config.channels.items() if channels is None or n in channels
+        }
+        self.redactor.add(
+            part for urls in chosen.values() for url in urls for part in url_secrets(url.reveal())
+        )
+        return Notifier(chosen, send_timeout=config.delivery.send_timeout.total_seconds())
+
+    def open_store(self, config: Config) -> Store:
+        """The state file, locked for this process alone (one daemon per state file)."""
+        return Store.open(config.storage, exclusive=True)
+
+    @contextlib.asynccontextmanager
+    async def session(self, config: Config) -> AsyncIterator[aiohttp.ClientSession]:
+        """The HTTP session every source's client shares; no request may hang forever."""
+        import aiohttp
+
+        from watcher.daemon import session_timeout
+
+        async with aiohttp.ClientSession(timeout=session_timeout(config)) as session:
+            yield session
+
+    def build_app(
+        self,
+        config: Config,
+        store: Store,
+        session: aiohttp.ClientSession,
+        *,
+        process_metrics: bool = False,
+    ) -> App:
+        """The app for `config`: a new notifier (raises WatcherError if a channel is refused),
+        metrics (with process_* ones for the daemon's /metrics) and retry memory."""
+        from watcher.dispatch import DeliveryMemory
+        from watcher.metrics import Metrics
+
+        self.register(config)
+        notifier = self.notifier(config)
+        return App(
+            root=self,
+            config=config,
+            store=store,
+            session=session,
+            notifier=notifier,
+            metrics=Metrics(process=process_metrics),
+            memory=DeliveryMemory(),
+        )
+
+
+@dataclass
+class App:
+    """One configuration's wiring. A reload `rebuild`s the parts a config decides (notifier,
+    Watcher) and hands on the ones that outlive it (store, session, metrics, retry memory)."""
+
+    root: Root
+    config: Config
+    store: Store
+    session: aiohttp.ClientSession
+    notifier: Notifier
+    metrics: Metrics
+    memory: DeliveryMemory
+    _closed: bool = field(default=False, repr=False)
+
+    @cached_property
+    def watcher(self) -> Watcher:
+        """Built on first use: a reload builds the next one only once the old one stopped,
+        so the two never share the metrics at once."""
+        from watcher.daemon import Watcher
+
+        return Watcher(
+            self.config,
+            self.store,
+            self.notifier,
+            self.session,
+            metrics=self.metrics,
+            memory=self.memory,
+        )
+
+    def rebuild(self, config: Config) -> App:
+        """The app for a reloaded config; this one is untouched (and keeps running) if the new
+        config's channels are refused. Its secrets join the redactor's; none leave it."""
+        self.root.register(config)
+        notifier = self.root.notifier(config)
+        return App(
+            root=self.root,
+            config=config,
+            store=self.store,
+            session=self.session,
+            notifier=notifier,
+            metrics=self.metrics,
+            memory=self.memory,
+        )
+
+    def close(self) -> None:
+        """Retire this config's notifier (the store and session belong to whoever opened them)."""
+        if not self._closed:
+            self._closed = True
+            self.notifier.close()
