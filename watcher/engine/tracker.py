@@ -297,11 +297,14 @@ class _Index:
         index = cls(cls.rules_key(stuck_rules))
         open_batches: set[str] = set()
         members = index.members
+        watched = _watched_states(stuck_rules) if stuck_rules else frozenset()
         for job_id, job in jobs.items():
             if job.batch_name:
                 members.setdefault(job.batch_name, set()).add(job_id)
                 if job.state not in SETTLED_STATES:
                     open_batches.add(job.batch_name)
+            if watched is not None and job.state not in watched:
+                continue
             for i, rule in enumerate(stuck_rules):
                 when = _due(job_id, job, rule, entered, stuck, now)
                 if when is not None:
@@ -486,11 +489,21 @@ def _stuck(
     kept: dict[str, StuckMemory] = {}
     if not stuck_rules:
         return out, kept
-    for job_id in sorted(snapshot.jobs):
+    watched = _watched_states(stuck_rules)
+    # Only jobs in a watched state can fire or keep memory: sort those, not every id.
+    ids = [j for j, job in snapshot.jobs.items() if watched is None or job.state in watched]
+    for job_id in sorted(ids):
         job = snapshot.jobs[job_id]
         since = job.lastupdate_time or entered.get(job_id, now)
         _stuck_job(snapshot.source, job, since, stuck_rules, memory, now, out, kept)
     return out, kept
+
+
+def _watched_states(stuck_rules: Sequence[RuleConfig]) -> frozenset[str] | None:
+    """The states some stuck rule watches (None: every state, a rule says `*`)."""
+    if any("*" in r.on for r in stuck_rules):
+        return None
+    return frozenset(s for r in stuck_rules for s in r.on)
 
 
 def _stuck_due(
