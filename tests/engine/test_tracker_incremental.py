@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from watcher.engine.diff import Overlay
+from watcher.engine.diff import Overlay, count_by_state
 from watcher.engine.tracker import Step, Tracking, advance
 from watcher.model import EventKind, Job, RuleConfig, Snapshot
 
@@ -71,6 +71,7 @@ def test_incremental_steps_give_exactly_what_a_full_recomputation_gives(
             known = {**fast.jobs, **fetched}
             fast_jobs = {j: known[j] for j in listed if j in known}
             slow_jobs = dict(fast_jobs)
+        before = dict(fast.jobs)
         # The daemon replaces fields of the memory between steps; the index must survive it.
         fast_tracking = replace(fast.tracking, unhealthy=False)
         fast = advance(
@@ -92,6 +93,12 @@ def test_incremental_steps_give_exactly_what_a_full_recomputation_gives(
         assert dict(fast.jobs) == dict(slow.jobs)
         assert fast.tracking == slow.tracking
         assert fast.tracking.to_json() == slow.tracking.to_json()
+        # What the step says about itself holds: its counts, and what may have changed.
+        if fast.counts is not None:
+            assert fast.counts == count_by_state(fast_jobs.values())
+        if fast.changed is not None:
+            assert {j for j in fast.jobs if fast.jobs[j] != before.get(j)} <= fast.changed
+            assert before.keys() <= fast.jobs.keys()
 
 
 def test_an_idle_incremental_cycle_keeps_the_overlay_and_touches_nothing() -> None:

@@ -152,6 +152,12 @@ class Step:
     events: tuple[Event, ...]
     jobs: Mapping[str, Job]
     tracking: Tracking
+    # The job ids that may differ from `previous` (added or changed; none removed), when the
+    # step knows them (an overlay): what a store needs to write. None: compare every job.
+    changed: frozenset[str] | None = None
+    # The snapshot's jobs by state, kept up to date from the changes (for metrics), when
+    # known without a pass over every job. None: count them.
+    counts: Mapping[str, int] | None = None
 
 
 def advance(
@@ -205,6 +211,7 @@ def advance(
         assert index is not None and previous is not None and isinstance(current, Overlay)
         index.jobs = None  # mutated below: useless to anyone else if this step fails midway
         touched = current.touched
+        _recount(index.counts, previous, current, touched)
         entered = _entered_changed(previous, tracking.entered, snapshot, touched)
         if events:
             events, failures = _recoveries(events, tracking.failures, snapshot.jobs)
@@ -243,7 +250,28 @@ def advance(
         last_scan_at=now,
         index=index,
     )
-    return Step(tuple(events), jobs, new_tracking)
+    changed = current.touched if overlaid and isinstance(current, Overlay) else None
+    counts = dict(index.counts) if index is not None else None
+    return Step(tuple(events), jobs, new_tracking, changed, counts)
+
+
+def _recount(
+    counts: dict[str, int],
+    previous: Mapping[str, Job],
+    current: Mapping[str, Job],
+    touched: Iterable[str],
+) -> None:
+    """Jobs by state after an overlay: the touched jobs move from their old state."""
+    for job_id in touched:
+        old = previous.get(job_id)
+        if old is not None:
+            left = counts.get(old.state, 0) - 1
+            if left > 0:
+                counts[old.state] = left
+            else:
+                counts.pop(old.state, None)
+        state = current[job_id].state
+        counts[state] = counts.get(state, 0) + 1
 
 
 StuckKey = tuple[str, int]  # (job_id, index of the stuck rule)
@@ -257,6 +285,7 @@ class _Index:
 
     __slots__ = (
         "batches",
+        "counts",
         "due",
         "entered",
         "heap",
@@ -277,6 +306,7 @@ class _Index:
         self.heap: list[tuple[datetime, str, int]] = []
         self.members: dict[str, set[str]] = {}
         self.pending: set[str] = set()
+        self.counts: dict[str, int] = {}
 
     @staticmethod
     def rules_key(stuck_rules: Sequence[RuleConfig]) -> tuple[tuple[object, ...], ...]:
@@ -298,7 +328,9 @@ class _Index:
         open_batches: set[str] = set()
         members = index.members
         watched = _watched_states(stuck_rules) if stuck_rules else frozenset()
+        counts = index.counts
         for job_id, job in jobs.items():
+            counts[job.state] = counts.get(job.state, 0) + 1
             if job.batch_name:
                 members.setdefault(job.batch_name, set()).add(job_id)
                 if job.state not in SETTLED_STATES:
