@@ -36,7 +36,8 @@ job_change = st.tuples(
     st.integers(0, 3),  # reject_times
 )
 cycle = st.tuples(
-    st.integers(1, 400),  # minutes since the previous scan
+    # Minutes since the previous scan; round ones land exactly on `for:`, `repeat:` and quiet.
+    st.sampled_from([10, 30, 60, 120]) | st.integers(1, 400),
     st.lists(job_change, max_size=5),
     # A full scan instead of an incremental cycle, listing only these jobs (a job left out
     # counts as missing), or None for an incremental one.

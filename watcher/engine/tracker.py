@@ -305,7 +305,8 @@ class _Index:
         self.due: dict[StuckKey, datetime] = {}
         self.heap: list[tuple[datetime, str, int]] = []
         self.members: dict[str, set[str]] = {}
-        self.pending: set[str] = set()
+        # Batches all settled but not announced as they are: name -> when one last changed.
+        self.pending: dict[str, datetime] = {}
         self.counts: dict[str, int] = {}
 
     @staticmethod
@@ -346,7 +347,7 @@ class _Index:
         for name in members:
             mem = batches[name]
             if name not in open_batches and mem.announced != mem.signature:
-                index.pending.add(name)
+                index.pending[name] = mem.changed_at
         index.adopt(jobs, entered, stuck, batches)
         return index
 
@@ -654,9 +655,11 @@ def _batches_changed(
     index: _Index,
 ) -> tuple[list[Event], Mapping[str, BatchMemory]]:
     """`_batches` for an overlay: only batches with a touched job, and settled-looking ones
-    waiting out `quiet`, can announce or change memory."""
+    whose `quiet` is over, can announce or change memory."""
     members, pending = index.members, index.pending
-    names = set(pending)
+    now = snapshot.taken_at
+    # An untouched batch can only announce once its quiet time is over.
+    names = {name for name, at in pending.items() if now - at >= quiet}
     for job_id in touched:
         job = snapshot.jobs[job_id]
         old = previous.get(job_id)
@@ -679,7 +682,7 @@ def _batches_changed(
         if not ids:  # its last job moved to another batch: forgotten, as a full pass would
             members.pop(name, None)
             kept.pop(name, None)
-            pending.discard(name)
+            pending.pop(name, None)
             continue
         jobs = sorted((snapshot.jobs[j] for j in ids), key=lambda j: j.job_id)
         event, mem, terminal = _batch_step(name, jobs, previous, snapshot, tracking, quiet)
@@ -687,9 +690,9 @@ def _batches_changed(
         if event is not None:
             out.append(event)
         if terminal and mem.announced != mem.signature:
-            pending.add(name)
+            pending[name] = mem.changed_at
         else:
-            pending.discard(name)
+            pending.pop(name, None)
     return out, kept
 
 
