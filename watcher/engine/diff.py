@@ -40,8 +40,17 @@ class Overlay(dict[str, Job]):
     def __init__(self, base: Mapping[str, Job], touched: Mapping[str, Job]) -> None:
         super().__init__(base)
         self.update(touched)
-        self.base = base
+        self.base: Mapping[str, Job] | None = base
         self.touched = frozenset(touched)
+
+    def over(self, previous: Mapping[str, Job]) -> bool:
+        """Whether this overlay is laid on exactly `previous` (so only `touched` differ)."""
+        return self.base is not None and self.base is previous
+
+    def detach(self) -> Overlay:
+        """Forget the base once diffed, so a kept overlay does not hold every older one."""
+        self.base = None
+        return self
 
 
 def diff(
@@ -70,7 +79,7 @@ def diff(
     before = previous.get
     jobs = current.jobs
     # An overlay on `previous` (an incremental cycle): only its touched jobs can differ.
-    touched = jobs.touched if isinstance(jobs, Overlay) and jobs.base is previous else None
+    touched = jobs.touched if isinstance(jobs, Overlay) and jobs.over(previous) else None
     candidates = jobs.items() if touched is None else ((j, jobs[j]) for j in touched)
     for job_id, job in candidates:
         old = before(job_id)

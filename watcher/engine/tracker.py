@@ -3,17 +3,20 @@
 `advance` composes the snapshot diff with what needs history: jobs stuck too long, jobs that
 succeeded after failing, batches that settled, sources that went blind. The shell persists
 `Tracking` in the same transaction as the snapshot, so a crash never replays or loses it.
+An incremental step (an `Overlay` on the last jobs) costs what changed plus what is due, not
+the tenant's size: `_Index` keeps what a full pass would recompute (see there).
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from watcher.engine.diff import count_by_state, diff, first_run_events, format_duration
+from watcher.engine.diff import Overlay, count_by_state, diff, first_run_events, format_duration
 from watcher.model import (
     AUDIT_FAILED,
     FAILURE_STATES,
@@ -96,6 +99,9 @@ class Tracking:
     failing_since: datetime | None = None
     unhealthy: bool = False
     last_scan_at: datetime | None = None
+    # Derived from the step that made this memory, never persisted (a restart rebuilds it
+    # with one full pass); carried by `replace`, ignored by equality.
+    index: _Index | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -146,6 +152,12 @@ class Step:
     events: tuple[Event, ...]
     jobs: Mapping[str, Job]
     tracking: Tracking
+    # The job ids that may differ from `previous` (added or changed; none removed), when the
+    # step knows them (an overlay): what a store needs to write. None: compare every job.
+    changed: frozenset[str] | None = None
+    # The snapshot's jobs by state, kept up to date from the changes (for metrics), when
+    # known without a pass over every job. None: count them.
+    counts: Mapping[str, int] | None = None
 
 
 def advance(
@@ -161,11 +173,17 @@ def advance(
 ) -> Step:
     """One complete scan's worth of events. `previous` is None on a source's first scan."""
     now = snapshot.taken_at
+    stuck_rules = [r for r in rules if r.for_ is not None]
     offline_gap = None
     if expected_interval is not None and tracking.last_scan_at is not None:
         gap = now - tracking.last_scan_at
         if gap > expected_interval * 3:
             offline_gap = gap
+    current = snapshot.jobs
+    overlaid = previous is not None and isinstance(current, Overlay) and current.over(previous)
+    index = tracking.index
+    fast = overlaid and index is not None and index.serves(previous, tracking, stuck_rules)
+    retained = False
     if previous is None:
         events = list(first_run_events(snapshot, first_run))
         jobs: dict[str, Job] = dict(snapshot.jobs)
@@ -179,13 +197,42 @@ def advance(
             offline_gap=offline_gap,
         )
         events = list(result.events)
-        jobs = {**result.retained, **snapshot.jobs}
+        if overlaid and not result.retained:
+            # An overlay is already a fresh dict of every job: keep it rather than copy 1M.
+            assert isinstance(current, Overlay)
+            jobs = current
+        else:
+            jobs = {**result.retained, **snapshot.jobs}
+            retained = bool(result.retained)
         missing = result.missing
 
-    entered = _entered(previous or {}, tracking.entered, snapshot)
-    events, failures = _recoveries(events, tracking.failures, snapshot.jobs)
-    stuck_events, stuck = _stuck(snapshot, rules, tracking.stuck, entered, now)
-    batch_events, batches = _batches(previous, snapshot, tracking, batch_quiet)
+    failures: Mapping[str, FailureMemory]
+    if fast:
+        assert index is not None and previous is not None and isinstance(current, Overlay)
+        index.jobs = None  # mutated below: useless to anyone else if this step fails midway
+        touched = current.touched
+        _recount(index.counts, previous, current, touched)
+        entered = _entered_changed(previous, tracking.entered, snapshot, touched)
+        if events:
+            events, failures = _recoveries(events, tracking.failures, snapshot.jobs)
+        else:
+            failures = tracking.failures  # nothing left the overlay, so nothing to forget
+        stuck_events, stuck = _stuck_due(
+            snapshot, stuck_rules, tracking.stuck, entered, touched, index
+        )
+        batch_events, batches = _batches_changed(
+            previous, snapshot, tracking, batch_quiet, touched, index
+        )
+        index.adopt(jobs, entered, stuck, batches)
+    else:
+        entered = _entered(previous or {}, tracking.entered, snapshot)
+        events, failures = _recoveries(events, tracking.failures, snapshot.jobs)
+        stuck_events, stuck = _stuck(snapshot, rules, tracking.stuck, entered, now)
+        batch_events, batches = _batches(previous, snapshot, tracking, batch_quiet)
+        # Retained jobs are outside this step's bookkeeping: the next step is a full one.
+        index = None if retained else _Index.build(jobs, stuck_rules, entered, stuck, batches, now)
+    if isinstance(jobs, Overlay):
+        jobs.detach()
     if previous is not None or first_run is FirstRun.NOTIFY:
         events.extend(stuck_events)
     elif first_run is FirstRun.SUMMARY:
@@ -201,8 +248,173 @@ def advance(
         settled_batches=frozenset(),
         batches=batches,
         last_scan_at=now,
+        index=index,
     )
-    return Step(tuple(events), jobs, new_tracking)
+    changed = current.touched if overlaid and isinstance(current, Overlay) else None
+    counts = dict(index.counts) if index is not None else None
+    return Step(tuple(events), jobs, new_tracking, changed, counts)
+
+
+def _recount(
+    counts: dict[str, int],
+    previous: Mapping[str, Job],
+    current: Mapping[str, Job],
+    touched: Iterable[str],
+) -> None:
+    """Jobs by state after an overlay: the touched jobs move from their old state."""
+    for job_id in touched:
+        old = previous.get(job_id)
+        if old is not None:
+            left = counts.get(old.state, 0) - 1
+            if left > 0:
+                counts[old.state] = left
+            else:
+                counts.pop(old.state, None)
+        state = current[job_id].state
+        counts[state] = counts.get(state, 0) + 1
+
+
+StuckKey = tuple[str, int]  # (job_id, index of the stuck rule)
+
+
+class _Index:
+    """What a full pass over the jobs would find, kept so that an incremental step touches
+    only the jobs it changed plus what is due: when each (job, stuck rule) pair next fires
+    (a heap, stale entries skipped lazily), each batch's members, and the batches waiting
+    out their quiet time. Valid only for the exact jobs and memory it was built with."""
+
+    __slots__ = (
+        "batches",
+        "counts",
+        "due",
+        "entered",
+        "heap",
+        "jobs",
+        "members",
+        "pending",
+        "rules",
+        "stuck",
+    )
+
+    def __init__(self, rules: tuple[tuple[object, ...], ...]) -> None:
+        self.rules = rules
+        self.jobs: Mapping[str, Job] | None = None
+        self.entered: Mapping[str, datetime] = {}
+        self.stuck: Mapping[str, StuckMemory] = {}
+        self.batches: Mapping[str, BatchMemory] = {}
+        self.due: dict[StuckKey, datetime] = {}
+        self.heap: list[tuple[datetime, str, int]] = []
+        self.members: dict[str, set[str]] = {}
+        # Batches all settled but not announced as they are: name -> when one last changed.
+        self.pending: dict[str, datetime] = {}
+        self.counts: dict[str, int] = {}
+
+    @staticmethod
+    def rules_key(stuck_rules: Sequence[RuleConfig]) -> tuple[tuple[object, ...], ...]:
+        return tuple((r.name, r.on, r.for_, r.repeat) for r in stuck_rules)
+
+    @classmethod
+    def build(
+        cls,
+        jobs: Mapping[str, Job],
+        stuck_rules: Sequence[RuleConfig],
+        entered: Mapping[str, datetime],
+        stuck: Mapping[str, StuckMemory],
+        batches: Mapping[str, BatchMemory],
+        now: datetime,
+    ) -> _Index | None:
+        if len({r.name for r in stuck_rules}) != len(stuck_rules):
+            return None  # memory keys would collide: only the full pass reproduces that
+        index = cls(cls.rules_key(stuck_rules))
+        open_batches: set[str] = set()
+        members = index.members
+        watched = _watched_states(stuck_rules) if stuck_rules else frozenset()
+        counts = index.counts
+        for job_id, job in jobs.items():
+            counts[job.state] = counts.get(job.state, 0) + 1
+            if job.batch_name:
+                members.setdefault(job.batch_name, set()).add(job_id)
+                if job.state not in SETTLED_STATES:
+                    open_batches.add(job.batch_name)
+            if watched is not None and job.state not in watched:
+                continue
+            for i, rule in enumerate(stuck_rules):
+                when = _due(job_id, job, rule, entered, stuck, now)
+                if when is not None:
+                    index.due[(job_id, i)] = when
+        index.heap = [(when, job_id, i) for (job_id, i), when in index.due.items()]
+        heapq.heapify(index.heap)
+        for name in members:
+            mem = batches[name]
+            if name not in open_batches and mem.announced != mem.signature:
+                index.pending[name] = mem.changed_at
+        index.adopt(jobs, entered, stuck, batches)
+        return index
+
+    def serves(
+        self,
+        previous: Mapping[str, Job] | None,
+        tracking: Tracking,
+        stuck_rules: Sequence[RuleConfig],
+    ) -> bool:
+        return (
+            self.jobs is not None
+            and self.jobs is previous
+            and self.entered is tracking.entered
+            and self.stuck is tracking.stuck
+            and self.batches is tracking.batches
+            and not tracking.settled_batches
+            and self.rules == self.rules_key(stuck_rules)
+        )
+
+    def adopt(
+        self,
+        jobs: Mapping[str, Job],
+        entered: Mapping[str, datetime],
+        stuck: Mapping[str, StuckMemory],
+        batches: Mapping[str, BatchMemory],
+    ) -> None:
+        self.jobs, self.entered, self.stuck, self.batches = jobs, entered, stuck, batches
+
+    def push(self, key: StuckKey, when: datetime) -> None:
+        self.due[key] = when
+        heapq.heappush(self.heap, (when, key[0], key[1]))
+
+    def pop_due(self, now: datetime) -> set[str]:
+        """Jobs with a pair due at `now` (their pairs are dropped: the caller re-adds them)."""
+        out: set[str] = set()
+        heap, due = self.heap, self.due
+        while heap and heap[0][0] <= now:
+            when, job_id, i = heapq.heappop(heap)
+            if due.get((job_id, i)) == when:
+                out.add(job_id)
+        if len(heap) > 2 * len(due) + 1024:  # mostly stale entries: start afresh
+            self.heap = [(when, job_id, i) for (job_id, i), when in due.items()]
+            heapq.heapify(self.heap)
+        return out
+
+
+def _due(
+    job_id: str,
+    job: Job,
+    rule: RuleConfig,
+    entered: Mapping[str, datetime],
+    memory: Mapping[str, StuckMemory],
+    now: datetime,
+) -> datetime | None:
+    """When `_stuck` would next fire `rule` for `job` if nothing changes (None: never)."""
+    if rule.for_ is None or ("*" not in rule.on and job.state not in rule.on):
+        return None
+    since = job.lastupdate_time or entered.get(job_id, now)
+    mem = memory.get(f"{job_id}|{rule.name}")
+    try:
+        if mem is None or mem.stay != f"{job.state}|{since.isoformat()}":
+            return since + rule.for_
+        if rule.repeat is not None:
+            return mem.last_fired_at + rule.repeat
+    except OverflowError:
+        pass  # beyond the calendar: never
+    return None
 
 
 def _entered(
@@ -221,6 +433,29 @@ def _entered(
         else:
             out[job_id] = snapshot.taken_at
     return out
+
+
+def _entered_changed(
+    previous: Mapping[str, Job],
+    entered: Mapping[str, datetime],
+    snapshot: Snapshot,
+    touched: Iterable[str],
+) -> Mapping[str, datetime]:
+    """`_entered` for an overlay: only touched jobs can differ (copied only if one does)."""
+    out: dict[str, datetime] | None = None
+    for job_id in touched:
+        job = snapshot.jobs[job_id]
+        if job.lastupdate_time is not None:
+            if job_id in entered:
+                out = dict(entered) if out is None else out
+                out.pop(job_id, None)
+            continue
+        old = previous.get(job_id)
+        if old is not None and old.state == job.state and job_id in entered:
+            continue
+        out = dict(entered) if out is None else out
+        out[job_id] = snapshot.taken_at
+    return entered if out is None else out
 
 
 def _recoveries(
@@ -287,45 +522,103 @@ def _stuck(
     kept: dict[str, StuckMemory] = {}
     if not stuck_rules:
         return out, kept
-    for job_id in sorted(snapshot.jobs):
+    watched = _watched_states(stuck_rules)
+    # Only jobs in a watched state can fire or keep memory: sort those, not every id.
+    ids = [j for j, job in snapshot.jobs.items() if watched is None or job.state in watched]
+    for job_id in sorted(ids):
         job = snapshot.jobs[job_id]
         since = job.lastupdate_time or entered.get(job_id, now)
-        stay = f"{job.state}|{since.isoformat()}"
-        for rule in stuck_rules:
-            if "*" not in rule.on and job.state not in rule.on:
-                continue
-            assert rule.for_ is not None
-            key = f"{job_id}|{rule.name}"
-            mem = memory.get(key)
-            if mem is not None and mem.stay != stay:
-                mem = None  # a new stay: start over
-            stayed = now - since
-            due = False
-            if mem is None:
-                due = stayed >= rule.for_
-            elif rule.repeat is not None:
-                due = now - mem.last_fired_at >= rule.repeat
-            if due:
-                fired = 0 if mem is None else mem.fired
-                still = "still " if fired else ""
-                out.append(
-                    Event(
-                        EventKind.STUCK,
-                        snapshot.source,
-                        now,
-                        f"job {job_id} is {still}{job.state} after {format_duration(stayed)}"
-                        f" (rule {rule.name}: for {format_duration(rule.for_)})",
-                        job=job,
-                        previous_state=job.state,
-                        subject=rule.name,
-                        sequence=fired,
-                        details={"stayed_seconds": int(stayed.total_seconds())},
-                    )
-                )
-                kept[key] = StuckMemory(stay, fired + 1, now)
-            elif mem is not None:
-                kept[key] = mem
+        _stuck_job(snapshot.source, job, since, stuck_rules, memory, now, out, kept)
     return out, kept
+
+
+def _watched_states(stuck_rules: Sequence[RuleConfig]) -> frozenset[str] | None:
+    """The states some stuck rule watches (None: every state, a rule says `*`)."""
+    if any("*" in r.on for r in stuck_rules):
+        return None
+    return frozenset(s for r in stuck_rules for s in r.on)
+
+
+def _stuck_due(
+    snapshot: Snapshot,
+    stuck_rules: Sequence[RuleConfig],
+    memory: Mapping[str, StuckMemory],
+    entered: Mapping[str, datetime],
+    touched: Iterable[str],
+    index: _Index,
+) -> tuple[list[Event], Mapping[str, StuckMemory]]:
+    """`_stuck` for an overlay: only touched jobs and those with a pair due can fire or
+    change memory; every other job's memory stays as the last full pass left it."""
+    out: list[Event] = []
+    if not stuck_rules:
+        return out, memory
+    now = snapshot.taken_at
+    check = index.pop_due(now)
+    check.update(touched)
+    if not check:
+        return out, memory
+    kept = dict(memory)
+    for job_id in sorted(check):
+        job = snapshot.jobs[job_id]
+        for i, rule in enumerate(stuck_rules):
+            kept.pop(f"{job_id}|{rule.name}", None)
+            index.due.pop((job_id, i), None)
+        since = job.lastupdate_time or entered.get(job_id, now)
+        _stuck_job(snapshot.source, job, since, stuck_rules, memory, now, out, kept)
+        for i, rule in enumerate(stuck_rules):
+            when = _due(job_id, job, rule, entered, kept, now)
+            if when is not None:
+                index.push((job_id, i), when)
+    return out, kept
+
+
+def _stuck_job(
+    source: str,
+    job: Job,
+    since: datetime,
+    stuck_rules: Sequence[RuleConfig],
+    memory: Mapping[str, StuckMemory],
+    now: datetime,
+    out: list[Event],
+    kept: dict[str, StuckMemory],
+) -> None:
+    """One job's stuck rules: events appended to `out`, memory to keep put in `kept`."""
+    job_id = job.job_id
+    stay = f"{job.state}|{since.isoformat()}"
+    for rule in stuck_rules:
+        if "*" not in rule.on and job.state not in rule.on:
+            continue
+        assert rule.for_ is not None
+        key = f"{job_id}|{rule.name}"
+        mem = memory.get(key)
+        if mem is not None and mem.stay != stay:
+            mem = None  # a new stay: start over
+        stayed = now - since
+        due = False
+        if mem is None:
+            due = stayed >= rule.for_
+        elif rule.repeat is not None:
+            due = now - mem.last_fired_at >= rule.repeat
+        if due:
+            fired = 0 if mem is None else mem.fired
+            still = "still " if fired else ""
+            out.append(
+                Event(
+                    EventKind.STUCK,
+                    source,
+                    now,
+                    f"job {job_id} is {still}{job.state} after {format_duration(stayed)}"
+                    f" (rule {rule.name}: for {format_duration(rule.for_)})",
+                    job=job,
+                    previous_state=job.state,
+                    subject=rule.name,
+                    sequence=fired,
+                    details={"stayed_seconds": int(stayed.total_seconds())},
+                )
+            )
+            kept[key] = StuckMemory(stay, fired + 1, now)
+        elif mem is not None:
+            kept[key] = mem
 
 
 MAX_CHANGED_JOBS = 20
@@ -339,7 +632,6 @@ def _batches(
 ) -> tuple[list[Event], dict[str, BatchMemory]]:
     """A batch settles once: every job terminal and none changed or appeared for `quiet`.
     A settled batch that changes again gives one `batch_updated` saying what changed."""
-    now = snapshot.taken_at
     by_batch: dict[str, list[Job]] = {}
     for job in snapshot.jobs.values():
         if job.batch_name:
@@ -348,32 +640,97 @@ def _batches(
     kept: dict[str, BatchMemory] = {}
     for name in sorted(by_batch):
         jobs = sorted(by_batch[name], key=lambda j: j.job_id)
-        signature = _batch_signature(jobs)
-        terminal = all(j.state in SETTLED_STATES for j in jobs)
-        mem = tracking.batches.get(name)
-        if mem is None:
-            # Unknown so far: at the first scan (or from the old memory, which only kept
-            # names) a batch already settled is history, not news.
-            history = previous is None or name in tracking.settled_batches
-            announced = signature if (terminal and history) else None
-            counts = _state_counts(jobs) if announced else {}
-            kept[name] = BatchMemory(signature, now, now, announced, counts)
-            continue
-        if mem.signature != signature:
-            changed = mem.changed_jobs
-            if mem.announced is not None:
-                changed = _changed_jobs(previous or {}, jobs, changed)
-            mem = replace(mem, signature=signature, changed_at=now, changed_jobs=changed)
-        if terminal and mem.announced != signature and now - mem.changed_at >= quiet:
-            if mem.announced is None:
-                out.append(batch_event(snapshot.source, name, jobs, now, since=mem.first_seen))
-            else:
-                out.append(batch_update_event(snapshot.source, name, jobs, mem, now))
-            mem = replace(
-                mem, announced=signature, announced_counts=_state_counts(jobs), changed_jobs=()
-            )
-        kept[name] = mem
+        event, kept[name], _ = _batch_step(name, jobs, previous, snapshot, tracking, quiet)
+        if event is not None:
+            out.append(event)
     return out, kept
+
+
+def _batches_changed(
+    previous: Mapping[str, Job],
+    snapshot: Snapshot,
+    tracking: Tracking,
+    quiet: timedelta,
+    touched: Iterable[str],
+    index: _Index,
+) -> tuple[list[Event], Mapping[str, BatchMemory]]:
+    """`_batches` for an overlay: only batches with a touched job, and settled-looking ones
+    whose `quiet` is over, can announce or change memory."""
+    members, pending = index.members, index.pending
+    now = snapshot.taken_at
+    # An untouched batch can only announce once its quiet time is over.
+    names = {name for name, at in pending.items() if now - at >= quiet}
+    for job_id in touched:
+        job = snapshot.jobs[job_id]
+        old = previous.get(job_id)
+        before = old.batch_name if old is not None else None
+        if before != job.batch_name:
+            if before:
+                members.get(before, set()).discard(job_id)
+            if job.batch_name:
+                members.setdefault(job.batch_name, set()).add(job_id)
+        if before:
+            names.add(before)
+        if job.batch_name:
+            names.add(job.batch_name)
+    out: list[Event] = []
+    if not names:
+        return out, tracking.batches
+    kept = dict(tracking.batches)
+    for name in sorted(names):
+        ids = members.get(name)
+        if not ids:  # its last job moved to another batch: forgotten, as a full pass would
+            members.pop(name, None)
+            kept.pop(name, None)
+            pending.pop(name, None)
+            continue
+        jobs = sorted((snapshot.jobs[j] for j in ids), key=lambda j: j.job_id)
+        event, mem, terminal = _batch_step(name, jobs, previous, snapshot, tracking, quiet)
+        kept[name] = mem
+        if event is not None:
+            out.append(event)
+        if terminal and mem.announced != mem.signature:
+            pending[name] = mem.changed_at
+        else:
+            pending.pop(name, None)
+    return out, kept
+
+
+def _batch_step(
+    name: str,
+    jobs: Sequence[Job],
+    previous: Mapping[str, Job] | None,
+    snapshot: Snapshot,
+    tracking: Tracking,
+    quiet: timedelta,
+) -> tuple[Event | None, BatchMemory, bool]:
+    """One batch (its jobs by id): the event it gives, its memory, whether all are settled."""
+    now = snapshot.taken_at
+    signature = _batch_signature(jobs)
+    terminal = all(j.state in SETTLED_STATES for j in jobs)
+    mem = tracking.batches.get(name)
+    if mem is None:
+        # Unknown so far: at the first scan (or from the old memory, which only kept
+        # names) a batch already settled is history, not news.
+        history = previous is None or name in tracking.settled_batches
+        announced = signature if (terminal and history) else None
+        counts = _state_counts(jobs) if announced else {}
+        return None, BatchMemory(signature, now, now, announced, counts), terminal
+    if mem.signature != signature:
+        changed = mem.changed_jobs
+        if mem.announced is not None:
+            changed = _changed_jobs(previous or {}, jobs, changed)
+        mem = replace(mem, signature=signature, changed_at=now, changed_jobs=changed)
+    event = None
+    if terminal and mem.announced != signature and now - mem.changed_at >= quiet:
+        if mem.announced is None:
+            event = batch_event(snapshot.source, name, jobs, now, since=mem.first_seen)
+        else:
+            event = batch_update_event(snapshot.source, name, jobs, mem, now)
+        mem = replace(
+            mem, announced=signature, announced_counts=_state_counts(jobs), changed_jobs=()
+        )
+    return event, mem, terminal
 
 
 def _batch_signature(jobs: Sequence[Job]) -> str:
