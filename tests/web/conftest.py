@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from watcher.config import load_config_text
+from watcher.engine.why import failure_key
 from watcher.http import Readiness, bound_port, start_http
 from watcher.metrics import Metrics
 from watcher.model import (
@@ -150,6 +151,27 @@ def populate(path: str) -> Populated:
             now=NOW - timedelta(minutes=5),
             previous=jobs,
         )
+        # What the review-result API said about f00d's failure, as the alert explained it
+        # (with a signed link and a phone number that must never reach a page).
+        store.save_failure_detail(
+            "prod",
+            failure_key(failed),
+            {
+                "source": "audit-result",
+                "errors": [
+                    {"audio_name": "003.wav", "error_code": "E07", "error_message": "背景噪音过大"},
+                    {
+                        "audio_name": "007.wav",
+                        "error_code": "E02",
+                        "error_message": "文本与语音不符",
+                    },
+                    {"audio_name": "011.wav", "error_code": "E07", "error_message": "背景噪音过大"},
+                ],
+                "reviewer_message": f"re-record in a quiet room; sample {SIGNED} or call {PHONE}",
+            },
+            NOW - timedelta(hours=2),
+        )
+        store.save_cursor("prod", {}, "changed_since")
         items = {i.alert.alert_id: i for i in store.list_outbox(["pending"])}  # type: ignore[list-item]
         store.mark_sent_many([items[a_sent.alert_id].id], NOW - timedelta(hours=2))
         store.mark_dead(

@@ -59,7 +59,8 @@ async def test_overview_shows_sources_batches_stuck_jobs_outbox_and_silences(
     assert status == 200
     assert headers["Content-Type"].startswith("text/html")
     assert "prod" in html and "lab" in html
-    assert "every 30s, incremental (full scan every 1h)" in html
+    # The strategy polling found out at run time and keeps in the store.
+    assert "every 30s, changed_since (full scan every 1h)" in html
     assert "every 60s, full scan every poll" in html  # lab: full_scan_every 0
     assert "10s ago" in html  # last successful poll of prod
     assert "<title>SUCCEED: 3</title>" in html  # jobs by state as a bar
@@ -84,6 +85,9 @@ async def test_batch_page_lists_every_job_failed_first_with_why(serve: ServerFac
     assert ids == ["f00d", "a3", "a1", "a2"]
     assert "<code>MSS.0012</code> audio too noisy" in html
     assert "2 succeeded · 1 failed · 1 in progress · 4 jobs" in html
+    # The first recordings the review rejected, and where the rest are.
+    assert "003.wav: E07 背景噪音过大" in html and "007.wav: E02 文本与语音不符" in html
+    assert "+2 more on the job page" in html
 
 
 async def test_job_page_shows_timeline_failure_and_where_alerts_went(serve: ServerFactory) -> None:
@@ -94,6 +98,11 @@ async def test_job_page_shows_timeline_failure_and_where_alerts_went(serve: Serv
     assert timeline.index("CREATING</span> → ") < timeline.index("AUDITING</span> → ")
     assert "2026-12-01 09:01:00" in timeline and "2026-12-01 10:00:00" in timeline
     assert "Why it failed" in html and "MSS.0012" in html
+    why = html.split("Why it failed")[1].split("Timeline")[0]
+    assert "from audit-result" in why
+    for line in ("003.wav: E07 背景噪音过大", "007.wav: E02 文本与语音不符", "011.wav: E07"):
+        assert line in why
+    assert "reviewer: re-record in a quiet room" in why
     assert '<b>ops</b> <span class="muted">rule all</span> — sent at 2026-12-01 10:00:00' in html
     assert "<b>lead</b>" in html and "dead" in html
 

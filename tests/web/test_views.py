@@ -124,7 +124,28 @@ def test_batch_progress_segments_add_up() -> None:
 
 
 def test_why_failed_is_empty_until_the_enrichment_exists() -> None:
-    assert views.why_failed(job("f", "FAILED")) is None
+    assert views.why_failed(job("f", "FAILED"), None) is None
+
+
+def test_why_failed_says_what_the_detail_api_said_in_the_alerts_words() -> None:
+    why = {
+        "source": "audit-result",
+        "errors": [{"audio_name": "003.wav", "error_code": "E1", "error_message": "背景噪音过大"}],
+        "reviewer_message": "请重新录制",
+    }
+    detail = views.why_failed(job("f", "AUDIT_FAILED"), why)
+    assert detail is not None
+    assert detail.summary == "from audit-result"
+    assert detail.items == ("003.wav: E1 背景噪音过大", "reviewer: 请重新录制")
+    # A job that is no longer failed shows no stale explanation.
+    assert views.why_failed(job("f", "SUCCEED"), why) is None
+
+
+def test_unavailable_detail_is_said_not_hidden() -> None:
+    why = {"source": "op-logs", "available": False, "problem": "timed out after 10s"}
+    detail = views.why_failed(job("f", "FAILED"), why)
+    assert detail is not None
+    assert detail.items == ("detail unavailable (op-logs): timed out after 10s",)
 
 
 def test_scrub_masks_secrets_urls_and_phones_but_not_identifiers() -> None:

@@ -7,6 +7,7 @@ watcher.metastudio.details for the calls); `why_lines` says it in short lines.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from watcher.engine.shorten import MAX_TEXT, shorten
@@ -34,8 +35,15 @@ def detail_resource(event: Event) -> str | None:
 
 def failure_key(job: Job) -> str:
     """One failure of one job: a later rejection of the same job is a new failure."""
-    stamp = job.lastupdate_time.isoformat() if job.lastupdate_time else ""
-    return f"{job.job_id}|{job.state}|{job.reject_times}|{stamp}"
+    return failure_key_of(job.job_id, job.state, job.reject_times, job.lastupdate_time)
+
+
+def failure_key_of(
+    job_id: str, state: str, reject_times: int | None, lastupdate_time: datetime | None
+) -> str:
+    """`failure_key` from a job's stored columns (the status page reads rows, not Jobs)."""
+    stamp = lastupdate_time.isoformat() if lastupdate_time else ""
+    return f"{job_id}|{state}|{reject_times}|{stamp}"
 
 
 def _text(value: Any) -> str | None:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
+from watcher.engine.why import failure_key_of
 from watcher.errors import StoreError
 from watcher.model import FAILURE_STATES, SETTLED_STATES, SUCCEED
 
@@ -57,6 +58,11 @@ class SourceRow:
     last_error: str | None
     consecutive_failures: int
     by_state: dict[str, int]
+    # From poll_cursors: the strategy the next cycle uses, and a scan in flight, if any.
+    strategy: str | None = None
+    scan_pages_done: int | None = None
+    scan_pages_total: int | None = None
+    scan_baseline: bool = False
 
     @property
     def jobs(self) -> int:
@@ -213,6 +219,13 @@ class ReadModel:
             "GROUP BY source, state"
         ):
             counts.setdefault(source, {})[state] = count
+        polling = {
+            r[0]: r[1:]
+            for r in self._all(
+                "SELECT source, strategy, scan_pages_done, scan_pages_total, scan_baseline "
+                "FROM poll_cursors"
+            )
+        }
         return [
             SourceRow(
                 name=r[0],
@@ -223,9 +236,29 @@ class ReadModel:
                 last_error=r[5],
                 consecutive_failures=r[6],
                 by_state=dict(sorted(counts.get(r[0], {}).items())),
+                strategy=polling.get(r[0], (None,))[0],
+                scan_pages_done=polling.get(r[0], (None, None))[1],
+                scan_pages_total=polling.get(r[0], (None, None, None))[2],
+                scan_baseline=bool(polling.get(r[0], (None, None, None, 0))[3]),
             )
             for r in rows
         ]
+
+    def whys(self, jobs: Sequence[JobRow]) -> dict[str, dict[str, Any]]:
+        """What the detail APIs said about each failed job's current failure (job id ->
+        `why`), from the cache the alerts were explained with: one primary-key read each."""
+        out: dict[str, dict[str, Any]] = {}
+        for job in jobs:
+            if job.state not in FAILURE_STATES:
+                continue
+            key = failure_key_of(job.job_id, job.state, job.reject_times, job.lastupdate_time)
+            row = self._one(
+                "SELECT why FROM failure_details WHERE source = ? AND failure = ?",
+                (job.source, key),
+            )
+            if row is not None:
+                out[job.job_id] = dict(json.loads(row[0]))
+        return out
 
     def job(self, source: str, job_id: str) -> JobRow | None:
         row = self._one(

@@ -277,7 +277,7 @@ def _batch_data(page: StatusPage, source: str, name: str) -> dict[str, Any] | No
     if batch is None:
         return None
     jobs = page.model.batch_jobs(source, name)
-    view = views.batch_view(batch, jobs, page.clock())
+    view = views.batch_view(batch, jobs, page.clock(), page.model.whys(jobs))
     view["truncated"] = len(jobs) < batch.total
     return dict(page.scrub(view))
 
@@ -288,7 +288,9 @@ def _job_data(page: StatusPage, source: str, job_id: str) -> dict[str, Any] | No
     if job is None and not timeline:
         return None
     alerts = page.model.job_alerts(source, job_id)
-    return dict(page.scrub(views.job_view(job, source, job_id, timeline, alerts, page.clock())))
+    why = page.model.whys([job]).get(job_id) if job is not None else None
+    view = views.job_view(job, source, job_id, timeline, alerts, page.clock(), why)
+    return dict(page.scrub(view))
 
 
 def _events_data(page: StatusPage, wanted: EventFilter) -> dict[str, Any]:

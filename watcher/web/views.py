@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from watcher.engine.why import why_lines
 from watcher.model import FAILURE_STATES, SETTLED_STATES, SUCCEED
 from watcher.web.readmodel import (
     AlertRow,
@@ -70,9 +71,13 @@ class WhyDetail:
     items: tuple[str, ...] = ()
 
 
-def why_failed(job: JobRow) -> WhyDetail | None:
-    """The enrichment shown under "why it failed". None today: filled by the `why` cache."""
-    return None
+def why_failed(job: JobRow, why: Mapping[str, Any] | None) -> WhyDetail | None:
+    """What the detail APIs said about the job's failure (the `why` its alert carried, read
+    from the store's cache), in the alert's own words; None when nothing was asked."""
+    if why is None or job.state not in FAILURE_STATES:
+        return None
+    source = why.get("source") or "the detail API"
+    return WhyDetail(f"from {source}", tuple(why_lines(why)))
 
 
 # --- scrubbing -----------------------------------------------------------------------------
@@ -164,13 +169,22 @@ def _tile(counts: Sequence[int]) -> list[tuple[int, int]]:
 # --- sources -------------------------------------------------------------------------------
 
 
-def _strategy(info: SourceInfo | None) -> str | None:
+def _strategy(info: SourceInfo | None, row: SourceRow | None = None) -> str | None:
+    """The strategy polling uses (as found out at run time and kept in the store), with the
+    full-scan period, and a scan in flight: `changed_since (full scan every 1h)`."""
     if info is None:
-        return None
+        return row.strategy if row is not None else None
     if info.full_scan_every <= timedelta(0):
-        return "full scan every poll"
-    every = format_age(info.full_scan_every.total_seconds())
-    return f"incremental (full scan every {every})"
+        text = "full scan every poll"
+    else:
+        every = format_age(info.full_scan_every.total_seconds())
+        used = row.strategy if row is not None and row.strategy else "incremental"
+        text = f"{used} (full scan every {every})"
+    if row is not None and row.scan_pages_done is not None:
+        what = "baseline" if row.scan_baseline else "full scan"
+        of = f" of {row.scan_pages_total}" if row.scan_pages_total is not None else ""
+        text += f"; {what} in progress: {row.scan_pages_done}{of} pages"
+    return text
 
 
 def _health(row: SourceRow | None, info: SourceInfo | None, now: datetime) -> tuple[str, str]:
@@ -220,7 +234,7 @@ def source_views(
                 "last_ok_ago": _age(row.last_ok_at if row else None, now),
                 "last_error": row.last_error if row and row.consecutive_failures else None,
                 "poll_interval_s": int(info.poll_interval.total_seconds()) if info else None,
-                "strategy": _strategy(info),
+                "strategy": _strategy(info, row),
                 "jobs": sum(counts.values()),
                 "by_state": dict(counts),
                 "bar": _bar(counts),
@@ -369,7 +383,12 @@ def batches_view(batches: Sequence[BatchRow], now: datetime) -> dict[str, Any]:
     return {"now": _iso(now), "batches": [batch_summary(b, now) for b in batches]}
 
 
-def batch_view(batch: BatchRow, jobs: Sequence[JobRow], now: datetime) -> dict[str, Any]:
+def batch_view(
+    batch: BatchRow,
+    jobs: Sequence[JobRow],
+    now: datetime,
+    whys: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
     """A batch and every job in it: failed first, then unsettled (longest waiting), then done."""
 
     def order(job: JobRow) -> tuple[int, str, str]:
@@ -380,8 +399,8 @@ def batch_view(batch: BatchRow, jobs: Sequence[JobRow], now: datetime) -> dict[s
     views = []
     for job in sorted(jobs, key=order):
         view = job_summary(job, now)
-        why = why_failed(job)
-        view["why"] = None if why is None else {"summary": why.summary, "items": list(why.items)}
+        why = why_failed(job, (whys or {}).get(job.job_id))
+        view["why"] = None if why is None else {"summary": why.summary, "lines": list(why.items)}
         views.append(view)
     return {"now": _iso(now), "batch": batch_summary(batch, now), "jobs": views}
 
@@ -393,6 +412,7 @@ def job_view(
     timeline: Sequence[EventRow],
     alerts: Sequence[AlertRow],
     now: datetime,
+    why: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One job: its fields, every event seen (oldest first), and each event's alerts."""
     by_event: dict[int, list[dict[str, Any]]] = {}
@@ -403,14 +423,14 @@ def job_view(
         entry = event_view(event, now)
         entry["alerts"] = by_event.get(event.id, [])
         entries.append(entry)
-    why = why_failed(job) if job is not None else None
+    detail = why_failed(job, why) if job is not None else None
     return {
         "now": _iso(now),
         "source": source,
         "job_id": job_id,
         "job": job_summary(job, now) if job is not None else None,
         "failed": job is not None and (job.state in FAILURE_STATES or bool(job.job_failed_code)),
-        "why": None if why is None else {"summary": why.summary, "items": list(why.items)},
+        "why": None if detail is None else {"summary": detail.summary, "lines": list(detail.items)},
         "timeline": entries,
     }
 
