@@ -44,7 +44,7 @@ sources:
     poll_interval: 60s
     request_timeout: 30s
     full_scan_every: {full_scan_every}
-    max_requests_per_second: 100000
+    max_requests_per_second: 1000
     page_concurrency: 4
 channels:
   hook: ["json://{hook}/_bench/hook?method=POST"]
