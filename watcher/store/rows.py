@@ -53,6 +53,7 @@ def job_to_row(job: Job) -> tuple[Any, ...]:
         job.job_failed_reason,
         job.asset_id,
         extra,
+        job.digest,
     )
 
 
@@ -70,6 +71,7 @@ def row_to_job(row: Sequence[Any]) -> Job:
         job_failed_reason=row[9],
         asset_id=row[10],
         extra=_decode_extra(row[11]),
+        digest=row[12] if len(row) > 12 else None,
     )
 
 
