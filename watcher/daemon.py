@@ -273,8 +273,11 @@ class Watcher:
         if writes is not None and isinstance(previous, StoredJobs):
             previous.apply(writes[0], writes[1], committed)
             state.jobs = previous
+        elif isinstance(committed, dict):
+            # A baseline or a full pass: what was committed, compact, without reading back.
+            state.jobs = self.store.load_stored(name, committed)
         else:
-            state.jobs = None
+            state.jobs = None  # read back compact on the next cycle
         state.cursor = decision.cursor
         self.store.save_cursor(
             name, state.cursor.to_json(cursor_scope(state.config)), decision.strategy

@@ -189,11 +189,14 @@ class Store:
             return None
         return self._snapshots.load(source)
 
-    def load_stored(self, source: str) -> StoredJobs | None:
-        """`load_jobs` as compact rows, each job read on first access (see StoredJobs)."""
+    def load_stored(
+        self, source: str, committed: Mapping[str, Job] | None = None
+    ) -> StoredJobs | None:
+        """`load_jobs` as compact rows, each job read on first access (see StoredJobs).
+        `committed`: exactly what the caller just committed, made compact without a read."""
         if not self.has_baseline(source):
             return None
-        return self._snapshots.load_stored(source)
+        return self._snapshots.load_stored(source, committed)
 
     def load_tracking(self, source: str) -> dict[str, Any] | None:
         """The engine's memory for `source` as last committed (None if never stored)."""
