@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
+from structlog.testing import capture_logs
 
 from tests.receivers import SmtpReceiver, WebhookReceiver, json_url, mailto_url
 from watcher.config import load_config_text
@@ -394,3 +395,39 @@ async def test_a_running_watcher_prunes_history_past_retention(world: World) -> 
     stop.set()
     await running
     assert kept()[:1] == ["lately"]  # 30 days by default; newer events stay
+
+
+async def test_a_full_scan_parses_and_writes_only_what_changed_even_after_a_restart(
+    world: World,
+) -> None:
+    jobs = [world.sim.add_job(state="AUDITING") for _ in range(30)]
+    source = replace(world.config.sources[0], full_scan_every=timedelta(0))  # always full
+    world.config = replace(world.config, sources=(source,))
+
+    def written(logs: list[dict[str, object]]) -> list[object]:
+        return [e["jobs_written"] for e in logs if e["event"] == "cycle_committed"]
+
+    watcher = world.watcher()
+    await watcher.once()  # the baseline writes every job, each with its digest
+    world.sim.set_state(jobs[0]["job_id"], "AUDIT_FAILED")
+    world.sim.set_state(jobs[1]["job_id"], "SUCCEED")
+    with capture_logs() as logs:
+        (outcome,) = await watcher.once()
+    assert outcome.ok and outcome.mode == "full" and outcome.jobs == 30
+    assert written(logs) == [2]
+    await world.hook.wait_for(2)
+
+    world.close()  # a fresh process reads the rows back compact and goes on from them
+    world.sim.set_state(jobs[2]["job_id"], "FAILED")
+    second = world.watcher()
+    with capture_logs() as logs:
+        await second.once()
+    assert written(logs) == [1]
+    await world.hook.wait_for(3)
+    with capture_logs() as logs:
+        await second.once()
+    assert written(logs) == [0]
+    assert sorted(t.split(":")[0] for t in titles(world)) == ["AUDIT_FAILED", "FAILED", "SUCCEED"]
+    stored = second.store.load_jobs("prod")
+    assert stored is not None and stored[jobs[2]["job_id"]].state == "FAILED"
+    assert all(job.digest is not None for job in stored.values())

@@ -40,6 +40,7 @@ from watcher.engine.why import detail_resource, failure_key, unavailable
 from watcher.errorcodes import with_explanation
 from watcher.errors import ApiError, AuthError, StoreError, WatcherError
 from watcher.http import Readiness, readiness, start_http
+from watcher.jobsets import Listed, Overlay, StoredJobs
 from watcher.metastudio.client import ListingRejected, MetaStudioClient, RetryPolicy, ScanProgress
 from watcher.metastudio.details import fetch_why
 from watcher.metastudio.incremental import IncrementalPoller, rfc3339
@@ -178,7 +179,11 @@ class Watcher:
             self._poll_failed(state, fetched, time.monotonic() - started)
             return PollOutcome(name, False, error=fetched)
         now = self.clock()
-        self._note_novelties(name, fetched.jobs.values())
+        # Only what was parsed: a job recognised by its digest was looked at when it changed.
+        listed = fetched.jobs
+        self._note_novelties(
+            name, listed.changed.values() if isinstance(listed, Listed) else listed.values()
+        )
         decision = decide(
             state.config,
             self.config,
@@ -244,6 +249,16 @@ class Watcher:
         memory; returns how many alerts were queued."""
         name = state.config.name
         now = decision.committed.taken_at
+        committed = decision.committed.jobs
+        # The stored jobs plus this cycle's changes: write just those, then lay them on the
+        # compact copy we hold. Anything else (a baseline, a full pass) is written by
+        # comparison and read back compact on the next cycle.
+        stacked = (
+            isinstance(previous, StoredJobs)
+            and isinstance(committed, Overlay)
+            and committed.over(previous)
+        )
+        writes = decision.writes if stacked else None
         inserted = self.store.commit_cycle(
             name,
             decision.committed,
@@ -252,9 +267,17 @@ class Watcher:
             now=now,
             tracking=decision.tracking.to_json(),
             previous=previous,
+            writes=writes,
         )
         self._trackings[name] = decision.tracking
-        state.jobs = decision.committed.jobs
+        if writes is not None and isinstance(previous, StoredJobs):
+            previous.apply(writes[0], writes[1], committed)
+            state.jobs = previous
+        elif isinstance(committed, dict):
+            # A baseline or a full pass: what was committed, compact, without reading back.
+            state.jobs = self.store.load_stored(name, committed)
+        else:
+            state.jobs = None  # read back compact on the next cycle
         state.cursor = decision.cursor
         self.store.save_cursor(
             name, state.cursor.to_json(cursor_scope(state.config)), decision.strategy
@@ -300,7 +323,10 @@ class Watcher:
                 reason=event.reason,
             )
         self.metrics.poll_finished(name, True, seconds, now)
-        self.metrics.jobs_by_state(name, count_by_state(decision.observed.jobs.values()))
+        counts = decision.counts
+        if counts is None:
+            counts = count_by_state(decision.observed.jobs.values())
+        self.metrics.jobs_by_state(name, counts)
         bound.info(
             "poll_finished",
             mode=fetched.mode,
@@ -320,7 +346,7 @@ class Watcher:
         """The last committed jobs: kept from the last cycle, read from the store after a
         (re)start. The store stays the truth; the copy only saves re-reading it."""
         if state.jobs is None:
-            state.jobs = self.store.load_jobs(state.config.name)
+            state.jobs = self.store.load_stored(state.config.name)
         return state.jobs
 
     async def _list(

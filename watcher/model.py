@@ -78,6 +78,10 @@ class Job:
     asset_id: str | None = None
     # Every other field the API sent, as it sent it (forward compatible), minus DROPPED_JOB_FIELDS.
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # A stable 64-bit digest of what the API sent (see metastudio.parse.job_digest), kept with
+    # the stored job so that a scan recognises an unchanged job without parsing it. Not part
+    # of the job's identity: None (a job built in code) only means "compare in full".
+    digest: int | None = field(default=None, compare=False, repr=False)
 
     def field_value(self, name: str) -> Any:
         """A job field by its API name, for rule `where:` matching and templates."""
@@ -94,7 +98,7 @@ class Job:
         return out
 
 
-_JOB_ATTRS = frozenset(Job.__dataclass_fields__) - {"extra"}
+_JOB_ATTRS = frozenset(Job.__dataclass_fields__) - {"extra", "digest"}
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from watcher.engine.diff import Overlay, count_by_state
 from watcher.engine.tracker import Step, Tracking, advance
+from watcher.jobsets import StoredJobs
 from watcher.model import EventKind, Job, RuleConfig, Snapshot
 
 T0 = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
@@ -114,7 +115,7 @@ def test_an_idle_incremental_cycle_keeps_the_overlay_and_touches_nothing() -> No
     later = T0 + timedelta(minutes=10)
     idle = advance(step.jobs, memory, Snapshot("prod", later, Overlay(step.jobs, {})), rules)
     assert idle.events == ()
-    assert isinstance(idle.jobs, Overlay) and idle.jobs.base is None  # kept, detached
+    assert isinstance(idle.jobs, Overlay) and idle.jobs.base is step.jobs  # a view, no copy
     # Nothing changed and nothing was due: the memory's mappings are the very same objects.
     assert idle.tracking.stuck is memory.stuck and idle.tracking.batches is memory.batches
     assert idle.tracking.index is memory.index
@@ -141,3 +142,86 @@ def test_stored_memory_without_an_index_still_loads_and_rebuilds_it() -> None:
     again = advance(previous, loaded, Snapshot("prod", later, Overlay(previous, {})), RULES[:1])
     assert [e.kind for e in again.events] == [EventKind.STUCK]
     assert again.tracking.index is not None
+
+
+RULES_WATCHING = [r for r in RULES if r.name != "any"]  # no `*`: the index can be rebuilt
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(job_change, min_size=1, max_size=8),
+    st.lists(st.tuples(cycle, st.booleans()), min_size=1, max_size=12),
+    st.sampled_from([RULES, RULES_WATCHING]),
+)
+def test_steps_on_stored_rows_give_exactly_what_a_full_recomputation_gives(
+    first: list[tuple[str, str, str | None, str, int]],
+    cycles: list[
+        tuple[tuple[int, list[tuple[str, str, str | None, str, int]], set[str] | None], bool]
+    ],
+    rules: list[RuleConfig],
+) -> None:
+    """The daemon's way: the stored jobs as compact rows (`StoredJobs`), every cycle, full
+    scans included, an overlay on them, the changes applied after each step, and restarts
+    (memory read back from JSON, so the index is rebuilt from the rows)."""
+    quiet = timedelta(minutes=30)
+    now = T0
+    baseline = Snapshot("prod", now, {c[0]: make(c, now) for c in first})
+    slow = advance(None, Tracking(), baseline, rules, batch_quiet=quiet)
+    stored = StoredJobs.of(slow.jobs)
+    tracking = Tracking.from_json(slow.tracking.to_json())
+    for (minutes, changes, listed), restart in cycles:
+        now += timedelta(minutes=minutes)
+        fetched = {c[0]: make(c, now) for c in changes}
+        if listed is None:
+            touched = {j: job for j, job in fetched.items() if stored.get(j) != job}
+            current = Overlay(stored, touched)
+            slow_jobs = {**slow.jobs, **touched}
+        else:
+            known = {**dict(stored.items()), **fetched}
+            slow_jobs = {j: known[j] for j in listed if j in known}
+            touched = {j: job for j, job in slow_jobs.items() if stored.get(j) != job}
+            current = Overlay(stored, touched, [j for j in stored if j not in slow_jobs])
+        fast = advance(stored, tracking, Snapshot("prod", now, current), rules, batch_quiet=quiet)
+        slow = advance(
+            dict(slow.jobs),
+            Tracking.from_json(slow.tracking.to_json()),
+            Snapshot("prod", now, slow_jobs),
+            rules,
+            batch_quiet=quiet,
+        )
+        assert fast.events == slow.events
+        assert dict(fast.jobs.items()) == dict(slow.jobs)
+        assert fast.tracking == slow.tracking
+        if fast.counts is not None:
+            assert fast.counts == count_by_state(slow.jobs.values())
+        # The shell: lay a view's changes on the rows, else read the rows back.
+        if isinstance(fast.jobs, Overlay) and fast.jobs.over(stored):
+            stored.apply(fast.jobs.touched, fast.jobs.absent, fast.jobs)
+        else:
+            stored = StoredJobs.of(dict(fast.jobs.items()))
+        assert dict(stored.items()) == dict(slow.jobs)
+        tracking = Tracking.from_json(fast.tracking.to_json()) if restart else fast.tracking
+
+
+def test_a_restart_rebuilds_the_index_from_the_rows_and_reads_only_watched_jobs() -> None:
+    jobs = {
+        f"s{i}": Job(f"s{i}", "SUCCEED", lastupdate_time=T0, batch_name="b1") for i in range(50)
+    }
+    jobs["a"] = Job("a", "AUDITING", lastupdate_time=T0, batch_name="b1")
+    step = advance(None, Tracking(), Snapshot("prod", T0, jobs), RULES_WATCHING)
+    reads: list[int] = []
+
+    def load(ids: object) -> dict[str, Job]:
+        assert ids is not None, "a fast step never reads the whole table"
+        wanted = list(ids)  # type: ignore[call-overload]
+        reads.append(len(wanted))
+        return {j: jobs[j] for j in wanted}
+
+    stored = StoredJobs({j: (None, job.state, job.batch_name) for j, job in jobs.items()}, load)
+    memory = Tracking.from_json(step.tracking.to_json())
+    assert memory.index is None
+    later = T0 + timedelta(minutes=61)
+    idle = advance(stored, memory, Snapshot("prod", later, Overlay(stored, {})), RULES_WATCHING)
+    assert [e.kind for e in idle.events] == [EventKind.STUCK]  # `a` is AUDITING for 1h+
+    assert sum(reads) == 1  # only the one job a stuck rule watches
+    assert idle.tracking.index is not None and idle.counts == {"SUCCEED": 50, "AUDITING": 1}

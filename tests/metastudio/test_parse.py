@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from watcher.errors import ApiError
-from watcher.metastudio.parse import parse_job, parse_jobs_page, parse_timestamp
+from watcher.metastudio.parse import job_digest, parse_job, parse_jobs_page, parse_timestamp
 
 RAW_JOB: dict[str, Any] = {
     "job_type": "BASIC",
@@ -176,3 +176,52 @@ def test_arbitrary_json_never_raises_anything_but_api_error(value: object) -> No
 def test_deeply_nested_json_is_an_api_error_not_a_recursion_error() -> None:
     with pytest.raises(ApiError):
         parse_jobs_page(b"[" * 100_000 + b"]" * 100_000, "application/json")
+
+
+# --- digests: recognising an unchanged job without parsing it --------------------------
+
+
+def test_the_digest_is_stable_and_leaves_out_personal_data_and_signed_links() -> None:
+    # Pinned: stored digests outlive the process; a different encoding would make every
+    # stored job read as changed once (harmless, but a full rewrite of the state file).
+    plain = {"job_id": "j1", "state": "SUCCEED", "create_time": 1700000000000}
+    assert job_digest(plain) == job_digest(dict(plain))
+    assert job_digest(plain) == -6558697996397533301
+    with_secrets = {**plain, "phone": "13800000000", "voice_authorization_url": "https://x?sig=1"}
+    resigned = {**with_secrets, "voice_authorization_url": "https://x?sig=2"}
+    assert job_digest(with_secrets) == job_digest(resigned) == job_digest(plain)
+    assert job_digest({**plain, "state": "FAILED"}) != job_digest(plain)
+    assert job_digest({**plain, "tag": "NEWS"}) != job_digest(plain)  # any field counts
+    assert -(2**63) <= job_digest(plain) < 2**63  # fits SQLite's INTEGER
+    assert parse_job(with_secrets).digest == job_digest(plain)
+
+
+def test_a_page_read_against_known_digests_parses_only_what_changed() -> None:
+    same = {**RAW_JOB, "job_id": "same"}
+    moved = {**RAW_JOB, "job_id": "moved"}
+    known = {"same": job_digest(same), "moved": job_digest({**moved, "state": "AUDITING"})}
+    body = json.dumps({"count": 3, "jobs": [same, moved, {**RAW_JOB, "job_id": "new"}]})
+    page = parse_jobs_page(body.encode(), "application/json", known.get)
+    assert page.same == ("same",)
+    assert [job.job_id for job in page.jobs] == ["moved", "new"]
+    assert page.size == 3 and page.count == 3
+    assert all(job.digest is not None for job in page.jobs)
+
+
+def test_a_page_reports_its_order_from_the_raw_times_parsed_or_not() -> None:
+    def page(times: list[int], known: bool) -> Any:
+        jobs = [{**RAW_JOB, "job_id": f"j{i}", "create_time": t} for i, t in enumerate(times)]
+        digests = {j["job_id"]: job_digest(j) for j in jobs} if known else {}
+        body = json.dumps({"count": len(jobs), "jobs": jobs}).encode()
+        return parse_jobs_page(body, "application/json", digests.get)
+
+    for known in (True, False):
+        ordered = page([1700000000000, 1700000001000, 1700000002000], known)
+        assert (ordered.first_key, ordered.last_key, ordered.unsorted) == (
+            1700000000000,
+            1700000002000,
+            False,
+        )
+        # Seconds and milliseconds compare as the same instant.
+        assert page([1700000000, 1700000001000], known).unsorted is False
+        assert page([1700000002000, 1700000001000], known).unsorted is True

@@ -13,8 +13,8 @@ from datetime import UTC, datetime, timedelta
 
 from watcher.engine.alerts import TemplateProblem, route
 from watcher.engine.cursor import LADDER, Cursor, Strategy
-from watcher.engine.diff import Overlay
 from watcher.engine.tracker import Tracking, advance, health_step
+from watcher.jobsets import Listed, Overlay
 from watcher.model import Alert, Config, Event, Job, Snapshot, SourceConfig
 
 
@@ -60,6 +60,15 @@ class Decision:
     fetched: int  # jobs the listing stands for (with those a bounded scan could not list)
     changed: int | None  # fetched jobs that differ from the stored ones (increments only)
     baseline: bool  # the source's first scan
+    # The snapshot's jobs by state when the engine kept count (None: count them).
+    counts: Mapping[str, int] | None = None
+
+    @property
+    def writes(self) -> tuple[Mapping[str, Job], frozenset[str]] | None:
+        """Exactly what the store must write and delete, when the committed snapshot is
+        the stored one plus this cycle's changes (None: compare every job)."""
+        jobs = self.committed.jobs
+        return (jobs.touched, jobs.absent) if isinstance(jobs, Overlay) else None
 
 
 def unhealthy_after(source: SourceConfig) -> timedelta:
@@ -125,11 +134,14 @@ def decide(
     """The outcome of one successful listing. `previous` is the last committed jobs (None
     before the first scan), `cycle_at` when the cycle started and `now` when it listed."""
     name = source.name
-    seen = (
-        keep_created_after(previous, fetched.jobs, fetched.created_until)
-        if fetched.full
-        else fetched.jobs
-    )
+    listed = fetched.jobs
+    seen: Mapping[str, Job]
+    if fetched.full and isinstance(listed, Listed) and previous is not None:
+        seen = scanned_overlay(previous, listed, fetched.created_until)
+    elif fetched.full:
+        seen = keep_created_after(previous, listed, fetched.created_until)
+    else:
+        seen = listed
     complete = fetched.full or previous is None
     changed: int | None = None
     if complete or previous is None:
@@ -163,8 +175,8 @@ def decide(
     events = step.events + ((health,) if health is not None else ())
     # The config path lets a grouped message name the exact `alerts -c …` command.
     routed = route(events, config.rules, config_path=config.path)
-    # advance() builds a fresh dict: no need to copy 100k entries again.
-    committed = step.jobs if isinstance(step.jobs, dict) else dict(step.jobs)
+    # advance() builds a fresh dict or a view on the stored jobs: never copy 1M entries.
+    committed = step.jobs if isinstance(step.jobs, dict | Overlay) else dict(step.jobs)
     following = next_cursor(cursor, fetched, cycle_at)
     return Decision(
         observed=observed,
@@ -179,6 +191,7 @@ def decide(
         fetched=len(seen),
         changed=changed,
         baseline=previous is None,
+        counts=step.counts,
     )
 
 
@@ -205,6 +218,21 @@ def next_cursor(cursor: Cursor, fetched: Fetched, cycle_at: datetime) -> Cursor:
     return cursor.after_increment(watermark, fetched.gone)
 
 
+def scanned_overlay(
+    stored: Mapping[str, Job], listed: Listed, bound: datetime | None
+) -> Mapping[str, Job]:
+    """A full scan read against the stored digests as the stored jobs plus what the scan
+    parsed, minus what it did not list (those created after a bounded scan's `bound`
+    stay: they could not be listed, so they are not absent)."""
+    if listed.known is not stored:
+        return keep_created_after(stored, dict(listed.items()), bound)
+    absent = [job_id for job_id in stored if job_id not in listed]
+    if absent and bound is not None:
+        left = [stored[j] for j in absent]
+        absent = [j.job_id for j in left if j.create_time is None or j.create_time <= bound]
+    return Overlay(stored, listed.changed, absent)
+
+
 def keep_created_after(
     previous: Mapping[str, Job] | None, scanned: Mapping[str, Job], bound: datetime | None
 ) -> Mapping[str, Job]:
@@ -222,7 +250,7 @@ def keep_created_after(
     return {**scanned, **kept}
 
 
-def overlay(stored: Mapping[str, Job], fetched: Mapping[str, Job]) -> tuple[dict[str, Job], int]:
+def overlay(stored: Mapping[str, Job], fetched: Mapping[str, Job]) -> tuple[Overlay, int]:
     """The complete snapshot of an incremental cycle, and how many fetched jobs differ.
 
     Deduplication is by job and content: a job re-listed because of the overlap, with the
@@ -252,7 +280,9 @@ def find_misses(
     if covered_until is None:
         return []
     out: list[Miss] = []
-    for job_id in sorted(scanned):
+    # Read against the stored jobs, only what the scan parsed can differ from them.
+    ids = scanned.touched if isinstance(scanned, Overlay) and scanned.over(stored) else scanned
+    for job_id in sorted(ids):
         job = scanned[job_id]
         old = stored.get(job_id)
         if old is None:

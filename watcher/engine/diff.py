@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from watcher.jobsets import Overlay
 from watcher.model import (
     FAILURE_STATES,
     Event,
@@ -28,29 +29,6 @@ class DiffResult:
     missing: Mapping[str, int] = field(default_factory=dict)
     # Jobs absent from this scan but not yet declared vanished: keep them in the stored state.
     retained: Mapping[str, Job] = field(default_factory=dict)
-
-
-class Overlay(dict[str, Job]):
-    """A complete snapshot's jobs built as `base` with `touched` jobs laid over it: only
-    those can differ from `base` and none of `base` is missing, so a diff against `base`
-    looks at `touched` alone (an incremental cycle's cost follows its changes)."""
-
-    __slots__ = ("base", "touched")
-
-    def __init__(self, base: Mapping[str, Job], touched: Mapping[str, Job]) -> None:
-        super().__init__(base)
-        self.update(touched)
-        self.base: Mapping[str, Job] | None = base
-        self.touched = frozenset(touched)
-
-    def over(self, previous: Mapping[str, Job]) -> bool:
-        """Whether this overlay is laid on exactly `previous` (so only `touched` differ)."""
-        return self.base is not None and self.base is previous
-
-    def detach(self) -> Overlay:
-        """Forget the base once diffed, so a kept overlay does not hold every older one."""
-        self.base = None
-        return self
 
 
 def diff(
@@ -78,8 +56,10 @@ def diff(
     # few events are sorted, so the cost follows the changes.
     before = previous.get
     jobs = current.jobs
-    # An overlay on `previous` (an incremental cycle): only its touched jobs can differ.
-    touched = jobs.touched if isinstance(jobs, Overlay) and jobs.over(previous) else None
+    # An overlay on `previous` (an incremental cycle, or a full scan read against the
+    # stored digests): only its touched jobs can differ, only its absent ones are gone.
+    overlaid = isinstance(jobs, Overlay) and jobs.over(previous)
+    touched = jobs.touched if isinstance(jobs, Overlay) and overlaid else None
     candidates = jobs.items() if touched is None else ((j, jobs[j]) for j in touched)
     for job_id, job in candidates:
         old = before(job_id)
@@ -101,7 +81,10 @@ def diff(
     found.sort(key=lambda pair: pair[0])
     events = [event for _, event in found]
 
-    gone = set() if touched is not None or not previous else previous.keys() - jobs.keys()
+    if isinstance(jobs, Overlay) and overlaid:
+        gone: Iterable[str] = jobs.absent
+    else:
+        gone = set() if not previous else previous.keys() - jobs.keys()
     for job_id in sorted(gone):
         count = missing.get(job_id, 0) + 1
         old = previous[job_id]
@@ -122,7 +105,7 @@ def diff(
         next_missing[job_id] = count
     for job_id, count in missing.items():
         # Vanished jobs stay remembered so that a later return reads as `reappeared`.
-        if count >= vanish_after and job_id not in previous and job_id not in current.jobs:
+        if count >= vanish_after and job_id not in previous and job_id not in jobs:
             next_missing[job_id] = count
     return DiffResult(tuple(events), next_missing, retained)
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from watcher.engine.diff import Overlay, count_by_state, diff, first_run_events, format_duration
+from watcher.engine.diff import count_by_state, diff, first_run_events, format_duration
+from watcher.jobsets import Overlay, StoredJobs
 from watcher.model import (
     AUDIT_FAILED,
     FAILURE_STATES,
@@ -182,11 +183,21 @@ def advance(
     current = snapshot.jobs
     overlaid = previous is not None and isinstance(current, Overlay) and current.over(previous)
     index = tracking.index
-    fast = overlaid and index is not None and index.serves(previous, tracking, stuck_rules)
+    fast = False
+    if overlaid and isinstance(current, Overlay) and not current.absent:
+        if index is None or not index.serves(previous, tracking, stuck_rules):
+            # A fresh process (`once`, a restart): the index from the stored rows.
+            index = _Index.rebuild(previous, tracking, stuck_rules)
+        fast = index is not None
+    if not fast and isinstance(current, Overlay):
+        # The full pass reads every job: in one go, not one at a time through the view.
+        previous, current = _materialised(previous, current)
+        snapshot = replace(snapshot, jobs=current)
+        overlaid = False
     retained = False
     if previous is None:
         events = list(first_run_events(snapshot, first_run))
-        jobs: dict[str, Job] = dict(snapshot.jobs)
+        jobs: Mapping[str, Job] = dict(snapshot.jobs)
         missing: Mapping[str, int] = {}
     else:
         result = diff(
@@ -198,7 +209,7 @@ def advance(
         )
         events = list(result.events)
         if overlaid and not result.retained:
-            # An overlay is already a fresh dict of every job: keep it rather than copy 1M.
+            # An overlay is a view of every job: keep it rather than copy 1M.
             assert isinstance(current, Overlay)
             jobs = current
         else:
@@ -231,8 +242,6 @@ def advance(
         batch_events, batches = _batches(previous, snapshot, tracking, batch_quiet)
         # Retained jobs are outside this step's bookkeeping: the next step is a full one.
         index = None if retained else _Index.build(jobs, stuck_rules, entered, stuck, batches, now)
-    if isinstance(jobs, Overlay):
-        jobs.detach()
     if previous is not None or first_run is FirstRun.NOTIFY:
         events.extend(stuck_events)
     elif first_run is FirstRun.SUMMARY:
@@ -250,9 +259,35 @@ def advance(
         last_scan_at=now,
         index=index,
     )
-    changed = current.touched if overlaid and isinstance(current, Overlay) else None
+    changed = frozenset(current.touched) if overlaid and isinstance(current, Overlay) else None
     counts = dict(index.counts) if index is not None else None
     return Step(tuple(events), jobs, new_tracking, changed, counts)
+
+
+def _materialised(
+    previous: Mapping[str, Job] | None, current: Overlay
+) -> tuple[dict[str, Job] | None, dict[str, Job]]:
+    """`previous` and the overlay `current` as plain dicts, the stored base read once."""
+    base = current.base
+    whole = base.materialise() if isinstance(base, StoredJobs) else dict(base.items())
+    if previous is base:
+        before: dict[str, Job] | None = dict(whole)
+    elif isinstance(previous, StoredJobs):
+        before = previous.materialise()
+    else:
+        before = None if previous is None else dict(previous.items())
+    for job_id in current.absent:
+        whole.pop(job_id, None)
+    whole.update(current.touched)
+    return before, whole
+
+
+def _read(jobs: Mapping[str, Job], ids: Iterable[str]) -> list[Job]:
+    """`jobs[j]` for each of `ids`, reading what a stored base does not hold in one go."""
+    wanted = list(ids)
+    if isinstance(jobs, Overlay) and isinstance(jobs.base, StoredJobs):
+        jobs.base.materialise([j for j in wanted if j not in jobs.touched])
+    return [jobs[j] for j in wanted]
 
 
 def _recount(
@@ -351,15 +386,67 @@ class _Index:
         index.adopt(jobs, entered, stuck, batches)
         return index
 
+    @classmethod
+    def rebuild(
+        cls,
+        previous: Mapping[str, Job] | None,
+        tracking: Tracking,
+        stuck_rules: Sequence[RuleConfig],
+    ) -> _Index | None:
+        """What `build` made at the end of the step that stored `previous`, from the
+        stored rows and that step's memory: only jobs a stuck rule watches are read. None
+        when that would not be exact (jobs missing from the last scan, old memory, a rule
+        watching every state, a batch without memory): the full pass then decides."""
+        if not isinstance(previous, StoredJobs) or tracking.last_scan_at is None:
+            return None
+        if tracking.settled_batches or any(j in previous for j in tracking.missing):
+            return None
+        if len({r.name for r in stuck_rules}) != len(stuck_rules):
+            return None
+        watched = _watched_states(stuck_rules) if stuck_rules else frozenset()
+        if watched is None:
+            return None
+        index = cls(cls.rules_key(stuck_rules))
+        counts, members = index.counts, index.members
+        open_batches: set[str] = set()
+        watch: list[str] = []
+        for job_id, (_, state, batch) in previous.rows().items():
+            counts[state] = counts.get(state, 0) + 1
+            if batch:
+                members.setdefault(batch, set()).add(job_id)
+                if state not in SETTLED_STATES:
+                    open_batches.add(batch)
+            if state in watched:
+                watch.append(job_id)
+        batches = tracking.batches
+        if any(name not in batches for name in members):
+            return None
+        now = tracking.last_scan_at
+        entered, stuck = tracking.entered, tracking.stuck
+        for job_id, job in previous.materialise(watch).items():
+            for i, rule in enumerate(stuck_rules):
+                when = _due(job_id, job, rule, entered, stuck, now)
+                if when is not None:
+                    index.due[(job_id, i)] = when
+        index.heap = [(when, job_id, i) for (job_id, i), when in index.due.items()]
+        heapq.heapify(index.heap)
+        for name in members:
+            mem = batches[name]
+            if name not in open_batches and mem.announced != mem.signature:
+                index.pending[name] = mem.changed_at
+        index.adopt(previous, entered, stuck, batches)
+        return index
+
     def serves(
         self,
         previous: Mapping[str, Job] | None,
         tracking: Tracking,
         stuck_rules: Sequence[RuleConfig],
     ) -> bool:
+        applied = isinstance(previous, StoredJobs) and previous.applied is self.jobs
         return (
             self.jobs is not None
-            and self.jobs is previous
+            and (self.jobs is previous or applied)
             and self.entered is tracking.entered
             and self.stuck is tracking.stuck
             and self.batches is tracking.batches
@@ -684,7 +771,7 @@ def _batches_changed(
             kept.pop(name, None)
             pending.pop(name, None)
             continue
-        jobs = sorted((snapshot.jobs[j] for j in ids), key=lambda j: j.job_id)
+        jobs = sorted(_read(snapshot.jobs, ids), key=lambda j: j.job_id)
         event, mem, terminal = _batch_step(name, jobs, previous, snapshot, tracking, quiet)
         kept[name] = mem
         if event is not None:

@@ -12,7 +12,7 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -23,7 +23,8 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from watcher.errors import ApiError, AuthError
-from watcher.metastudio.parse import JobsPage, parse_job, parse_jobs_page
+from watcher.jobsets import Listed, StoredJobs
+from watcher.metastudio.parse import JobsPage, KnownDigests, parse_job, parse_jobs_page
 from watcher.metastudio.signer import sign_request
 from watcher.model import Job, SourceConfig
 
@@ -208,12 +209,14 @@ class _Response:
 @dataclass(slots=True)
 class _ScanState:
     jobs: dict[str, Job]
+    # Listed, and their digest matched what the caller holds: unchanged, never parsed.
+    same: set[str] = field(default_factory=set)
     first_count: int | None = None
     last_count: int = 0
     overlapped: bool = False
     counts_differ: bool = False
     # Was the listing in the order asked for? (None until two comparable jobs were seen.)
-    last_key: datetime | None = None
+    last_key: float | None = None
     unsorted: bool = False
 
 
@@ -308,7 +311,9 @@ class MetaStudioClient:
                     params=[k for k, _ in params],
                 )
                 return ScanResult(
-                    jobs=state.jobs,
+                    jobs=Listed(known, state.jobs, state.same)
+                    if state.same and known is not None
+                    else state.jobs,
                     count=state.last_count,
                     requests=tally.requests,
                     server_time=tally.server_time,
@@ -371,8 +376,9 @@ class MetaStudioClient:
             return "a job appeared on two pages"
         if state.counts_differ or state.first_count != state.last_count:
             return f"count changed from {state.first_count} to {state.last_count}"
-        if len(state.jobs) != state.last_count:
-            return f"saw {len(state.jobs)} distinct jobs but count is {state.last_count}"
+        seen = len(state.jobs) + len(state.same)
+        if seen != state.last_count:
+            return f"saw {seen} distinct jobs but count is {state.last_count}"
         return ""
 
     async def _scan_once(
@@ -391,17 +397,19 @@ class MetaStudioClient:
         as a count change, a job on two pages or a gap, and the pass is repeated.
         """
         state = _ScanState(jobs={})
-        first = await self._fetch_page(0, tally, params, sort_key, known)
+        # Page checks look at every job, so only an unchecked listing may skip parsing.
+        digests = _digests_of(known) if check is None else None
+        first = await self._fetch_page(0, tally, params, sort_key, known, digests)
         state.first_count = state.last_count = first.count
         if check is not None and (reason := check(first)):
             raise ListingRejected(reason, tally.requests)
         self._absorb(state, first, sort_key)
-        if len(first.jobs) < self._page_size or len(first.jobs) >= first.count:
+        if first.size < self._page_size or first.size >= first.count:
             return state
         self.progress.pages_total = self.progress.pages_done + math.ceil(
-            (first.count - len(first.jobs)) / self._page_size
+            (first.count - first.size) / self._page_size
         )
-        offsets = iter(range(len(first.jobs), first.count, self._page_size))
+        offsets = iter(range(first.size, first.count, self._page_size))
         pages: dict[int, JobsPage] = {}
         short_at: list[int] = []  # an offset whose page came back short: nothing after it
 
@@ -410,11 +418,11 @@ class MetaStudioClient:
             for offset in offsets:
                 if short_at and offset > min(short_at):
                     continue
-                page = await self._fetch_page(offset, tally, params, sort_key, known)
+                page = await self._fetch_page(offset, tally, params, sort_key, known, digests)
                 if check is not None and (reason := check(page)):
                     raise ListingRejected(reason, tally.requests)
                 pages[offset] = page
-                if len(page.jobs) < self._page_size:
+                if page.size < self._page_size:
                     short_at.append(offset)
 
         workers = [asyncio.ensure_future(worker()) for _ in range(self._concurrency)]
@@ -432,15 +440,23 @@ class MetaStudioClient:
         if page.count != state.first_count:
             state.counts_differ = True
         state.last_count = page.count
+        jobs, same = state.jobs, state.same
         for job in page.jobs:
-            if job.job_id in state.jobs:
+            if job.job_id in jobs or job.job_id in same:
                 state.overlapped = True
-            state.jobs[job.job_id] = job
-            key = job.create_time if sort_key == "create_time" else job.lastupdate_time
-            if key is not None:
-                if state.last_key is not None and key < state.last_key:
-                    state.unsorted = True
-                state.last_key = key
+            jobs[job.job_id] = job
+        for job_id in page.same:
+            if job_id in jobs or job_id in same:
+                state.overlapped = True
+            same.add(job_id)
+        # The page checked its own order (on the raw times, parsed or not); across pages
+        # its first key must not come before the last one of the page before.
+        if page.unsorted:
+            state.unsorted = True
+        if page.first_key is not None:
+            if state.last_key is not None and page.first_key < state.last_key:
+                state.unsorted = True
+            state.last_key = page.last_key if page.last_key is not None else page.first_key
 
     def _query(
         self, offset: int, params: Sequence[tuple[str, str]], sort_key: str
@@ -466,9 +482,15 @@ class MetaStudioClient:
         params: Sequence[tuple[str, str]],
         sort_key: str,
         known: Mapping[str, Job],
+        digests: KnownDigests | None = None,
     ) -> JobsPage:
         page = await self._fetch(
-            self._path, self._query(offset, params, sort_key), tally, f"offset {offset}"
+            self._path,
+            self._query(offset, params, sort_key),
+            tally,
+            f"offset {offset}",
+            digests=digests,
+            sort_key=sort_key,
         )
         assert isinstance(page, JobsPage)
         self.progress.pages_done += 1
@@ -476,13 +498,20 @@ class MetaStudioClient:
         return _reuse_known(page, known)
 
     async def _fetch(
-        self, path: str, query: list[tuple[str, str]], tally: _Tally, what: str
+        self,
+        path: str,
+        query: list[tuple[str, str]],
+        tally: _Tally,
+        what: str,
+        *,
+        digests: KnownDigests | None = None,
+        sort_key: str = "create_time",
     ) -> Any:
         """One request, retried on transient failures; AuthError at once."""
         attempts = max(1, self._retry.attempts)
         for attempt in range(1, attempts + 1):
             try:
-                return await self._request(path, query, tally)
+                return await self._request(path, query, tally, digests, sort_key)
             except AuthError:
                 raise
             except ApiError as err:
@@ -518,13 +547,20 @@ class MetaStudioClient:
         ceiling = min(self._retry.max_backoff, self._retry.initial_backoff * 2 ** (attempt - 1))
         return self._rng.uniform(0, ceiling)
 
-    async def _request(self, path: str, query: list[tuple[str, str]], tally: _Tally) -> Any:
+    async def _request(
+        self,
+        path: str,
+        query: list[tuple[str, str]],
+        tally: _Tally,
+        digests: KnownDigests | None = None,
+        sort_key: str = "create_time",
+    ) -> Any:
         """A list path gives a `JobsPage`, a job path the raw JSON object (see get_job)."""
         response, signed_at = await self._get(path, query, tally)
         if response.status == 200:
             try:
                 if path == self._path:
-                    return parse_jobs_page(response.body, response.content_type)
+                    return parse_jobs_page(response.body, response.content_type, digests, sort_key)
                 return _json_object(response.body)
             except ApiError as err:
                 request_id = response.headers.get("X-Request-Id")
@@ -668,13 +704,31 @@ class MetaStudioClient:
         return (server - signed_at).total_seconds()
 
 
+def _digests_of(known: Mapping[str, Job]) -> KnownDigests | None:
+    """How to read the digest of a job the caller holds (None: it holds none)."""
+    if not known:
+        return None
+    if isinstance(known, StoredJobs):
+        return known.digest_of
+
+    def digest_of(job_id: str) -> int | None:
+        job = known.get(job_id)
+        return None if job is None else job.digest
+
+    return digest_of
+
+
 def _reuse_known(page: JobsPage, known: Mapping[str, Job]) -> JobsPage:
     """`page` with each parsed job equal to one already held swapped for that object, so
     a scan of 100k unchanged jobs does not hold a second generation of them in memory."""
     if not known:
         return page
+    # Only an old object with the same digest: one without (stored before digests) is
+    # replaced once, so that its row gets the digest and the next scan skips it.
     jobs = tuple(
-        old if (old := known.get(job.job_id)) is not None and old == job else job
+        old
+        if (old := known.get(job.job_id)) is not None and old.digest == job.digest and old == job
+        else job
         for job in page.jobs
     )
-    return JobsPage(page.count, jobs)
+    return replace(page, jobs=jobs)

@@ -5,8 +5,9 @@ Pure: any malformed input becomes an `ApiError(retryable=True)` whose message ne
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from sys import intern
@@ -47,10 +48,48 @@ def novelties(job: Job) -> tuple[str | None, tuple[str, ...]]:
 
 @dataclass(frozen=True, slots=True)
 class JobsPage:
-    """One page of the listing: `count` is the total matching the query, not the page size."""
+    """One page of the listing: `count` is the total matching the query, not the page size.
+
+    `jobs` are the parsed jobs; `same` the ids listed whose digest matched what the caller
+    already holds (not parsed: unchanged). `first_key`/`last_key` are the page's first and
+    last sort key (epoch ms) and `unsorted` whether it was out of order within the page.
+    """
 
     count: int
     jobs: tuple[Job, ...]
+    same: tuple[str, ...] = ()
+    first_key: float | None = None
+    last_key: float | None = None
+    unsorted: bool = False
+
+    @property
+    def size(self) -> int:
+        """How many jobs the page listed, parsed or not."""
+        return len(self.jobs) + len(self.same)
+
+
+# What the caller holds: the digest of a job by id (None: unknown, parse it).
+KnownDigests = Callable[[str], "int | None"]
+
+_encode = msgspec.json.Encoder().encode
+
+
+def job_digest(obj: Mapping[str, Any]) -> int:
+    """A stable 64-bit digest of one TrainingJobInfo as the API sent it, personal data and
+    signed links left out (a fresh signature must not read as a change). Equal digests mean
+    equal jobs; keys in another order only cost a full comparison."""
+    if not DROPPED_JOB_FIELDS.isdisjoint(obj):
+        obj = {k: v for k, v in obj.items() if k not in DROPPED_JOB_FIELDS}
+    raw = hashlib.blake2b(_encode(obj), digest_size=8).digest()
+    return int.from_bytes(raw, "big", signed=True)  # SQLite INTEGER is signed 64-bit
+
+
+def _key_ms(value: object) -> float | None:
+    """A create/update time as epoch milliseconds, for the listing's order check."""
+    if type(value) is int and 0 < value < 10**14:
+        return value if value > _MS_THRESHOLD else value * 1000
+    when = parse_timestamp(value)
+    return None if when is None else when.timestamp() * 1000
 
 
 def parse_timestamp(value: object) -> datetime | None:
@@ -93,7 +132,7 @@ def _int_or_none(value: object) -> int | None:
     return None
 
 
-def parse_job(obj: Mapping[str, Any]) -> Job:
+def parse_job(obj: Mapping[str, Any], digest: int | None = None) -> Job:
     """One TrainingJobInfo; unknown fields go to `extra`, personal data is dropped."""
     job_id = obj.get("job_id")
     state = obj.get("state")
@@ -124,6 +163,7 @@ def parse_job(obj: Mapping[str, Any]) -> Job:
         job_failed_reason=_short_str(get("job_failed_reason")),
         asset_id=_short_str(get("asset_id")),
         extra=extra,
+        digest=job_digest(obj) if digest is None else digest,
     )
 
 
@@ -145,8 +185,16 @@ def _describe_content_type(content_type: str | None) -> str:
     return content_type.split(";", 1)[0].strip()[:60] or "no content type"
 
 
-def parse_jobs_page(body: bytes, content_type: str | None) -> JobsPage:
-    """A whole `{"count": N, "jobs": [...]}` response body, or ApiError(retryable=True)."""
+def parse_jobs_page(
+    body: bytes,
+    content_type: str | None,
+    known: KnownDigests | None = None,
+    sort_key: str = "create_time",
+) -> JobsPage:
+    """A whole `{"count": N, "jobs": [...]}` response body, or ApiError(retryable=True).
+
+    With `known`, a job whose digest matches is not parsed, only listed in `same`: a steady
+    full scan of 100k jobs then builds no object for the ones that did not change."""
     media = _describe_content_type(content_type)
     if "html" in media.lower():
         raise ApiError(f"response is not JSON ({media})", retryable=True)
@@ -176,8 +224,28 @@ def parse_jobs_page(body: bytes, content_type: str | None) -> JobsPage:
     if not isinstance(jobs, list):
         raise ApiError("response 'jobs' is not a list", retryable=True)
     parsed: list[Job] = []
+    same: list[str] = []
+    field = "lastupdate_time" if sort_key == "update_time" else "create_time"
+    first: float | None = None
+    last: float | None = None
+    unsorted = False
     for index, item in enumerate(jobs):
         if not isinstance(item, dict):
             raise ApiError(f"response jobs[{index}] is not an object", retryable=True)
-        parsed.append(parse_job(item))
-    return JobsPage(count=count, jobs=tuple(parsed))
+        # Our own freshly decoded object: dropping personal data in place is the cheap way.
+        for dropped in DROPPED_JOB_FIELDS:
+            item.pop(dropped, None)
+        digest = job_digest(item)
+        job_id = item.get("job_id")
+        if known is not None and type(job_id) is str and job_id and known(job_id) == digest:
+            same.append(job_id)
+        else:
+            parsed.append(parse_job(item, digest))
+        key = _key_ms(item.get(field))
+        if key is not None:
+            if first is None:
+                first = key
+            elif last is not None and key < last:
+                unsorted = True
+            last = key
+    return JobsPage(count, tuple(parsed), tuple(same), first, last, unsorted)

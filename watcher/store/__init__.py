@@ -42,6 +42,7 @@ from typing import Any
 
 import structlog
 
+from watcher.jobsets import StoredJobs
 from watcher.model import (
     Alert,
     Event,
@@ -188,6 +189,15 @@ class Store:
             return None
         return self._snapshots.load(source)
 
+    def load_stored(
+        self, source: str, committed: Mapping[str, Job] | None = None
+    ) -> StoredJobs | None:
+        """`load_jobs` as compact rows, each job read on first access (see StoredJobs).
+        `committed`: exactly what the caller just committed, made compact without a read."""
+        if not self.has_baseline(source):
+            return None
+        return self._snapshots.load_stored(source, committed)
+
     def load_tracking(self, source: str) -> dict[str, Any] | None:
         """The engine's memory for `source` as last committed (None if never stored)."""
         return self._sources.load_tracking(source)
@@ -221,6 +231,7 @@ class Store:
         now: datetime,
         tracking: Mapping[str, Any] | None = None,
         previous: Mapping[str, Job] | None = None,
+        writes: tuple[Mapping[str, Job], Collection[str]] | None = None,
     ) -> int:
         """Store one poll cycle in one transaction; return how many alerts were newly queued.
 
@@ -228,14 +239,21 @@ class Store:
         re-detects the same changes, and alert ids make sure nothing is queued twice.
         `previous`, when the caller holds exactly what is stored for the source, lets only
         the jobs that differ be written: at 100k jobs and a handful of changes per cycle,
-        serialising every row would be most of the cycle's CPU.
+        serialising every row would be most of the cycle's CPU. `writes`, when the engine
+        knows exactly what changed (the jobs to write, the ids to delete), spares even the
+        comparison.
         """
         if snapshot.source != source:
             raise ValueError(f"snapshot of {snapshot.source!r} committed as {source!r}")
         stamp = ts(now)
-        changed = changed_jobs(snapshot, previous)
+        changed = (
+            list(writes[0].values()) if writes is not None else changed_jobs(snapshot, previous)
+        )
         with self._transaction(f"save the poll cycle of source {source!r}") as conn:
-            self._snapshots.replace(conn, snapshot, changed, previous)
+            if writes is not None:
+                self._snapshots.write(conn, source, changed, writes[1])
+            else:
+                self._snapshots.replace(conn, snapshot, changed, previous)
             Sources.mark_cycle(conn, source, stamp)
             Events.append(conn, events)
             queued = Outbox.enqueue(conn, alerts, stamp)

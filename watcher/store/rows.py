@@ -18,9 +18,11 @@ from watcher.model import Alert, BodyFormat, Event, Job, NotifyType, OutboxItem,
 
 def ts(value: datetime) -> str:
     """UTC ISO text of fixed width, so text order is time order in SQL comparisons."""
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"naive datetime {value.isoformat()} given to the store; use UTC")
-    return value.astimezone(UTC).isoformat(timespec="microseconds")
+    if value.tzinfo is not UTC:  # parsed times are UTC already: the common case is cheap
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value.isoformat()} given to the store; use UTC")
+        value = value.astimezone(UTC)
+    return value.isoformat(timespec="microseconds")
 
 
 def ts_or_none(value: datetime | None) -> str | None:
@@ -35,10 +37,15 @@ def dt_or_none(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text)
 
 
+# msgspec writes the same JSON (keys sorted, UTF-8 as is) about five times as fast as json:
+# a 100k-job baseline encodes 100k of these.
+_encode_sorted = msgspec.json.Encoder(order="sorted").encode
+
+
 def job_to_row(job: Job) -> tuple[Any, ...]:
     try:
-        extra = json.dumps(dict(job.extra), sort_keys=True, ensure_ascii=False)
-    except (TypeError, ValueError) as err:
+        extra = _encode_sorted(job.extra).decode() if job.extra else "{}"
+    except (TypeError, ValueError, msgspec.EncodeError) as err:
         raise ValueError(f"job {job.job_id}: extra is not JSON-compatible: {err}") from err
     return (
         job.job_id,
@@ -53,6 +60,7 @@ def job_to_row(job: Job) -> tuple[Any, ...]:
         job.job_failed_reason,
         job.asset_id,
         extra,
+        job.digest,
     )
 
 
@@ -70,6 +78,7 @@ def row_to_job(row: Sequence[Any]) -> Job:
         job_failed_reason=row[9],
         asset_id=row[10],
         extra=_decode_extra(row[11]),
+        digest=row[12] if len(row) > 12 else None,
     )
 
 
