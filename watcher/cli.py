@@ -357,7 +357,9 @@ def _open_for_daemon(root: Root, config: Config) -> Store:
 
 def cmd_once(args: argparse.Namespace) -> int:
     root: Root = args.root
-    config = _load(args)
+    # Channel URLs are checked by apprise when a message goes (the notifier is deferred):
+    # a cron cycle with nothing to send never imports it. `check` checks them all.
+    config = _load(args, validate_urls=False)
     store = _open_for_daemon(root, config)
 
     async def go() -> int:
