@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import difflib
 import fnmatch
 import http.client
 import json
@@ -1230,6 +1229,8 @@ def _known_state(value: str, option: str, *, globs: bool = True) -> str:
         raise UsageError(f"{option}: {value!r} matches no known state; known: {', '.join(states)}")
     if value in KNOWN_STATES:
         return value
+    import difflib  # only a mistyped state needs it
+
     close = difflib.get_close_matches(value.upper(), states, n=1, cutoff=0.6)
     hint = f" (did you mean {close[0]!r}?)" if close else f"; known: {', '.join(states)}"
     raise UsageError(f"{option}: unknown state {value!r}{hint}")
