@@ -92,7 +92,7 @@ class Root:
         *,
         process_metrics: bool = False,
     ) -> App:
-        """The app for `config`: a new notifier (raises WatcherError if a channel is refused),
+        """The app for `config`: a new notifier (raises WatcherError if a channel has no URLs),
         metrics (with process_* ones for the daemon's /metrics) and retry memory."""
         from watcher.dispatch import DeliveryMemory
         from watcher.metrics import Metrics

@@ -346,8 +346,8 @@ def template_problems(config: Config) -> list[ConfigError]:
 
 
 def _open_for_daemon(root: Root, config: Config) -> Store:
-    """The state file, locked, once the config's templates render (a refused channel stops
-    the app's build, before it polls or listens)."""
+    """The state file, locked, once the config's templates render (for `run`, a channel URL
+    apprise refuses already stopped the load, before it polls or listens)."""
     problems = template_problems(config)
     if problems:
         raise problems[0]
