@@ -194,6 +194,35 @@ def test_bad_url_fails_at_construction_naming_channel_without_secrets() -> None:
     assert "SECRET99" not in str(info.value)
 
 
+async def test_a_deferred_notifier_refuses_a_bad_url_at_its_first_send(
+    webhook: WebhookReceiver,
+) -> None:
+    ops = json_url(webhook.base_url)
+    n = Notifier({"ops": [Secret(ops)], "pager": [Secret("bogus://x/SECRET99")]}, deferred=True)
+    try:
+        assert n.channels == ("ops", "pager")
+        assert n._channels == {}  # nothing set up before a send
+        refused = await send(n, "pager")
+        assert await send(n, "pager") == refused  # refused again, the same way
+        assert await send(n) == SendResult(True, None)
+        with pytest.raises(DeliveryError, match="'pager'"):
+            n.masked_urls("pager")
+        assert n.masked_urls("ops") == (mask_url(ops),)
+    finally:
+        n.close()
+
+    assert not refused.ok and refused.error is not None
+    assert refused.error.startswith("channel 'pager': bogus://")
+    assert "is not a service apprise knows" in refused.error
+    assert "SECRET99" not in refused.error
+    assert len(webhook.received) == 1
+
+
+def test_a_deferred_notifier_still_refuses_a_channel_without_urls() -> None:
+    with pytest.raises(DeliveryError, match="'ops' has no URLs"):
+        Notifier({"ops": []}, deferred=True)
+
+
 def test_channel_without_urls_is_refused() -> None:
     with pytest.raises(DeliveryError, match="'ops' has no URLs"):
         Notifier({"ops": []})

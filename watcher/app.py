@@ -54,7 +54,10 @@ class Root:
 
     def notifier(self, config: Config, channels: Collection[str] | None = None) -> Notifier:
         """A notifier for the config's channels (or just `channels`), with the token-like
-        parts of their URLs registered first: apprise and urllib3 print them at DEBUG."""
+        parts of their URLs registered first: apprise and urllib3 print them at DEBUG.
+        Deferred: apprise is imported on the first send, so a `once` with nothing to deliver
+        never pays for it (the URLs were checked when the config was loaded, except by
+        `once`, where a URL apprise refuses fails its sends and the alerts stay queued)."""
         from watcher.notify import Notifier, url_secrets
 
         chosen = {
@@ -63,7 +66,9 @@ class Root:
         self.redactor.add(
             part for urls in chosen.values() for url in urls for part in url_secrets(url.reveal())
         )
-        return Notifier(chosen, send_timeout=config.delivery.send_timeout.total_seconds())
+        return Notifier(
+            chosen, send_timeout=config.delivery.send_timeout.total_seconds(), deferred=True
+        )
 
     def open_store(self, config: Config) -> Store:
         """The state file, locked for this process alone (one daemon per state file)."""
@@ -87,7 +92,7 @@ class Root:
         *,
         process_metrics: bool = False,
     ) -> App:
-        """The app for `config`: a new notifier (raises WatcherError if a channel is refused),
+        """The app for `config`: a new notifier (raises WatcherError if a channel has no URLs),
         metrics (with process_* ones for the daemon's /metrics) and retry memory."""
         from watcher.dispatch import DeliveryMemory
         from watcher.metrics import Metrics

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import difflib
 import fnmatch
 import http.client
 import json
@@ -347,8 +346,8 @@ def template_problems(config: Config) -> list[ConfigError]:
 
 
 def _open_for_daemon(root: Root, config: Config) -> Store:
-    """The state file, locked, once the config's templates render (a refused channel stops
-    the app's build, before it polls or listens)."""
+    """The state file, locked, once the config's templates render (for `run`, a channel URL
+    apprise refuses already stopped the load, before it polls or listens)."""
     problems = template_problems(config)
     if problems:
         raise problems[0]
@@ -357,7 +356,9 @@ def _open_for_daemon(root: Root, config: Config) -> Store:
 
 def cmd_once(args: argparse.Namespace) -> int:
     root: Root = args.root
-    config = _load(args)
+    # Channel URLs are checked by apprise when a message goes (the notifier is deferred):
+    # a cron cycle with nothing to send never imports it. `check` checks them all.
+    config = _load(args, validate_urls=False)
     store = _open_for_daemon(root, config)
 
     async def go() -> int:
@@ -1228,6 +1229,8 @@ def _known_state(value: str, option: str, *, globs: bool = True) -> str:
         raise UsageError(f"{option}: {value!r} matches no known state; known: {', '.join(states)}")
     if value in KNOWN_STATES:
         return value
+    import difflib  # only a mistyped state needs it
+
     close = difflib.get_close_matches(value.upper(), states, n=1, cutoff=0.6)
     hint = f" (did you mean {close[0]!r}?)" if close else f"; known: {', '.join(states)}"
     raise UsageError(f"{option}: unknown state {value!r}{hint}")

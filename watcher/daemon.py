@@ -56,7 +56,7 @@ from watcher.model import (
 from watcher.notify import Notifier
 from watcher.sdnotify import SystemdNotifier
 from watcher.store import Store
-from watcher.web.routes import StatusPage, install
+from watcher.web.page import StatusPage, install
 
 log = structlog.get_logger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,11 +28,20 @@ class Explanation:
         return f"{self.code} means: {meaning}; what to do: {self.action_en} ({self.action})"
 
 
-@cache
-def _table() -> dict[str, Explanation]:
-    raw = json.loads(
+def _read() -> dict[str, Any]:
+    """The table file, read when a code is first explained (never at import: most runs
+    explain none, and importlib.resources costs more than the lookup)."""
+    from importlib import resources
+
+    raw: dict[str, Any] = json.loads(
         resources.files("watcher").joinpath("data/mss_error_codes.json").read_text("utf-8")
     )
+    return raw
+
+
+@cache
+def _table() -> dict[str, Explanation]:
+    raw = _read()
     return {
         code: Explanation(
             code,
@@ -46,10 +55,7 @@ def _table() -> dict[str, Explanation]:
 
 
 def table_source() -> str:
-    raw = json.loads(
-        resources.files("watcher").joinpath("data/mss_error_codes.json").read_text("utf-8")
-    )
-    return str(raw["source"])
+    return str(_read()["source"])
 
 
 def explain(code: str | None) -> Explanation | None:

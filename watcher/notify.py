@@ -1,7 +1,9 @@
 """Delivery through apprise: one apprise object per channel, sends bounded in time and threads.
 
-The only module that imports apprise. Apprise never retries here (the outbox does), and no URL
-leaves this module unmasked: errors and logs carry `mask_url` forms only.
+The only module that imports apprise, and only on first use: apprise with its plugins, requests
+and oauthlib costs about 0.25 s of CPU, which a `once` with nothing to send must not pay.
+Apprise never retries here (the outbox does), and no URL leaves this module unmasked: errors
+and logs carry `mask_url` forms only.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-import apprise
 import structlog
 
 from watcher.errors import DeliveryError
@@ -34,7 +35,6 @@ _SECRET_ARG = re.compile(
 _MIN_SECRET_LEN = 4  # shorter URL parts are too common to scrub from error texts
 _MAX_DETAIL = 300
 _GUARD_GRACE = 1.0  # seconds beyond the socket timeouts before a send is abandoned
-_url_to_dict: Any = apprise.plugins.url_to_dict  # untyped in apprise
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,10 +107,13 @@ def _looks_like_token(text: str) -> bool:
 
 
 def _check_url(url: str) -> str | None:
+    import apprise
+
     scheme = _scheme(url)
     if scheme is None:
         return "not an apprise URL: expected scheme://…"
-    if _url_to_dict(url, secure_logging=True) is None:
+    url_to_dict: Any = apprise.plugins.url_to_dict  # untyped in apprise
+    if url_to_dict(url, secure_logging=True) is None:
         return f"{scheme}:// is not a service apprise knows, or the URL is malformed"
     try:
         plugin = apprise.Apprise.instantiate(url, asset=_asset(), suppress_exceptions=False)
@@ -124,6 +127,8 @@ def _check_url(url: str) -> str | None:
 
 def mask_url(url: str) -> str:
     """The URL for display: passwords, tokens and webhook path secrets masked."""
+    import apprise
+
     plugin: Any = apprise.Apprise.instantiate(url, asset=_asset())
     shown = str(plugin.url(privacy=True)) if plugin is not None else url
     masked = _mask_leftovers(shown, mask_userinfo=plugin is None, mask_path=plugin is None)
@@ -230,6 +235,8 @@ def _url_parts(url: str) -> set[str]:
 
 
 def _asset() -> Any:
+    import apprise
+
     return apprise.AppriseAsset(
         # Services of one channel go one after another in the calling thread (our executor),
         # never in apprise's own shared pool.
@@ -253,6 +260,8 @@ class _Channel:
 
 def _load_service(url: str, asset: Any, send_timeout: float) -> Any:
     """One apprise service set up for the outbox: no retries, bounded sockets, split overflow."""
+    import apprise
+
     plugin = apprise.Apprise.instantiate(url, asset=asset)
     if plugin is None:
         return None
@@ -272,8 +281,31 @@ def _load_service(url: str, asset: Any, send_timeout: float) -> Any:
     return plugin
 
 
+def _load_channel(name: str, urls: Sequence[str], asset: Any, send_timeout: float) -> _Channel:
+    """One channel's apprise object with every URL's service; DeliveryError if one is refused."""
+    import apprise
+
+    apprise_obj = apprise.Apprise(asset=asset)
+    for url in urls:
+        plugin = _load_service(url, asset, send_timeout)
+        if plugin is None or not apprise_obj.add(plugin):
+            problem = check_url(url) or "apprise rejected it"
+            raise DeliveryError(f"channel {name!r}: {mask_url(url)}: {problem}")
+    return _Channel(
+        name=name,
+        apprise=apprise_obj,
+        masked=tuple(mask_url(url) for url in urls),
+        scrubber=_Scrubber(urls),
+    )
+
+
 class Notifier:
-    """Sends rendered alerts to named channels; one call is one attempt, never retried here."""
+    """Sends rendered alerts to named channels; one call is one attempt, never retried here.
+
+    `deferred`: a channel's apprise services are set up on its first send (or `masked_urls`)
+    rather than here, so a process that sends nothing never imports apprise. A refused URL
+    then fails that channel's sends (the alerts stay queued) instead of the construction.
+    """
 
     def __init__(
         self,
@@ -281,6 +313,7 @@ class Notifier:
         *,
         send_timeout: float = 30.0,
         max_workers: int = 4,
+        deferred: bool = False,
     ) -> None:
         if send_timeout <= 0:
             raise ValueError("send_timeout must be positive")
@@ -289,33 +322,47 @@ class Notifier:
         # answer); this outer guard only catches a thread stuck elsewhere. It must outlast
         # them: a send that succeeds after we called it failed would be sent again.
         self._guard = 2 * send_timeout + _GUARD_GRACE
-        self._channels: dict[str, _Channel] = {}
-        asset = _asset()
+        self._urls: dict[str, tuple[str, ...]] = {}
         for name, secrets in channels.items():
             # apprise and urllib3 print URLs and token paths at DEBUG: the composition root
             # (watcher.app.Root.notifier) registers their url_secrets with the log redactor.
-            urls = [secret.reveal() for secret in secrets]
+            urls = tuple(secret.reveal() for secret in secrets)
             if not urls:
                 raise DeliveryError(f"channel {name!r} has no URLs; give it at least one")
-            apprise_obj = apprise.Apprise(asset=asset)
-            for url in urls:
-                plugin = _load_service(url, asset, send_timeout)
-                if plugin is None or not apprise_obj.add(plugin):
-                    problem = check_url(url) or "apprise rejected it"
-                    raise DeliveryError(f"channel {name!r}: {mask_url(url)}: {problem}")
-            self._channels[name] = _Channel(
-                name=name,
-                apprise=apprise_obj,
-                masked=tuple(mask_url(url) for url in urls),
-                scrubber=_Scrubber(urls),
-            )
-            log.debug("channel_loaded", channel=name, urls=list(self._channels[name].masked))
+            self._urls[name] = urls
+        self._channels: dict[str, _Channel] = {}
+        self._refused: dict[str, DeliveryError] = {}  # deferred channels apprise refused
+        self._asset: Any = None
+        if not deferred:
+            for name in self._urls:
+                self._channel(name)
         # Our own bounded pool: a send that hangs holds one of these threads until its socket
         # timeout, never the event loop, and never more than max_workers threads in total.
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=max_workers, thread_name_prefix="notify"
         )
         self._closed = False
+
+    def _channel(self, name: str) -> _Channel:
+        """The channel's apprise services, set up on first use; raises DeliveryError (naming
+        the channel and its masked URL) if apprise refuses one of its URLs."""
+        ready = self._channels.get(name)
+        if ready is not None:
+            return ready
+        refused = self._refused.get(name)
+        if refused is not None:
+            raise refused
+        if self._asset is None:
+            self._asset = _asset()
+        urls = self._urls[name]
+        try:
+            ready = _load_channel(name, urls, self._asset, self._send_timeout)
+        except DeliveryError as err:
+            self._refused[name] = err
+            raise
+        self._channels[name] = ready
+        log.debug("channel_loaded", channel=name, urls=list(ready.masked))
+        return ready
 
     @property
     def guard_timeout(self) -> float:
@@ -324,11 +371,11 @@ class Notifier:
 
     @property
     def channels(self) -> tuple[str, ...]:
-        return tuple(self._channels)
+        return tuple(self._urls)
 
     def masked_urls(self, channel: str) -> tuple[str, ...]:
         """The channel's URLs for display (`check-config`, `status`)."""
-        return self._channels[channel].masked
+        return self._channel(channel).masked
 
     async def send(
         self,
@@ -343,9 +390,14 @@ class Notifier:
         Returns within connect + `send_timeout` (the socket timeouts), at worst within
         `guard_timeout`; only a send abandoned by that guard may still complete in its thread.
         """
-        target = self._channels.get(channel)
-        if target is None:
+        if channel not in self._urls:
             return SendResult(False, f"channel {channel!r} is not configured")
+        try:
+            target = self._channel(channel)
+        except DeliveryError as err:
+            return SendResult(False, str(err))
+        import apprise
+
         call = functools.partial(
             target.apprise.notify,
             body=body,

@@ -11,7 +11,6 @@ from watcher.config.ranges import MIN_TOKEN_LENGTH
 from watcher.config.scalars import parse_listen
 from watcher.config.yaml_loader import at_key
 from watcher.model import HttpAuth, Secret
-from watcher.web.auth import is_loopback, parse_password_hash
 
 HTTP_KEYS = ("listen", "auth")
 HTTP_AUTH_KEYS = ("token", "token_file", "basic")
@@ -24,6 +23,9 @@ class HttpSection(CredentialsSection):
     """Reads `http:` into the listen address and its `HttpAuth`."""
 
     def http(self, value: Any, path: str) -> tuple[str, HttpAuth | None]:
+        # The status page's auth module (hashing, ipaddress) loads only for configs with http:.
+        from watcher.web.auth import is_loopback
+
         http = self.mapping(value, path, "a mapping of HTTP settings", HTTP_KEYS)
         listen_path = at_key(path, "listen")
         listen = DEFAULT_LISTEN
@@ -82,6 +84,8 @@ class HttpSection(CredentialsSection):
             hashed = self.nonempty(
                 self.require(basic, basic_path, "password_hash"), hash_path, "an scrypt hash"
             ).value
+            from watcher.web.auth import parse_password_hash
+
             try:
                 parse_password_hash(hashed)
             except ValueError as exc:

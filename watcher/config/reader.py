@@ -5,7 +5,6 @@ and the typed getters (text, duration, number, choice, state) every section read
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +49,8 @@ def suggest(word: str, choices: Sequence[str]) -> str:
     lowered = {choice.lower(): choice for choice in choices}
     if word.lower() in lowered:
         return f" (did you mean {lowered[word.lower()]!r}?)"
+    import difflib  # only a misspelt key or value needs it
+
     close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
     return f" (did you mean {lowered[close[0]]!r}?)" if close else ""
 

@@ -10,10 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import cache, lru_cache
-from typing import Any
-
-import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from typing import TYPE_CHECKING, Any
 
 from watcher.engine.diff import format_duration
 from watcher.engine.why import why_lines
@@ -28,6 +25,12 @@ from watcher.model import (
     NotifyType,
     RuleConfig,
 )
+
+# jinja2 is imported when a template is first compiled: a cycle that renders nothing (and
+# rules with the default templates in `check`) never pays for it.
+if TYPE_CHECKING:
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,9 @@ def _format_duration(value: Any) -> str:
 
 @cache
 def _environment(autoescape: bool) -> ImmutableSandboxedEnvironment:
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
     env = ImmutableSandboxedEnvironment(
         autoescape=autoescape,
         undefined=jinja2.StrictUndefined,
@@ -218,16 +224,26 @@ def sample_event(now: datetime) -> Event:
     )
 
 
+def _syntax_error() -> type[jinja2.TemplateSyntaxError]:
+    """jinja2's syntax error class, for an `except` reached only once a template compiled."""
+    import jinja2
+
+    return jinja2.TemplateSyntaxError
+
+
 def check_rule_templates(rule: RuleConfig, now: datetime) -> list[tuple[str, str]]:
     """Problems in a rule's templates as (field, message): syntax, and rendering a sample."""
     problems: list[tuple[str, str]] = []
-    context = template_context(sample_event(now))
+    # The sample is built only for a rule with templates of its own (most use the defaults).
+    context: dict[str, Any] | None = None
     for name, source in (("title", rule.title), ("body", rule.body)):
         if not source:
             continue
+        if context is None:
+            context = template_context(sample_event(now))
         try:
             compile_template(source, rule.format).render(context)
-        except jinja2.TemplateSyntaxError as err:
+        except _syntax_error() as err:
             problems.append(
                 (name, f"template syntax error at template line {err.lineno}: {err.message}")
             )
@@ -328,6 +344,8 @@ def _sample_entry(event: Event) -> dict[str, Any]:
 
 def check_group_templates(rule: RuleConfig, now: datetime) -> list[tuple[str, str]]:
     """Problems in a rule's group_title/group_body, found by rendering a sample group."""
+    if not (rule.group_title or rule.group_body):
+        return []
     entries = sample_group_entries(now)
     counts: dict[str, int] = {}
     for entry in entries:
@@ -339,7 +357,7 @@ def check_group_templates(rule: RuleConfig, now: datetime) -> list[tuple[str, st
             continue
         try:
             compile_template(source, rule.format).render(context)
-        except jinja2.TemplateSyntaxError as err:
+        except _syntax_error() as err:
             problems.append(
                 (name, f"template syntax error at template line {err.lineno}: {err.message}")
             )

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import getpass
 import hashlib
 import hmac
 import ipaddress
@@ -181,6 +180,8 @@ def _b64decode(text: str) -> bytes:
 def main() -> int:
     """Prompt for a password twice (or read one line from a pipe) and print its hash."""
     if sys.stdin.isatty():
+        import getpass  # termios and all: only this prompt needs it
+
         password = getpass.getpass("password: ")
         if getpass.getpass("again: ") != password:
             print("the passwords differ", file=sys.stderr)

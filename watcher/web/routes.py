@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
 from watcher.errors import StoreError
-from watcher.model import KNOWN_STATES, Config, EventKind, OutboxStatus
+from watcher.model import KNOWN_STATES, EventKind, OutboxStatus
 from watcher.web import views
-from watcher.web.auth import Verifier, is_loopback
-from watcher.web.readmodel import EventFilter, ReadModel
+from watcher.web.auth import is_loopback
+from watcher.web.page import StatusPage
+from watcher.web.readmodel import EventFilter
 from watcher.web.render import STATIC, render_html, render_json
 
 __all__ = ["OPEN_PATHS", "SECURITY_HEADERS", "StatusPage", "install"]
@@ -45,32 +45,6 @@ _MAX_LIMIT = 500
 
 class _BadRequest(Exception):
     """A query parameter the user can fix; the message says how."""
-
-
-@dataclass
-class StatusPage:
-    """What the routes need: the state file, the config of the moment, a clock."""
-
-    config: Callable[[], Config]
-    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
-    refresh_seconds: int = 5
-    model: ReadModel = field(init=False)
-    verifier: Verifier | None = field(init=False)
-
-    def __post_init__(self) -> None:
-        config = self.config()
-        self.model = ReadModel(config.storage)
-        # Credentials are fixed at start-up, like http.listen: a reload cannot open the door.
-        self.verifier = Verifier(config.http_auth) if config.http_auth else None
-
-    def infos(self) -> list[views.SourceInfo]:
-        return [
-            views.SourceInfo(s.name, s.poll_interval, s.full_scan_every)
-            for s in self.config().sources
-        ]
-
-    def scrub(self, value: Any) -> Any:
-        return views.scrub(value, self.config().secrets)
 
 
 _PAGE: web.AppKey[StatusPage] = web.AppKey("status_page")
