@@ -11,7 +11,7 @@ import asyncio
 import math
 import random
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -300,6 +300,41 @@ async def test_a_documented_cycle_resolves_settled_jobs_cheaply_and_loses_none(
             assert spent.get("show", 0) == (1 if round_ == 2 else 0), spent
         # Either way never dearer than a lookup for each of the 6 settled jobs.
         assert sum(spent.values()) - listings <= 6, spent
+
+
+async def test_a_settled_listing_that_outgrows_its_estimate_gives_way_to_lookups(
+    sim: Sim,
+) -> None:
+    populate(sim, 400)  # a minute apart over the past week, one in ten in flight
+    sim.state.api_behaviour = ApiBehaviour.DOCUMENTED
+    inc = sim.watcher("inc", "1h")
+    await poll(inc)
+    sim.tick()
+    await poll(inc)  # update_since found ignored: active set from now on
+    by_age = sorted(active_ids(sim), key=lambda j: sim.state.jobs[j]["create_time"])
+    settling = by_age[30:33]  # neighbours: 19 stored settled jobs between them
+    since = sim.state.jobs[settling[0]]["create_time"]
+    # Settled jobs the store never saw, created among them (rows a region shows late):
+    # the estimate says one page, the listing would take four.
+    for k in range(350):
+        sim.state.add_job(
+            now=datetime.fromtimestamp((since + 1000 + k) / 1000, UTC), state="SUCCEED"
+        )
+    sim.tick()
+    for job_id in settling:
+        sim.state.set_state(job_id, "FAILED", now=sim.clock())
+    before = dict(sim.state.requests_by_kind)
+    with capture_logs() as logs:
+        outcome = await poll(inc)
+    spent = {k: v - before.get(k, 0) for k, v in sim.state.requests_by_kind.items()}
+    assert outcome.mode == "active_set"
+    assert spent["list?create_since&create_until&state"] == 1  # stopped on its first page
+    assert spent["show"] == 3
+    assert [e["event"] for e in logs if e["event"] == "settled_listing_over_budget"] == [
+        "settled_listing_over_budget"
+    ]
+    assert {e[1] for e in events(inc) if e[3] == "FAILED"} == set(settling)
+    assert demotions(inc, "active_set") == 0
 
 
 # --- large tenants --------------------------------------------------------------------------------

@@ -27,9 +27,10 @@ Why it is safe (the engine's contract is unchanged: `advance()` always gets ever
   the jobs that were active but are in neither (they settled), `plan_resolution` picks per
   cluster of their create times either one settled listing bounded on both sides
   (`state=<settled>&create_since=..&create_until=..`) or a lookup by id each, whichever is
-  estimated (from the create times of the stored settled jobs) to cost fewer requests; a
-  job its listing did not return is looked up anyway, so a wrong estimate costs requests,
-  never a transition. A 404 on a lookup keeps the stored job; the next full scan decides
+  estimated (from the create times of the stored settled jobs) to cost fewer requests. A
+  listing whose first page counts more pages than the lookups it replaces stops there
+  (`WindowBudget`), and a job a listing did not return is looked up anyway, so a wrong
+  estimate costs a page, never a transition. A 404 on a lookup keeps the stored job; the next full scan decides
   whether it vanished.
 * A full scan still runs at the first start and every `full_scan_every`; whatever it finds
   changed before the last incremental cycle started, and not seen by it, is a miss
@@ -282,6 +283,25 @@ class ResolutionPlan:
         return sum(w.pages for w in self.windows) + len(self.lookups)
 
 
+class WindowBudget:
+    """A page check that stops a settled listing, on its first page, when its `count`
+    says it would cost more pages than the lookups it replaces (the stored jobs it was
+    estimated from can be wrong: jobs the store never saw). `exceeded` tells that stop
+    from an ignored filter; the jobs it did not return are looked up instead."""
+
+    def __init__(self, lookups: int, page_size: int) -> None:
+        self.lookups = lookups
+        self.page_size = page_size
+        self.exceeded = False
+
+    def __call__(self, page: JobsPage) -> str | None:
+        pages = math.ceil(page.count / self.page_size)
+        if pages <= self.lookups:
+            return None
+        self.exceeded = True
+        return f"{page.count} settled jobs in the window: {pages} pages > {self.lookups} lookups"
+
+
 # Past this many departed jobs the planner groups neighbours (by create time) into units,
 # so planning stays quadratic in this, not in a mass settlement of thousands.
 _MAX_UNITS = 256
@@ -514,23 +534,9 @@ class IncrementalPoller:
                 candidates, sorted(survey.settled_created), self.client.page_size
             )
             windows = plan.windows
-        listings = [
-            self.client.list_jobs(
-                [
-                    ("state", ",".join(settled)),
-                    ("create_since", _create_since(self.source, w.since)),
-                    ("create_until", _create_until(self.source, w.until)),
-                ],
-                check=all_of(
-                    state_check(settled), created_since_check(w.since), created_until_check(w.until)
-                ),
-                known=stored,
-            )
-            for w in windows
-        ]
-        for listing in await _gather_all(listings):
-            found.update(listing.jobs)
-            requests += listing.requests
+        for listed, spent in await _gather_all([self._settled_window(w, stored) for w in windows]):
+            found.update(listed)
+            requests += spent
         # Whatever a listing did not return (not settled after all, deleted, an estimate
         # gone wrong) is looked up: a plan can cost requests, never a transition.
         left = [job.job_id for job in departed if job.job_id not in found]
@@ -560,6 +566,42 @@ class IncrementalPoller:
                 lookups=len(left),
             )
         return found, requests, len(left), gone
+
+    async def _settled_window(
+        self, window: Window, stored: Mapping[str, Job]
+    ) -> tuple[Mapping[str, Job], int]:
+        """The settled jobs created in `window` and the requests spent; nothing (after its
+        first page) when the listing would cost more than the lookups it was to replace."""
+        settled = settled_states(self.source)
+        budget = WindowBudget(len(window.job_ids), self.client.page_size)
+        try:
+            listing = await self.client.list_jobs(
+                [
+                    ("state", ",".join(settled)),
+                    ("create_since", _create_since(self.source, window.since)),
+                    ("create_until", _create_until(self.source, window.until)),
+                ],
+                # The filters first: an API ignoring one is a demotion, not a budget.
+                check=all_of(
+                    state_check(settled),
+                    created_since_check(window.since),
+                    created_until_check(window.until),
+                    budget,
+                ),
+                known=stored,
+            )
+        except ListingRejected as rejected:
+            if not budget.exceeded:
+                raise
+            log.info(
+                "settled_listing_over_budget",
+                source=self.source.name,
+                jobs=len(window.job_ids),
+                estimated=window.pages,
+                reason=rejected.reason,
+            )
+            return {}, rejected.requests
+        return listing.jobs, listing.requests
 
 
 async def _gather_all(coros: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
