@@ -30,8 +30,8 @@ Why it is safe (the engine's contract is unchanged: `advance()` always gets ever
   estimated (from the create times of the stored settled jobs) to cost fewer requests. A
   listing whose first page counts more pages than the lookups it replaces stops there
   (`WindowBudget`), and a job a listing did not return is looked up anyway, so a wrong
-  estimate costs a page, never a transition. A 404 on a lookup keeps the stored job; the next full scan decides
-  whether it vanished.
+  estimate costs a page, never a transition. A 404 on a lookup keeps the stored job; the
+  next full scan decides whether it vanished.
 * A full scan still runs at the first start and every `full_scan_every`; whatever it finds
   changed before the last incremental cycle started, and not seen by it, is a miss
   (`watcher.engine.cycle.find_misses`): logged and counted, so a wrong assumption shows in
