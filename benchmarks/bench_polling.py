@@ -50,22 +50,49 @@ def _offset_clock(offset: list[float]) -> datetime:
     return datetime.now(UTC) + timedelta(seconds=offset[0])
 
 
-def populate(state: SimulatorState, n: int, active_fraction: float, now: datetime) -> None:
-    """`n` jobs over two years, `active_fraction` of them in flight."""
+SPREADS = ("recent", "uniform")
+
+
+def populate(
+    state: SimulatorState, n: int, active_fraction: float, now: datetime, spread: str = "recent"
+) -> None:
+    """`n` jobs created over two years, `active_fraction` of them in flight.
+
+    `recent`, what a tenant looks like: training takes hours to days, so the jobs in flight
+    are among the newest. Of the newest jobs nineteen in twenty are in flight (the
+    twentieth, a quick one, has settled already); besides, one in fifty of the jobs in
+    flight is old, waiting for its user to upload data again (AUDIT_FAILED).
+    `uniform`: the jobs in flight spread evenly over the two years, which no tenant looks
+    like; the worst case for active-set polling, kept to show that it stays correct.
+    """
     rng = random.Random(7)
-    active_every = max(1, round(1 / active_fraction))
+    active = max(1, round(n * active_fraction))
+    in_flight: dict[int, str] = {}
+    if spread == "uniform":
+        every = max(1, round(1 / active_fraction))
+        in_flight = {i: rng.choice(ACTIVE) for i in range(0, n, every)}
+    else:
+        stragglers = active // 50
+        age = 0  # 0 = the newest job
+        while len(in_flight) < active - stragglers and age < n:
+            if age % 20 != 19:
+                in_flight[n - 1 - age] = rng.choice(ACTIVE)
+            age += 1
+        old = n - age
+        for k in range(stragglers):
+            in_flight[k * old // stragglers] = "AUDIT_FAILED"
     for i in range(n):
         created = now - timedelta(days=730) + timedelta(seconds=i * 730 * 86400 / n)
-        if i % active_every == 0:
-            state.add_job(now=created, state=rng.choice(ACTIVE), lastupdate_time=to_ms(created))
+        if (job_state := in_flight.get(i)) is not None:
+            state.add_job(now=created, state=job_state, lastupdate_time=to_ms(created))
         else:
             state.add_job(now=created, state=rng.choice(("SUCCEED", "SUCCEED", "FAILED")))
 
 
-async def serve_simulator(jobs: int, active_fraction: float) -> None:
+async def serve_simulator(jobs: int, active_fraction: float, spread: str = "recent") -> None:
     offset = [0.0]
     state = SimulatorState(seed=1, cache_listings=True)
-    populate(state, jobs, active_fraction, _offset_clock(offset))
+    populate(state, jobs, active_fraction, _offset_clock(offset), spread)
     app = create_app(state, project_id=PROJECT, ak=AK, sk=SK, clock=lambda: _offset_clock(offset))
     hook = {"received": 0, "first": 0.0, "last": 0.0}
     rng = random.Random(11)
@@ -295,9 +322,10 @@ class Simulator:
         self.process.wait(timeout=10)
 
 
-def start_simulator(jobs: int, active: float) -> Simulator:
+def start_simulator(jobs: int, active: float, spread: str = "recent") -> Simulator:
+    args = [sys.executable, __file__, "--role", "sim", "--jobs", str(jobs), "--active", str(active)]
     process = subprocess.Popen(  # noqa: S603 (our own script)
-        [sys.executable, __file__, "--role", "sim", "--jobs", str(jobs), "--active", str(active)],
+        [*args, "--spread", spread],
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -400,13 +428,14 @@ def main() -> None:
     parser.add_argument("--active", type=float, default=0.01)
     parser.add_argument("--change", type=float, default=0.001)
     parser.add_argument("--jobs", type=int, default=10000)
+    parser.add_argument("--spread", choices=SPREADS, default="recent")
     parser.add_argument("--url", default="")
     parser.add_argument("--mode", default="full")
     parser.add_argument("--changes", type=int, default=10)
     parser.add_argument("--alerts", type=int, default=0)
     args = parser.parse_args()
     if args.role == "sim":
-        asyncio.run(serve_simulator(args.jobs, args.active))
+        asyncio.run(serve_simulator(args.jobs, args.active, args.spread))
     elif args.role == "daemon":
         asyncio.run(run_daemon(args.url, args.mode, args.cycles, args.changes, args.alerts))
     else:

@@ -25,12 +25,14 @@ from watcher.config import load_config_text
 from watcher.daemon import PollOutcome, Watcher
 from watcher.metastudio.client import PageCheck, RetryPolicy
 from watcher.metastudio.incremental import (
+    ResolutionPlan,
     active_states,
     created_since_check,
+    created_until_check,
+    plan_resolution,
     settled_states,
     state_check,
     updated_since_check,
-    use_settled_listing,
 )
 from watcher.metastudio.parse import JobsPage
 from watcher.model import DOCUMENTED_STATES, SETTLED_STATES, Job
@@ -222,8 +224,9 @@ async def test_ignored_update_since_falls_back_to_active_set_polling(sim: Sim) -
     assert kinds["list?update_since"] == 1  # tried once, found ignored, never again
     assert kinds["list?state"] >= 10
     assert kinds["list?create_since"] == 10
-    # The batch that settled at once was resolved by one settled listing, not 30+ lookups.
-    assert kinds["list?create_since&state"] >= 1
+    # The batch that settled at once was resolved by a bounded settled listing, not 30+
+    # lookups.
+    assert kinds["list?create_since&create_until&state"] >= 1
     assert kinds["show"] < 30
 
 
@@ -295,18 +298,99 @@ def _job(job_id: str, state: str, updated: datetime, created: datetime | None = 
     return Job(job_id, state, 1, created or updated, updated)
 
 
-def test_one_settled_listing_replaces_lookups_only_when_cheaper() -> None:
-    stored = {
-        f"s{i}": _job(f"s{i}", "SUCCEED", START, START + timedelta(minutes=i)) for i in range(500)
-    }
-    recent = [_job(f"d{i}", "PROCESSING", START, START + timedelta(minutes=490)) for i in range(8)]
-    # 10 settled jobs created since the oldest departed one: one page beats 8 lookups.
-    cutoff = use_settled_listing(recent, stored, SETTLED_STATES, 100)
-    assert cutoff == START + timedelta(minutes=490)
-    old = [_job(f"o{i}", "PROCESSING", START, START) for i in range(3)]
-    # 500 settled jobs since: 6 pages lose to 3 lookups.
-    assert use_settled_listing(old, stored, SETTLED_STATES, 100) is None
-    assert use_settled_listing(recent[:1], stored, SETTLED_STATES, 100) is None
+def test_a_bounded_settled_listing_replaces_lookups_only_when_cheaper() -> None:
+    settled = [START + timedelta(minutes=i) for i in range(500)]
+    at = START + timedelta(minutes=490, seconds=20, milliseconds=250)
+    recent = [(f"d{i}", at + timedelta(seconds=i)) for i in range(8)]
+    plan = plan_resolution(recent, settled, 100)
+    # One page over 490:20..490:28 (no stored settled job in it) beats 8 lookups.
+    ((window,),) = [plan.windows]
+    assert (window.since, window.until) == (
+        START + timedelta(minutes=490, seconds=20),
+        START + timedelta(minutes=490, seconds=28),
+    )
+    assert window.job_ids == tuple(sorted(j for j, _ in recent)) and window.pages == 1
+    assert plan.lookups == () and plan.cost == 1
+    # Spread out, each alone among settled jobs: lookups (3 < a page each).
+    spread = [(f"o{i}", START + timedelta(minutes=200 * i, seconds=30)) for i in range(3)]
+    assert plan_resolution(spread, settled, 100) == ResolutionPlan((), ("o0", "o1", "o2"))
+    # An old straggler no longer drags the window over all of history (its own lookup),
+    # and a job without a create time is always looked up.
+    mixed = plan_resolution([*recent, ("old", START), ("odd", None)], settled, 100)
+    assert [w.job_ids for w in mixed.windows] == [window.job_ids]
+    assert mixed.lookups == ("old", "odd") and mixed.cost == 3
+    # A window of 450 stored settled jobs (5 pages) loses to 3 lookups, wins over 8.
+    wide = [(f"w{i}", START + timedelta(minutes=10 + 150 * i, seconds=30)) for i in range(3)]
+    assert plan_resolution(wide, settled, 100).cost == 3
+    assert plan_resolution(recent[:1], settled, 100) == ResolutionPlan((), ("d0",))
+
+
+def _brute_force_cost(times: list[datetime], settled: list[datetime], page_size: int) -> int:
+    """The cheapest cover over every split of the create-time order into runs."""
+    from functools import cache
+
+    def pages(i: int, j: int) -> int:
+        since = times[i].replace(microsecond=0)
+        until = times[j - 1].replace(microsecond=0) + timedelta(seconds=1)
+        inside = sum(1 for t in settled if since <= t <= until)
+        return max(1, math.ceil((inside + j - i) / page_size))
+
+    @cache
+    def best(i: int) -> int:
+        if i == 0:
+            return 0
+        return min(best(j) + (i - j if i - j == 1 else min(i - j, pages(j, i))) for j in range(i))
+
+    return best(len(times))
+
+
+_offsets = st.integers(0, 40_000)  # milliseconds: a few jobs share a second
+
+
+@given(
+    departed=st.lists(st.one_of(st.none(), _offsets), max_size=7),
+    settled=st.lists(_offsets, max_size=40),
+    page_size=st.integers(1, 6),
+)
+@settings(max_examples=300, deadline=None)
+def test_the_resolution_plan_covers_each_departed_job_once_and_never_costs_more(
+    departed: list[int | None], settled: list[int], page_size: int
+) -> None:
+    def at(ms: int) -> datetime:
+        return START + timedelta(milliseconds=ms)
+
+    jobs = [(f"d{i}", None if ms is None else at(ms)) for i, ms in enumerate(departed)]
+    created = sorted(at(ms) for ms in settled)
+    plan = plan_resolution(jobs, created, page_size)
+    planned = [j for w in plan.windows for j in w.job_ids] + list(plan.lookups)
+    assert sorted(planned) == sorted(j for j, _ in jobs)  # every one, exactly once
+    assert plan.cost <= len(jobs)  # never dearer than a lookup each
+    when = dict(jobs)
+    for window in plan.windows:
+        assert len(window.job_ids) >= 2
+        assert all(window.since <= when[j] <= window.until for j in window.job_ids)  # type: ignore[operator]
+        inside = sum(1 for t in created if window.since <= t <= window.until)
+        assert window.pages == max(1, math.ceil((inside + len(window.job_ids)) / page_size))
+        assert window.pages < len(window.job_ids)  # only where it beats the lookups
+    assert all(when[j] is not None for w in plan.windows for j in w.job_ids)
+    # And it is the cheapest cover by runs of create time.
+    timed = sorted(t for _, t in jobs if t is not None)
+    untimed = sum(1 for _, t in jobs if t is None)
+    assert plan.cost == _brute_force_cost(timed, created, page_size) + untimed
+
+
+def test_a_mass_settlement_is_planned_in_units_and_still_covered() -> None:
+    departed = [(f"m{i:05d}", START + timedelta(seconds=i)) for i in range(5000)]
+    plan = plan_resolution(departed, [START - timedelta(days=1)], 100)
+    assert sorted(j for w in plan.windows for j in w.job_ids) == [j for j, _ in departed]
+    assert plan.cost == 50 and plan.lookups == ()
+
+
+def test_ignored_create_until_is_caught() -> None:
+    jobs = [_job(f"j{i}", "SUCCEED", START, START + timedelta(minutes=i)) for i in range(5)]
+    assert not created_until_check(START + timedelta(minutes=4))(_pages(jobs)[0])
+    reason = created_until_check(START + timedelta(minutes=3))(_pages(jobs)[0]) or ""
+    assert "ignores create_until" in reason
 
 
 def _pages(jobs: list[Job], size: int = 100) -> list[JobsPage]:

@@ -11,7 +11,7 @@ import asyncio
 import math
 import random
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -221,6 +221,120 @@ async def test_once_in_a_documented_region_costs_the_active_pages_plus_three(sim
     assert all(cost <= math.ceil(active / 100) + 3 for cost in costs), costs
     # Only the first `once` probed update_since; the demotion was remembered by the others.
     assert sim.state.requests_by_kind["list?update_since"] == 1
+
+
+def populate_in_flight(sim: Sim, n: int, spread: str) -> None:
+    """`n` jobs over two years, 1 % in flight: `recent`, among the newest (nineteen in twenty
+    of the newest jobs, plus one old one waiting for its user), or `uniform`, spread evenly
+    over the two years (no tenant looks like that; the worst case)."""
+    rng = random.Random(21)
+    active = n // 100
+    if spread == "uniform":
+        in_flight = set(range(0, n, 100))
+    else:
+        in_flight = {0}  # the old one, created two years ago
+        age = 0
+        while len(in_flight) < active:
+            if age % 20 != 19:
+                in_flight.add(n - 1 - age)
+            age += 1
+    for i in range(n):
+        created = START - timedelta(days=730) + timedelta(seconds=i * 730 * 86400 / n)
+        if i in in_flight:
+            state = "AUDIT_FAILED" if i == 0 and spread == "recent" else "PROCESSING"
+        else:
+            state = rng.choice(["SUCCEED", "SUCCEED", "FAILED"])
+        sim.state.add_job(now=created, state=state)
+
+
+@pytest.mark.parametrize("spread", ["recent", "uniform"])
+async def test_a_documented_cycle_resolves_settled_jobs_cheaply_and_loses_none(
+    sim: Sim, spread: str
+) -> None:
+    populate_in_flight(sim, 10_000, spread)
+    sim.state.api_behaviour = ApiBehaviour.DOCUMENTED
+    full = sim.watcher("full", "0")
+    await poll(full)
+    await poll(sim.watcher("cron", "1h"))
+    sim.tick()
+    await poll(sim.watcher("cron", "1h"))  # finds update_since ignored, remembers it
+    rng = random.Random(9)
+    costs = []
+    for round_ in range(4):
+        sim.tick()
+        now = sim.clock()
+        oldest, *others = sorted(active_ids(sim), key=lambda j: sim.state.jobs[j]["create_time"])
+        moving = rng.sample(others, 10)
+        if round_ == 2:  # the oldest job in flight (waiting for its user) settles too
+            moving[0] = oldest
+        for job_id in moving[:6]:
+            sim.state.set_state(job_id, rng.choice(["SUCCEED", "FAILED"]), now=now)
+        for job_id in moving[6:]:
+            sim.state.set_state(job_id, "WAITING", now=now)
+        sim.state.add_job(now=now - timedelta(seconds=30), state="CREATING")
+        fleeting = sim.state.add_job(now=now - timedelta(seconds=40), state="CREATING")
+        sim.state.set_state(fleeting["job_id"], "FAILED", now=now - timedelta(seconds=10))
+        active = len(active_ids(sim))
+        before = dict(sim.state.requests_by_kind)
+        outcome = await poll(sim.watcher("cron", "1h"))  # `once`: a new process each round
+        spent = {
+            k: v - before.get(k, 0)
+            for k, v in sim.state.requests_by_kind.items()
+            if k.startswith("list") or k == "show"  # not the failure details of alerts
+        }
+        assert outcome.mode == "active_set"
+        assert sum(spent.values()) == outcome.requests
+        costs.append((active, spent))
+        await poll(full)
+        cron = sim.watcher("cron", "1h")
+        assert events(cron) == events(full), f"round {round_}"  # nothing lost, nothing false
+        settled = {e[1] for e in events(full) if e[0] == "transition" and e[3] in SETTLED_STATES}
+        assert set(moving[:6]) <= settled
+    for round_, (active, spent) in enumerate(costs):
+        listings = spent["list?state"] + spent["list?create_since"]
+        if spread == "recent":
+            # The settled jobs, among the newest, found by one bounded settled listing (and
+            # the old one by its own lookup): the cost the issue sets, whatever else.
+            assert sum(spent.values()) <= math.ceil(active / 100) + 3, spent
+            assert spent["list?create_since&create_until&state"] == 1, spent
+            assert spent.get("show", 0) == (1 if round_ == 2 else 0), spent
+        # Either way never dearer than a lookup for each of the 6 settled jobs.
+        assert sum(spent.values()) - listings <= 6, spent
+
+
+async def test_a_settled_listing_that_outgrows_its_estimate_gives_way_to_lookups(
+    sim: Sim,
+) -> None:
+    populate(sim, 400)  # a minute apart over the past week, one in ten in flight
+    sim.state.api_behaviour = ApiBehaviour.DOCUMENTED
+    inc = sim.watcher("inc", "1h")
+    await poll(inc)
+    sim.tick()
+    await poll(inc)  # update_since found ignored: active set from now on
+    by_age = sorted(active_ids(sim), key=lambda j: sim.state.jobs[j]["create_time"])
+    settling = by_age[30:33]  # neighbours: 19 stored settled jobs between them
+    since = sim.state.jobs[settling[0]]["create_time"]
+    # Settled jobs the store never saw, created among them (rows a region shows late):
+    # the estimate says one page, the listing would take four.
+    for k in range(350):
+        sim.state.add_job(
+            now=datetime.fromtimestamp((since + 1000 + k) / 1000, UTC), state="SUCCEED"
+        )
+    sim.tick()
+    for job_id in settling:
+        sim.state.set_state(job_id, "FAILED", now=sim.clock())
+    before = dict(sim.state.requests_by_kind)
+    with capture_logs() as logs:
+        outcome = await poll(inc)
+    spent = {k: v - before.get(k, 0) for k, v in sim.state.requests_by_kind.items()}
+    assert outcome.mode == "active_set"
+    assert spent["list?create_since&create_until&state"] == 1  # stopped on its first page
+    assert spent["show"] == 3
+    assert [e["event"] for e in logs if e["event"] == "settled_listing_over_budget"] == [
+        "settled_listing_over_budget"
+    ]
+    assert {e[1] for e in events(inc) if e[3] == "FAILED"} == set(settling)
+    assert demotions(inc, "active_set") == 0
 
 
 # --- large tenants --------------------------------------------------------------------------------

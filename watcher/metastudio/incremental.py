@@ -24,9 +24,13 @@ Why it is safe (the engine's contract is unchanged: `advance()` always gets ever
   assumed final. One listing of every other documented state (only the 14 values the page
   lists are sent; a job in another unsettled state is looked up by id each cycle), one of
   jobs created since the last cycle (a job created and settled between two polls), and for
-  each job that was active but is in neither, a lookup by id — or one
-  `state=<settled>&create_since=<oldest such job>` listing when that is estimated (from
-  the stored jobs) to cost fewer requests. A 404 on a lookup keeps the stored job; the
+  the jobs that were active but are in neither (they settled), `plan_resolution` picks per
+  cluster of their create times either one settled listing bounded on both sides
+  (`state=<settled>&create_since=..&create_until=..`) or a lookup by id each, whichever is
+  estimated (from the create times of the stored settled jobs) to cost fewer requests. A
+  listing whose first page counts more pages than the lookups it replaces stops there
+  (`WindowBudget`), and a job a listing did not return is looked up anyway, so a wrong
+  estimate costs a page, never a transition. A 404 on a lookup keeps the stored job; the
   next full scan decides whether it vanished.
 * A full scan still runs at the first start and every `full_scan_every`; whatever it finds
   changed before the last incremental cycle started, and not seen by it, is a miss
@@ -37,10 +41,12 @@ Why it is safe (the engine's contract is unchanged: `advance()` always gets ever
 from __future__ import annotations
 
 import asyncio
+import bisect
 import math
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 import structlog
 
@@ -51,6 +57,7 @@ from watcher.metastudio.parse import JobsPage
 from watcher.model import DOCUMENTED_STATES, Job, SourceConfig
 
 log = structlog.get_logger()
+T = TypeVar("T")
 
 # Re-listed every cycle: covers skew between the API's own nodes, updates within the same
 # second as the bound (RFC 3339 here has whole seconds) and rows committed a little late.
@@ -194,24 +201,178 @@ def _create_since(source: SourceConfig, bound: datetime) -> str:
     return rfc3339(bound)
 
 
-def use_settled_listing(
-    departed: Sequence[Job], stored: Mapping[str, Job], settled: Collection[str], page_size: int
-) -> datetime | None:
-    """The `create_since` for one settled listing when it costs fewer requests than looking
-    up each departed job (estimated from the stored jobs), else None."""
-    if len(departed) < 2:
+def _create_until(source: SourceConfig, bound: datetime) -> str:
+    """Our `create_until`, never later than the source's own (which it replaces)."""
+    for key, value in source.filters:
+        if key == "create_until":
+            try:
+                own = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                break
+            if own.tzinfo is None:
+                own = own.replace(tzinfo=UTC)
+            if own < bound:
+                return value
+    return rfc3339(bound)
+
+
+def created_until_check(until: datetime) -> PageCheck:
+    """Evidence, on any page, that the API ignored `create_until`."""
+
+    def check(page: JobsPage) -> str | None:
+        for job in page.jobs:
+            if job.create_time is not None and job.create_time > until:
+                return (
+                    f"asked for jobs created until {rfc3339(until)} and got job {job.job_id} "
+                    f"created {rfc3339(job.create_time)}: the API ignores create_until"
+                )
         return None
-    created = [job.create_time for job in departed]
-    if any(when is None for when in created):
-        return None
-    cutoff = min(when for when in created if when is not None)
-    already = sum(
-        1
-        for job in stored.values()
-        if job.state in settled and job.create_time is not None and job.create_time >= cutoff
-    )
-    pages = math.ceil((already + len(departed)) / page_size)
-    return cutoff if pages < len(departed) else None
+
+    return check
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSurvey:
+    """What an active-set cycle needs to know about the stored jobs."""
+
+    # Stored jobs not in a settled state, by job id: the active set as last seen.
+    unsettled: tuple[Job, ...]
+    # Create times of the stored jobs in a state a settled listing asks for, unsorted:
+    # what a bounded settled listing will return besides the jobs that just settled.
+    settled_created: tuple[datetime, ...]
+
+
+def survey_stored(
+    stored: Mapping[str, Job], settled: Collection[str], listed: Collection[str]
+) -> StoredSurvey:
+    """The one pass over every stored job an active-set cycle makes (`settled`: the states
+    assumed final; `listed`: those a settled listing asks for). The store may hold jobs
+    compactly and build a Job per access, so nothing else here iterates `stored`."""
+    unsettled: list[Job] = []
+    created: list[datetime] = []
+    for job in stored.values():
+        if job.state not in settled:
+            unsettled.append(job)
+        elif job.state in listed and job.create_time is not None:
+            created.append(job.create_time)
+    unsettled.sort(key=lambda job: job.job_id)
+    return StoredSurvey(tuple(unsettled), tuple(created))
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """One settled listing over `since`..`until` (both inclusive, whole seconds, as sent),
+    expected to hold `job_ids` and to cost `pages` requests."""
+
+    since: datetime
+    until: datetime
+    job_ids: tuple[str, ...]
+    pages: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResolutionPlan:
+    """How to find where departed jobs went: bounded settled listings, and lookups by id."""
+
+    windows: tuple[Window, ...]
+    lookups: tuple[str, ...]
+
+    @property
+    def cost(self) -> int:
+        """Requests, as estimated: never more than one lookup per departed job."""
+        return sum(w.pages for w in self.windows) + len(self.lookups)
+
+
+class WindowBudget:
+    """A page check that stops a settled listing, on its first page, when its `count`
+    says it would cost more pages than the lookups it replaces (the stored jobs it was
+    estimated from can be wrong: jobs the store never saw). `exceeded` tells that stop
+    from an ignored filter; the jobs it did not return are looked up instead."""
+
+    def __init__(self, lookups: int, page_size: int) -> None:
+        self.lookups = lookups
+        self.page_size = page_size
+        self.exceeded = False
+
+    def __call__(self, page: JobsPage) -> str | None:
+        pages = math.ceil(page.count / self.page_size)
+        if pages <= self.lookups:
+            return None
+        self.exceeded = True
+        return f"{page.count} settled jobs in the window: {pages} pages > {self.lookups} lookups"
+
+
+# Past this many departed jobs the planner groups neighbours (by create time) into units,
+# so planning stays quadratic in this, not in a mass settlement of thousands.
+_MAX_UNITS = 256
+_SECOND = timedelta(seconds=1)
+
+
+def _window_bounds(first: datetime, last: datetime) -> tuple[datetime, datetime]:
+    """Whole-second bounds that include both create times (RFC 3339 as sent has seconds)."""
+    since = first.astimezone(UTC).replace(microsecond=0)
+    return since, last.astimezone(UTC).replace(microsecond=0) + _SECOND
+
+
+def plan_resolution(
+    departed: Sequence[tuple[str, datetime | None]],
+    settled_created: Sequence[datetime],
+    page_size: int,
+) -> ResolutionPlan:
+    """The cheapest cover of `departed` (job id, create time) by bounded settled listings
+    and lookups, estimated from `settled_created` (ascending create times of the stored
+    settled jobs; each departed job is assumed settled now, so counted in its window).
+
+    Exact over contiguous runs by create time (dynamic programming); a window costs
+    ceil(jobs in it / page_size) pages, at least one. A window must beat the lookups it
+    replaces (ties go to lookups, which do not depend on the estimate), so the plan never
+    costs more than one lookup per job, whatever the distribution of create times.
+    """
+    timed = sorted((when, job_id) for job_id, when in departed if when is not None)
+    untimed = [job_id for job_id, when in departed if when is None]
+    size = max(1, math.ceil(len(timed) / _MAX_UNITS))
+    units = [timed[i : i + size] for i in range(0, len(timed), size)]
+    n = len(units)
+    lows: list[int] = []
+    highs: list[int] = []
+    for unit in units:
+        since, until = _window_bounds(unit[0][0], unit[-1][0])
+        lows.append(bisect.bisect_left(settled_created, since))
+        highs.append(bisect.bisect_right(settled_created, until))
+    before = [0]
+    for unit in units:
+        before.append(before[-1] + len(unit))
+    best = [0] * (n + 1)
+    # choice[i]: (j, as_window): units j..i-1 form the last group of the best cover of i.
+    choice: list[tuple[int, bool]] = [(0, False)] * (n + 1)
+    for i in range(1, n + 1):
+        best[i] = best[i - 1] + len(units[i - 1])
+        choice[i] = (i - 1, False)
+        for j in range(i - 1, -1, -1):
+            jobs = before[i] - before[j]
+            if jobs < 2:
+                continue  # one job: a lookup is never dearer than a page
+            pages = max(1, math.ceil((highs[i - 1] - lows[j] + jobs) / page_size))
+            if pages >= best[i]:
+                break  # a wider window (smaller j) only costs more pages
+            if best[j] + pages < best[i]:
+                best[i] = best[j] + pages
+                choice[i] = (j, True)
+    windows: list[Window] = []
+    lookups: list[str] = []
+    i = n
+    while i > 0:
+        j, as_window = choice[i]
+        group = [job for unit in units[j:i] for job in unit]
+        ids = tuple(job_id for _, job_id in group)
+        if as_window:
+            since, until = _window_bounds(group[0][0], group[-1][0])
+            windows.append(Window(since, until, ids, best[i] - best[j]))
+        else:
+            lookups.extend(ids)
+        i = j
+    windows.reverse()
+    return ResolutionPlan(tuple(windows), tuple(sorted(lookups)) + tuple(untimed))
 
 
 # Called once per demotion with the strategy, why, and the cursor that now holds it: the
@@ -341,17 +502,16 @@ class IncrementalPoller:
         requests = sum(listing.requests for listing in listings)
         server_times = [t for t in (listing.server_time for listing in listings) if t]
         new_watermark = min(server_times, default=watermark)
+        survey = survey_stored(stored, source.settled_states, settled_states(source))
         departed = [
             job
-            for job_id, job in sorted(stored.items())
-            if job.state not in source.settled_states
-            and job_id not in jobs
-            and job_id not in self.cursor.gone
+            for job in survey.unsettled
+            if job.job_id not in jobs and job.job_id not in self.cursor.gone
         ]
         lookups = 0
         gone: set[str] = set()
         if departed:
-            found, extra_requests, lookups, gone = await self._resolve(departed, stored)
+            found, extra_requests, lookups, gone = await self._resolve(departed, stored, survey)
             jobs.update(found)
             requests += extra_requests
         return Increment(
@@ -359,27 +519,26 @@ class IncrementalPoller:
         )
 
     async def _resolve(
-        self, departed: Sequence[Job], stored: Mapping[str, Job]
+        self, departed: Sequence[Job], stored: Mapping[str, Job], survey: StoredSurvey
     ) -> tuple[dict[str, Job], int, int, set[str]]:
         """Where the jobs that left the active set went: (jobs, requests, lookups, 404s)."""
         found: dict[str, Job] = {}
         requests = 0
         settled = settled_states(self.source)
-        cutoff = use_settled_listing(
-            [j for j in departed if j.state in DOCUMENTED_STATES],
-            stored,
-            self.source.settled_states,
-            self.client.page_size,
-        )
-        if cutoff is not None and settled:
-            since = _create_since(self.source, cutoff)
-            listing = await self.client.list_jobs(
-                [("state", ",".join(settled)), ("create_since", since)],
-                check=all_of(state_check(settled), created_since_check(cutoff)),
-                known=stored,
+        # A job in an undocumented state left the listing because it cannot be asked
+        # for, not because it settled: a lookup, without widening any window.
+        candidates = [(j.job_id, j.create_time) for j in departed if j.state in DOCUMENTED_STATES]
+        windows: tuple[Window, ...] = ()
+        if settled and len(candidates) > 1:
+            plan = plan_resolution(
+                candidates, sorted(survey.settled_created), self.client.page_size
             )
-            found.update(listing.jobs)
-            requests += listing.requests
+            windows = plan.windows
+        for listed, spent in await _gather_all([self._settled_window(w, stored) for w in windows]):
+            found.update(listed)
+            requests += spent
+        # Whatever a listing did not return (not settled after all, deleted, an estimate
+        # gone wrong) is looked up: a plan can cost requests, never a transition.
         left = [job.job_id for job in departed if job.job_id not in found]
         gate = asyncio.Semaphore(max(1, self.source.page_concurrency))
 
@@ -397,4 +556,61 @@ class IncrementalPoller:
                 found[job_id] = job
         if gone:
             log.info("lookup_not_found", source=self.source.name, jobs=len(gone))
+        if windows:
+            log.debug(
+                "departed_resolved",
+                source=self.source.name,
+                departed=len(departed),
+                windows=len(windows),
+                estimated=sum(w.pages for w in windows),
+                lookups=len(left),
+            )
         return found, requests, len(left), gone
+
+    async def _settled_window(
+        self, window: Window, stored: Mapping[str, Job]
+    ) -> tuple[Mapping[str, Job], int]:
+        """The settled jobs created in `window` and the requests spent; nothing (after its
+        first page) when the listing would cost more than the lookups it was to replace."""
+        settled = settled_states(self.source)
+        budget = WindowBudget(len(window.job_ids), self.client.page_size)
+        try:
+            listing = await self.client.list_jobs(
+                [
+                    ("state", ",".join(settled)),
+                    ("create_since", _create_since(self.source, window.since)),
+                    ("create_until", _create_until(self.source, window.until)),
+                ],
+                # The filters first: an API ignoring one is a demotion, not a budget.
+                check=all_of(
+                    state_check(settled),
+                    created_since_check(window.since),
+                    created_until_check(window.until),
+                    budget,
+                ),
+                known=stored,
+            )
+        except ListingRejected as rejected:
+            if not budget.exceeded:
+                raise
+            log.info(
+                "settled_listing_over_budget",
+                source=self.source.name,
+                jobs=len(window.job_ids),
+                estimated=window.pages,
+                reason=rejected.reason,
+            )
+            return {}, rejected.requests
+        return listing.jobs, listing.requests
+
+
+async def _gather_all(coros: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
+    """Run them at once (the client's token bucket still spaces their requests); on a
+    failure, cancel the rest and retrieve their exceptions before raising the first."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
