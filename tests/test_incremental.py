@@ -299,7 +299,7 @@ def _job(job_id: str, state: str, updated: datetime, created: datetime | None = 
 
 
 def test_a_bounded_settled_listing_replaces_lookups_only_when_cheaper() -> None:
-    settled = [START + timedelta(minutes=i) for i in range(500)]
+    settled = [(START + timedelta(minutes=i)).timestamp() for i in range(500)]
     at = START + timedelta(minutes=490, seconds=20, milliseconds=250)
     recent = [(f"d{i}", at + timedelta(seconds=i)) for i in range(8)]
     plan = plan_resolution(recent, settled, 100)
@@ -361,7 +361,7 @@ def test_the_resolution_plan_covers_each_departed_job_once_and_never_costs_more(
 
     jobs = [(f"d{i}", None if ms is None else at(ms)) for i, ms in enumerate(departed)]
     created = sorted(at(ms) for ms in settled)
-    plan = plan_resolution(jobs, created, page_size)
+    plan = plan_resolution(jobs, [t.timestamp() for t in created], page_size)
     planned = [j for w in plan.windows for j in w.job_ids] + list(plan.lookups)
     assert sorted(planned) == sorted(j for j, _ in jobs)  # every one, exactly once
     assert plan.cost <= len(jobs)  # never dearer than a lookup each
@@ -381,7 +381,7 @@ def test_the_resolution_plan_covers_each_departed_job_once_and_never_costs_more(
 
 def test_a_mass_settlement_is_planned_in_units_and_still_covered() -> None:
     departed = [(f"m{i:05d}", START + timedelta(seconds=i)) for i in range(5000)]
-    plan = plan_resolution(departed, [START - timedelta(days=1)], 100)
+    plan = plan_resolution(departed, [(START - timedelta(days=1)).timestamp()], 100)
     assert sorted(j for w in plan.windows for j in w.job_ids) == [j for j, _ in departed]
     assert plan.cost == 50 and plan.lookups == ()
 

@@ -63,7 +63,7 @@ def test_stored_jobs_read_a_job_only_when_asked_and_keep_only_those_in_flight() 
         reads.append(None if ids is None else sorted(ids))
         return dict(table) if ids is None else {j: table[j] for j in ids if j in table}
 
-    stored = StoredJobs({j: (job.digest, job.state, None) for j, job in table.items()}, load)
+    stored = StoredJobs({j: (job.digest, job.state, None, None) for j, job in table.items()}, load)
     # Membership, length, ids, digests and states come from the rows: no read.
     assert len(stored) == 3 and "b" in stored and "x" not in stored
     assert stored.digest_of("c") == 3 and stored.state_of("a") == "PROCESSING"

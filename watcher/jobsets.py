@@ -15,14 +15,15 @@ from typing import Any
 
 from watcher.model import SETTLED_STATES, Job
 
-# digest (None: unknown, compare in full), state, batch_name
-Row = tuple[int | None, str, str | None]
+# digest (None: unknown, compare in full), state, batch_name, create_time (epoch seconds)
+Row = tuple[int | None, str, str | None, float | None]
 # Every stored job among `ids` (all of them when None), read in one go.
 Loader = Callable[[Collection[str] | None], Mapping[str, Job]]
 
 
 def row_of(job: Job) -> Row:
-    return (job.digest, job.state, job.batch_name)
+    created = job.create_time
+    return (job.digest, job.state, job.batch_name, None if created is None else created.timestamp())
 
 
 class StoredJobs(Mapping[str, Job]):

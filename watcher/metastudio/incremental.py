@@ -52,6 +52,7 @@ import structlog
 
 from watcher.engine.cursor import LADDER, Cursor, Strategy
 from watcher.errors import ApiError, AuthError
+from watcher.jobsets import StoredJobs
 from watcher.metastudio.client import ListingRejected, MetaStudioClient, PageCheck
 from watcher.metastudio.parse import JobsPage
 from watcher.model import DOCUMENTED_STATES, Job, SourceConfig
@@ -237,25 +238,35 @@ class StoredSurvey:
 
     # Stored jobs not in a settled state, by job id: the active set as last seen.
     unsettled: tuple[Job, ...]
-    # Create times of the stored jobs in a state a settled listing asks for, unsorted:
-    # what a bounded settled listing will return besides the jobs that just settled.
-    settled_created: tuple[datetime, ...]
+    # Create times (epoch seconds, ascending) of the stored jobs in a state a settled
+    # listing asks for: what a bounded settled listing returns besides the newly settled.
+    settled_created: tuple[float, ...]
 
 
 def survey_stored(
     stored: Mapping[str, Job], settled: Collection[str], listed: Collection[str]
 ) -> StoredSurvey:
     """The one pass over every stored job an active-set cycle makes (`settled`: the states
-    assumed final; `listed`: those a settled listing asks for). The store may hold jobs
-    compactly and build a Job per access, so nothing else here iterates `stored`."""
+    assumed final; `listed`: those a settled listing asks for). Over compact stored rows it
+    reads only the unsettled jobs (held already, as a rule): never the whole table."""
     unsettled: list[Job] = []
-    created: list[datetime] = []
-    for job in stored.values():
-        if job.state not in settled:
-            unsettled.append(job)
-        elif job.state in listed and job.create_time is not None:
-            created.append(job.create_time)
+    created: list[float] = []
+    if isinstance(stored, StoredJobs):
+        ids: list[str] = []
+        for job_id, (_, state, _, when) in stored.rows().items():
+            if state not in settled:
+                ids.append(job_id)
+            elif state in listed and when is not None:
+                created.append(when)
+        unsettled = list(stored.materialise(ids).values())
+    else:
+        for job in stored.values():
+            if job.state not in settled:
+                unsettled.append(job)
+            elif job.state in listed and job.create_time is not None:
+                created.append(job.create_time.timestamp())
     unsettled.sort(key=lambda job: job.job_id)
+    created.sort()
     return StoredSurvey(tuple(unsettled), tuple(created))
 
 
@@ -316,12 +327,13 @@ def _window_bounds(first: datetime, last: datetime) -> tuple[datetime, datetime]
 
 def plan_resolution(
     departed: Sequence[tuple[str, datetime | None]],
-    settled_created: Sequence[datetime],
+    settled_created: Sequence[float],
     page_size: int,
 ) -> ResolutionPlan:
     """The cheapest cover of `departed` (job id, create time) by bounded settled listings
-    and lookups, estimated from `settled_created` (ascending create times of the stored
-    settled jobs; each departed job is assumed settled now, so counted in its window).
+    and lookups, estimated from `settled_created` (the stored settled jobs' create times,
+    ascending epoch seconds; each departed job is assumed settled now, so counted in its
+    window).
 
     Exact over contiguous runs by create time (dynamic programming); a window costs
     ceil(jobs in it / page_size) pages, at least one. A window must beat the lookups it
@@ -337,8 +349,8 @@ def plan_resolution(
     highs: list[int] = []
     for unit in units:
         since, until = _window_bounds(unit[0][0], unit[-1][0])
-        lows.append(bisect.bisect_left(settled_created, since))
-        highs.append(bisect.bisect_right(settled_created, until))
+        lows.append(bisect.bisect_left(settled_created, since.timestamp()))
+        highs.append(bisect.bisect_right(settled_created, until.timestamp()))
     before = [0]
     for unit in units:
         before.append(before[-1] + len(unit))
@@ -530,9 +542,7 @@ class IncrementalPoller:
         candidates = [(j.job_id, j.create_time) for j in departed if j.state in DOCUMENTED_STATES]
         windows: tuple[Window, ...] = ()
         if settled and len(candidates) > 1:
-            plan = plan_resolution(
-                candidates, sorted(survey.settled_created), self.client.page_size
-            )
+            plan = plan_resolution(candidates, survey.settled_created, self.client.page_size)
             windows = plan.windows
         for listed, spent in await _gather_all([self._settled_window(w, stored) for w in windows]):
             found.update(listed)

@@ -81,15 +81,18 @@ class Snapshots:
         if jobs is not None:
             rows = {job_id: row_of(job) for job_id, job in jobs.items()}
         else:
+            # Create times as epoch seconds, computed by SQLite (julianday: any version).
             with self._db.reading("read the jobs") as conn:
-                for job_id, digest, state, batch in conn.execute(
-                    "SELECT job_id, digest, state, batch_name FROM jobs WHERE source = ?",
+                for job_id, digest, state, batch, created in conn.execute(
+                    "SELECT job_id, digest, state, batch_name, "
+                    "(julianday(create_time) - 2440587.5) * 86400.0 FROM jobs WHERE source = ?",
                     (source,),
                 ):
                     rows[job_id] = (
                         digest,
                         intern(state),
                         None if batch is None else intern(batch),
+                        created,
                     )
 
         def load(ids: Collection[str] | None) -> dict[str, Job]:
