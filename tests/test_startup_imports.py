@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_cli import HOOK_TOKEN, Servers, start_servers
-from watcher.cli import EX_OK, EX_TEMPFAIL
+from watcher.cli import EX_CONFIG, EX_OK
 from watcher.model import OutboxStatus
 from watcher.store import Store
 
@@ -109,7 +109,8 @@ def test_a_url_apprise_refuses_fails_its_sends_in_once_and_the_alert_stays_queue
     servers: Servers,
 ) -> None:
     """`once` leaves the URL check to the first send (`check` does it up front): the refused
-    channel's alert waits in the outbox, the other channel's message still goes."""
+    channel's alert waits in the outbox, the other channel's message still goes, and the
+    exit is the config error (78, FILE:LINE) the refused URL is."""
     job = servers.add_job(state="AUDITING")
     config = servers.config(
         extra_channels='  bad: ["bogus://host/BogusSecretPath77"]\n',
@@ -118,8 +119,8 @@ def test_a_url_apprise_refuses_fails_its_sends_in_once_and_the_alert_stays_queue
     assert run_once(servers, config)[0] == EX_OK
     servers.set_state(job["job_id"], "AUDIT_FAILED")
     code, err, _ = run_once(servers, config)
-    assert code == EX_TEMPFAIL, err
-    assert "1 alert(s) could not be delivered (1 will be retried, 0 dead-lettered)" in err
+    assert code == EX_CONFIG, err
+    assert f"{config}:" in err and "channels.bad" in err and "bogus" in err
     assert len(servers.titles()) == 1  # the good channel was not held up
     with Store.open(str(servers.storage)) as store:
         (pending,) = store.list_outbox([OutboxStatus.PENDING])

@@ -373,6 +373,11 @@ def cmd_once(args: argparse.Namespace) -> int:
                 app.close()
         failures = [o for o in outcomes if not o.ok]
         undelivered = delivery.failed + delivery.dead
+        if undelivered:
+            # The URLs were not checked up front (that imports apprise): now that a send
+            # failed, one apprise refuses is the config error it is, with its FILE:LINE,
+            # after every other channel has had its messages (nothing is lost: they wait).
+            _load(args)
         code = EX_FAILURE if failures else EX_TEMPFAIL if undelivered else EX_OK
         if args.json:
             _print_json(
