@@ -305,7 +305,8 @@ class MetaStudioClient:
                 log.debug(
                     "scan_finished",
                     source=self._source.name,
-                    jobs=len(state.jobs),
+                    jobs=len(state.jobs) + len(state.same),
+                    parsed=len(state.jobs),
                     requests=tally.requests,
                     scans=scan,
                     params=[k for k, _ in params],
