@@ -747,3 +747,31 @@ def test_poll_cursor_and_scan_progress_survive_a_reopen(tmp_path: Path) -> None:
         polling = s.poll_strategies()["prod"]
         # A saved cursor means the scan landed: its progress is cleared.
         assert polling.strategy == "active_set" and polling.pages_done is None
+
+
+def _index_sql(s: Store) -> list[tuple[str, str]]:
+    return s._conn.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'jobs' "
+        "AND sql IS NOT NULL ORDER BY name"
+    ).fetchall()
+
+
+def test_a_large_baseline_leaves_the_indexes_as_the_schema_has_them(tmp_path: Path) -> None:
+    """A first baseline drops the secondary indexes for its writes and creates them again
+    after (one sort instead of two B-tree updates per row); a failed one changes nothing."""
+    with Store.open(str(tmp_path / "w.db")) as s:
+        before = _index_sql(s)
+        assert [name for name, _ in before] == ["jobs_by_batch", "jobs_by_state"]
+        many = [job(f"job-{n:05d}", "SUCCEED", batch_name=f"b{n % 7}") for n in range(12_000)]
+        bad = job("job-99999", "FAILED", extra={"odd": object()})  # not JSON: the write fails
+        with pytest.raises(ValueError, match="not JSON-compatible"):
+            s.commit_cycle("cn", snapshot(*many, bad), [], [], now=T0)
+        assert _index_sql(s) == before and s.load_jobs("cn") is None
+        s.commit_cycle("cn", snapshot(*many), [], [], now=T0)
+        assert _index_sql(s) == before
+        assert s._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        rows = s._conn.execute(
+            "SELECT count(*) FROM jobs INDEXED BY jobs_by_batch WHERE source = 'cn' "
+            "AND batch_name = 'b3'"
+        ).fetchone()[0]
+        assert rows == len([j for j in many if j.batch_name == "b3"])

@@ -6,9 +6,10 @@ changed; read whole by the daemon at start and by the CLI's `jobs`/`status`.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import sys
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 
 from watcher.jobsets import Row, StoredJobs, row_of
 from watcher.model import Job, Snapshot
@@ -47,6 +48,30 @@ _UPSERT_JOB = """
 
 def _job_id(job: Job) -> str:
     return job.job_id
+
+
+# Below this many rows an index is cheap to keep up row by row.
+_BULK_ROWS = 10_000
+
+
+@contextlib.contextmanager
+def _indexes_rebuilt_if_cheaper(conn: sqlite3.Connection, rows: int) -> Iterator[None]:
+    """Inside the caller's transaction: when `rows` outnumber the rows already stored (a
+    first baseline), drop the jobs table's secondary indexes for the writes and create them
+    again after (SQLite sorts once instead of updating two B-trees per row: about a third
+    of a 100k-job baseline's CPU). DDL is transactional: a failure leaves them as they were."""
+    if rows < _BULK_ROWS or rows <= conn.execute("SELECT count(*) FROM jobs").fetchone()[0]:
+        yield
+        return
+    indexes = conn.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'jobs' "
+        "AND sql IS NOT NULL"
+    ).fetchall()
+    for name, _ in indexes:
+        conn.execute(f'DROP INDEX "{name}"')  # our own schema's names
+    yield
+    for _, sql in indexes:
+        conn.execute(sql)
 
 
 def changed_jobs(snapshot: Snapshot, previous: Mapping[str, Job] | None) -> list[Job]:
@@ -155,7 +180,8 @@ class Snapshots:
         # A generator: a 100k-job baseline never holds all its rows in memory at once. In
         # key order: appending to the table's B-tree costs a fraction of random inserts.
         changed = sorted(changed, key=_job_id) if len(changed) > 1 else changed
-        conn.executemany(_UPSERT_JOB, ((source, *job_to_row(job)) for job in changed))
+        with _indexes_rebuilt_if_cheaper(conn, len(changed)):
+            conn.executemany(_UPSERT_JOB, ((source, *job_to_row(job)) for job in changed))
 
     def find(self, source: str | None, state: str | None) -> list[tuple[str, Job]]:
         rows = self._db.query_all(
