@@ -1,6 +1,7 @@
 """Polling cost, full scans against incremental cycles, against the simulator on loopback.
 
-Run by hand (`make bench`); prints a table. Not a test: numbers depend on the machine.
+Run by hand (`make bench-cycles`); prints a table. bench_side_by_side.py uses its simulator
+and daemon roles. Not a test: numbers depend on the machine.
 
 Three kinds of process, so that each measurement is clean: the simulator (its CPU is not
 the daemon's), one daemon per mode and size (its `ru_maxrss` is its own peak), and this

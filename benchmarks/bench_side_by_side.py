@@ -251,7 +251,7 @@ def report_size(res: dict[str, Any], command: str) -> str:
         f"## {n:,} jobs",
         "",
         f"- measured: {res['date']}, `{command}`, {res['elapsed_s'] / 60:.1f} min in all",
-        f"- machine: {bench_polling.machine()}; load average before: {res['load']}",
+        f"- machine: {bench_polling.machine()}; load average {res['load']}",
         f"- rounds: {res['rounds']} per behaviour; simulator populated in "
         f"{res['populate_s']:.1f} s, its peak RSS {res['simulator_rss_mb']:.0f} MB",
         "",
@@ -390,6 +390,11 @@ def choices(value: str, allowed: tuple[str, ...], what: str) -> list[str]:
     return picked
 
 
+def loadavg() -> str:
+    """The 1, 5 and 15 min load averages: other work on the machine shows in wall times."""
+    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="10000,100000,1000000")
@@ -416,9 +421,9 @@ def main() -> None:
     command = " ".join(["python benchmarks/bench_side_by_side.py", *sys.argv[1:]])
     results = []
     for n in sizes:
-        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        before = loadavg()
         res = bench_size(n, args.rounds, args.change, behaviours, args.cycles, cycle_bhv)
-        results.append({**res, "load": load})
+        results.append({**res, "load": f"{before} before, {loadavg()} after"})
     if output is None:
         print(report(results, command))
         print("a partial run (fewer behaviours, rounds or cycles): RESULTS.md not written")

@@ -45,7 +45,7 @@ def result(n: int, *, idle_cpu: float, date: str = "2026-12-02T01:00:00+00:00") 
         "rounds": 2,
         "date": date,
         "elapsed_s": 600.0,
-        "load": "1.00, 1.00, 1.00",
+        "load": "1.00 / 1.00 / 1.00 before, 1.00 / 1.00 / 1.00 after",
         "populate_s": 12.0,
         "simulator_rss_mb": 1100.0,
         "behaviours": {
