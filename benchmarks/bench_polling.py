@@ -1,6 +1,7 @@
 """Polling cost, full scans against incremental cycles, against the simulator on loopback.
 
-Run by hand (`make bench`); prints a table. Not a test: numbers depend on the machine.
+Run by hand (`make bench-cycles`); prints a table. bench_side_by_side.py uses its simulator
+and daemon roles. Not a test: numbers depend on the machine.
 
 Three kinds of process, so that each measurement is clean: the simulator (its CPU is not
 the daemon's), one daemon per mode and size (its `ru_maxrss` is its own peak), and this
@@ -188,7 +189,12 @@ async def _get(session: aiohttp.ClientSession, url: str) -> Any:
         return await resp.json()
 
 
-async def run_daemon(url: str, mode: str, cycles: int, changes: int, alerts: int) -> None:
+async def run_daemon(
+    url: str, mode: str, cycles: int, changes: int, alerts: int, idle: int = 0
+) -> None:
+    """A baseline, then `idle` cycles with nothing changed, then `cycles` cycles after
+    `changes` changes each; each cycle is one whole `Watcher.poll` (fetch, decide, commit,
+    report), its CPU (`process_time`, every thread of this process) and wall time measured."""
     from watcher.config import load_config_text
     from watcher.daemon import Watcher
     from watcher.model import OutboxStatus
@@ -224,10 +230,9 @@ async def run_daemon(url: str, mode: str, cycles: int, changes: int, alerts: int
                 "rss_mb": _rss_mb(),
             }
             rows = []
-            for _ in range(cycles):
-                churned = await _post(
-                    control, f"{url}/_bench/churn", {"advance": CYCLE, "changes": changes}
-                )
+            for i in range(idle + cycles):
+                churn = {"advance": CYCLE, "changes": 0 if i < idle else changes}
+                churned = await _post(control, f"{url}/_bench/churn", churn)
                 offset[0] = churned["offset"]
                 cpu, wall = time.process_time(), time.perf_counter()
                 outcome = await watcher.poll("bench")
@@ -240,9 +245,11 @@ async def run_daemon(url: str, mode: str, cycles: int, changes: int, alerts: int
                         "changed": churned["changed"],
                         "events": outcome.events,
                         "mode": outcome.mode,
+                        "phase": "idle" if i < idle else "changed",
                     }
                 )
-            out["cycles"] = rows
+            out["cycles"] = [row for row in rows if row["phase"] == "changed"]
+            out["idle_cycles"] = [row for row in rows if row["phase"] == "idle"]
             if alerts:
                 await watcher.deliver()  # whatever the cycles queued goes first
                 before = (await _get(control, f"{url}/_bench/stats"))["hook"]["received"]
@@ -316,13 +323,26 @@ def bench_diff(n: int) -> tuple[float, float]:
 class Simulator:
     process: subprocess.Popen[str]
     url: str
+    started: float = 0.0  # seconds from launch to listening (populating included)
+
+    def peak_rss_mb(self) -> float:
+        """The simulator process's peak RSS so far (VmHWM), 0 where /proc has none."""
+        try:
+            status = Path(f"/proc/{self.process.pid}/status").read_text()
+        except OSError:
+            return 0.0
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
 
     def stop(self) -> None:
         self.process.terminate()
-        self.process.wait(timeout=10)
+        self.process.wait(timeout=30)
 
 
 def start_simulator(jobs: int, active: float, spread: str = "recent") -> Simulator:
+    launched = time.perf_counter()
     args = [sys.executable, __file__, "--role", "sim", "--jobs", str(jobs), "--active", str(active)]
     process = subprocess.Popen(  # noqa: S603 (our own script)
         [*args, "--spread", spread],
@@ -335,12 +355,16 @@ def start_simulator(jobs: int, active: float, spread: str = "recent") -> Simulat
     if not url.startswith("http"):
         process.kill()
         raise SystemExit(f"the simulator did not start (said {url!r})")
-    return Simulator(process, url)
+    return Simulator(process, url, time.perf_counter() - launched)
 
 
-def run_mode(url: str, mode: str, cycles: int, changes: int, alerts: int) -> dict[str, Any]:
+def run_mode(
+    url: str, mode: str, cycles: int, changes: int, alerts: int, idle: int = 0
+) -> dict[str, Any]:
+    """One daemon process (see run_daemon); its JSON result."""
     args = [sys.executable, __file__, "--role", "daemon", "--url", url, "--mode", mode]
     args += ["--cycles", str(cycles), "--changes", str(changes), "--alerts", str(alerts)]
+    args += ["--idle", str(idle)]
     done = subprocess.run(  # noqa: S603 (our own script)
         args,
         capture_output=True,
@@ -433,11 +457,14 @@ def main() -> None:
     parser.add_argument("--mode", default="full")
     parser.add_argument("--changes", type=int, default=10)
     parser.add_argument("--alerts", type=int, default=0)
+    parser.add_argument("--idle", type=int, default=0, help="idle cycles before the others")
     args = parser.parse_args()
     if args.role == "sim":
         asyncio.run(serve_simulator(args.jobs, args.active, args.spread))
     elif args.role == "daemon":
-        asyncio.run(run_daemon(args.url, args.mode, args.cycles, args.changes, args.alerts))
+        asyncio.run(
+            run_daemon(args.url, args.mode, args.cycles, args.changes, args.alerts, args.idle)
+        )
     else:
         sizes = [int(s) for s in args.sizes.split(",")]
         orchestrate(sizes, args.cycles, args.active, args.change)

@@ -12,6 +12,8 @@ import pytest
 
 from tests.simulator.conftest import NOW, PROJECT, Sim, add_jobs
 from watcher import model
+from watcher.simulator.app import select_jobs
+from watcher.simulator.state import SimulatorState
 
 
 async def test_paging_returns_total_count_and_a_stable_order(sim: Sim) -> None:
@@ -203,3 +205,17 @@ async def test_cached_listings_follow_every_change(sim: Sim) -> None:
     sim.state.remove_job(jobs[1]["job_id"])
     _, body, _ = await sim.get([("state", "CREATING")])
     assert body["count"] == 1
+
+
+def test_interleaved_queries_keep_their_cached_listings() -> None:
+    state = SimulatorState(seed=2, cache_listings=True)
+    for _ in range(20):
+        state.add_job(now=NOW)
+    creating = {"state": "CREATING", "limit": "100", "offset": "0"}
+    everything = {"limit": "100", "offset": "100"}
+    first = select_jobs(state, creating)
+    assert select_jobs(state, everything) is select_jobs(state, everything)
+    assert select_jobs(state, {**creating, "offset": "50"}) is first  # paging: the same listing
+    state.set_state(first[0]["job_id"], "FAILED", now=NOW)
+    assert len(select_jobs(state, creating)) == len(first) - 1
+    assert len(select_jobs(state, everything)) == 20

@@ -32,6 +32,12 @@ def main(argv: list[str] | None = None) -> int:
         "only what the API page documents, state validated; plain: offset/limit and exact "
         "filters only",
     )
+    parser.add_argument(
+        "--cache-listings",
+        action="store_true",
+        help="keep each sorted listing until the next change (large --jobs: without it every "
+        "page re-filters and re-sorts every job)",
+    )
     args = parser.parse_args(argv)
     # Keys come from the environment rather than argv so they stay out of `ps` output.
     ak = os.environ.get("CLOUD_SDK_AK", "SIMULATORAK")
@@ -48,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                 ak=ak,
                 sk=sk,
                 api_behaviour=ApiBehaviour(args.api_behaviour),
+                cache_listings=args.cache_listings,
             )
         )
     except OSError as err:

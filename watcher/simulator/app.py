@@ -27,6 +27,7 @@ _MAX_SKEW = timedelta(minutes=15)
 _FILTERS_EXACT = ("job_id", "voice_name", "tag", "job_type", "batch_name")
 _SORT_FIELDS = {"create_time": "create_time", "update_time": "lastupdate_time"}
 _MAX_OFFSET = 2147483647
+_CACHED_LISTINGS = 8  # queries kept per version when the state caches listings
 
 
 class _ApiFailure(Exception):
@@ -102,11 +103,15 @@ def select_jobs(state: SimulatorState, query: Mapping[str, str]) -> list[dict[st
     if not state.cache_listings:
         return _select(state, query)
     key = tuple(sorted((k, v) for k, v in query.items() if k not in _PAGING))
-    cached = state.listing_cache
-    if cached is not None and cached[0] == state.version and cached[1] == key:
-        return cached[2]
+    if state.listing_cache_version != state.version:
+        state.listing_cache.clear()
+        state.listing_cache_version = state.version
+    if (cached := state.listing_cache.get(key)) is not None:
+        return cached
     jobs = _select(state, query)
-    state.listing_cache = (state.version, key, jobs)
+    if len(state.listing_cache) >= _CACHED_LISTINGS:
+        state.listing_cache.pop(next(iter(state.listing_cache)))  # the oldest query
+    state.listing_cache[key] = jobs
     return jobs
 
 

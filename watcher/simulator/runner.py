@@ -50,10 +50,13 @@ async def start_simulator(
     ak: str,
     sk: str,
     api_behaviour: ApiBehaviour = ApiBehaviour.FULL,
+    cache_listings: bool = False,
 ) -> tuple[web.AppRunner, str]:
     """Serve a simulator with `jobs` jobs, acting like a region with `api_behaviour`;
-    returns the runner (to clean up) and its base URL."""
-    state = SimulatorState(seed=seed, api_behaviour=api_behaviour)
+    returns the runner (to clean up) and its base URL. `cache_listings` keeps each filtered,
+    sorted listing until the next change, so paging a large tenant does not re-sort it per
+    page."""
+    state = SimulatorState(seed=seed, api_behaviour=api_behaviour, cache_listings=cache_listings)
     state.populate(jobs, datetime.now(UTC))
     app = create_app(state, project_id=project_id, ak=ak, sk=sk)
     if step_every is not None and step_every > 0:
@@ -86,6 +89,7 @@ async def serve_forever(
     ak: str,
     sk: str,
     api_behaviour: ApiBehaviour = ApiBehaviour.FULL,
+    cache_listings: bool = False,
 ) -> None:
     """Run until SIGINT or SIGTERM."""
     runner, base_url = await start_simulator(
@@ -98,6 +102,7 @@ async def serve_forever(
         ak=ak,
         sk=sk,
         api_behaviour=api_behaviour,
+        cache_listings=cache_listings,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -105,7 +110,7 @@ async def serve_forever(
         loop.add_signal_handler(sig, stop.set)
     print(
         f"MetaStudio simulator on {base_url} (project_id {project_id}, {jobs} jobs, "
-        f"API behaviour {api_behaviour})",
+        f"API behaviour {api_behaviour}{', listings cached' if cache_listings else ''})",
         flush=True,
     )
     print(

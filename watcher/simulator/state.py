@@ -87,10 +87,13 @@ class SimulatorState:
     # change goes through this class's methods, which bump `version`.
     cache_listings: bool = False
     version: int = 0
-    # (version, query, jobs) of the last listing, when cache_listings is on.
-    listing_cache: tuple[int, tuple[tuple[str, str], ...], list[dict[str, Any]]] | None = field(
-        default=None, repr=False
+    # The listings of the current `version`, by query, when cache_listings is on: a few
+    # entries, so that two kinds of request interleaved in one cycle (the update filter and
+    # the active set, say) do not evict each other and re-sort a million jobs per page.
+    listing_cache: dict[tuple[tuple[str, str], ...], list[dict[str, Any]]] = field(
+        default_factory=dict, repr=False
     )
+    listing_cache_version: int = -1
     rng: random.Random = field(init=False)
     _occurrences: dict[str, Counter[str]] = field(default_factory=dict)
     _serial: int = 0
