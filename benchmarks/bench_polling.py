@@ -42,6 +42,7 @@ from watcher.simulator.state import SimulatorState, to_ms  # noqa: E402
 AK, SK, PROJECT = "BENCHAKBENCHAKBENCH1", "bench-secret-key-0123456789abcdef", "proj-bench"
 ACTIVE = ("CREATING", "SYSTEM_AUDITING", "AUDITING", "WAITING", "PROCESSING", "RESULT_REVIEW")
 CYCLE = 60.0  # virtual seconds between polls
+BATCH_SIZE = 200  # jobs per batch in the benchmark's tenant
 
 
 # --- the simulator process ------------------------------------------------------------------
@@ -84,10 +85,17 @@ def populate(
             in_flight[k * old // stragglers] = "AUDIT_FAILED"
     for i in range(n):
         created = now - timedelta(days=730) + timedelta(seconds=i * 730 * 86400 / n)
+        # A batch is one campaign: 200 voices submitted together (the simulator's default,
+        # four names for every job, makes 250k-job batches at 1M, which no team runs).
+        batch = f"campaign-{i // BATCH_SIZE:05d}"
         if (job_state := in_flight.get(i)) is not None:
-            state.add_job(now=created, state=job_state, lastupdate_time=to_ms(created))
+            state.add_job(
+                now=created, state=job_state, lastupdate_time=to_ms(created), batch_name=batch
+            )
         else:
-            state.add_job(now=created, state=rng.choice(("SUCCEED", "SUCCEED", "FAILED")))
+            state.add_job(
+                now=created, state=rng.choice(("SUCCEED", "SUCCEED", "FAILED")), batch_name=batch
+            )
 
 
 async def serve_simulator(jobs: int, active_fraction: float, spread: str = "recent") -> None:
