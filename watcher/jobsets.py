@@ -254,16 +254,3 @@ class Overlay(Mapping[str, Job]):
         return NotImplemented
 
     __hash__ = None  # type: ignore[assignment]
-
-    def rows(self) -> Mapping[str, Row] | None:
-        """The compact rows of the whole snapshot when the base is stored (None if not)."""
-        if not isinstance(self.base, StoredJobs):
-            return None
-        rows: dict[str, Row] | Mapping[str, Row] = self.base.rows()
-        if self.touched or self.absent:
-            rows = dict(rows)
-            for job_id in self.absent:
-                rows.pop(job_id, None)
-            for job_id, job in self.touched.items():
-                rows[job_id] = row_of(job)
-        return rows
