@@ -8,6 +8,7 @@ in a SQLite file. The tests assert on what arrived.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
@@ -431,3 +432,36 @@ async def test_a_full_scan_parses_and_writes_only_what_changed_even_after_a_rest
     stored = second.store.load_jobs("prod")
     assert stored is not None and stored[jobs[2]["job_id"]].state == "FAILED"
     assert all(job.digest is not None for job in stored.values())
+
+
+async def test_batch_memory_is_written_only_for_batches_that_changed(world: World) -> None:
+    jobs = [world.sim.add_job(state="AUDITING", batch_name=f"b{i % 3}") for i in range(9)]
+    watcher = world.watcher()
+    await watcher.once()
+    await watcher.once()  # the first write of a process is all of it; then only changes
+    conn = watcher.store._conn
+    conn.execute("CREATE TEMP TABLE written (name TEXT)")
+    for trigger in (
+        "CREATE TEMP TRIGGER batch_ins AFTER INSERT ON batch_memory "
+        "BEGIN INSERT INTO written VALUES (NEW.name); END",
+        "CREATE TEMP TRIGGER batch_upd AFTER UPDATE ON batch_memory "
+        "BEGIN INSERT INTO written VALUES (NEW.name); END",
+        "CREATE TEMP TRIGGER batch_del AFTER DELETE ON batch_memory "
+        "BEGIN INSERT INTO written VALUES (OLD.name); END",
+    ):
+        conn.execute(trigger)
+
+    def written() -> list[str]:
+        names = [r[0] for r in conn.execute("SELECT name FROM written ORDER BY name")]
+        conn.execute("DELETE FROM written")
+        return names
+
+    await watcher.once()  # nothing changed
+    assert written() == []
+    world.sim.set_state(jobs[1]["job_id"], "PROCESSING")  # a job of batch b1
+    await watcher.once()
+    assert written() == ["b1"]
+    blob = conn.execute("SELECT tracking FROM sources WHERE name = 'prod'").fetchone()[0]
+    assert "batches" not in json.loads(blob)
+    tracking = watcher.store.load_tracking("prod")
+    assert tracking is not None and sorted(tracking["batches"]) == ["b0", "b1", "b2"]

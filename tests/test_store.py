@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sqlite3
 import stat
@@ -775,3 +776,31 @@ def test_a_large_baseline_leaves_the_indexes_as_the_schema_has_them(tmp_path: Pa
             "AND batch_name = 'b3'"
         ).fetchone()[0]
         assert rows == len([j for j in many if j.batch_name == "b3"])
+
+
+def test_batch_memory_is_a_row_per_batch_written_only_where_it_changed(store: Store) -> None:
+    a, b = ["sig-a", "t", "t", None, {}, []], ["sig-b", "t", "t", "sig-b", {"SUCCEED": 2}, []]
+    store.commit_cycle(
+        "cn", snapshot(job("a")), [], [], now=T0, tracking={"missing": {}},
+        batches=({"a": a, "b": b}, [], True),
+    )  # fmt: skip
+    assert store.load_tracking("cn") == {"missing": {}, "batches": {"a": a, "b": b}}
+    blob = store._conn.execute("SELECT tracking FROM sources WHERE name = 'cn'").fetchone()[0]
+    assert "batches" not in json.loads(blob)  # kept apart: the blob stays small
+    a2 = ["sig-a2", *a[1:]]
+    store.commit_cycle(
+        "cn", snapshot(job("a")), [], [], now=T0, tracking={"missing": {}},
+        batches=({"a": a2}, ["b"], False),
+    )  # fmt: skip
+    assert store.load_tracking("cn") == {"missing": {}, "batches": {"a": a2}}
+    # All of it, replacing what was stored (a process's first write).
+    store.commit_events(
+        "cn", [], [], now=T0, tracking={"missing": {}}, batches=({"c": b}, [], True)
+    )
+    assert store.load_tracking("cn") == {"missing": {}, "batches": {"c": b}}
+
+
+def test_an_older_blob_with_batches_is_still_read(store: Store) -> None:
+    old = {"missing": {}, "batches": {"x": ["sig", "t", "t", None, {}, []]}}
+    store.commit_cycle("cn", snapshot(job("a")), [], [], now=T0, tracking=old)
+    assert store.load_tracking("cn") == old

@@ -35,7 +35,7 @@ from watcher.engine.cycle import (
 )
 from watcher.engine.diff import count_by_state
 from watcher.engine.rules import matching_rules
-from watcher.engine.tracker import Tracking, health_step
+from watcher.engine.tracker import BatchMemory, Tracking, batch_changes, health_step
 from watcher.engine.why import detail_resource, failure_key, unavailable
 from watcher.errorcodes import with_explanation
 from watcher.errors import ApiError, AuthError, StoreError, WatcherError
@@ -139,6 +139,9 @@ class Watcher:
                 self._sources[status.name].last_ok = status.last_ok_at
         self._wake_delivery = asyncio.Event()
         self._trackings: dict[str, Tracking] = {}
+        # The batch memory each source last wrote in this process: the next write is what
+        # changed since (the first one writes all of it).
+        self._saved_batches: dict[str, Mapping[str, BatchMemory]] = {}
         self._seen_novelties: set[str] = set()
         self.failure: str | None = None  # why run() stopped by itself, if it did
         self.metrics = metrics or Metrics(process=False)
@@ -259,17 +262,20 @@ class Watcher:
             and committed.over(previous)
         )
         writes = decision.writes if stacked else None
+        batches = batch_changes(self._saved_batches.get(name), decision.tracking.batches)
         inserted = self.store.commit_cycle(
             name,
             decision.committed,
             decision.events,
             decision.alerts,
             now=now,
-            tracking=decision.tracking.to_json(),
+            tracking=decision.tracking.to_json(batches=False),
             previous=previous,
             writes=writes,
+            batches=batches,
         )
         self._trackings[name] = decision.tracking
+        self._saved_batches[name] = decision.tracking.batches
         if writes is not None and isinstance(previous, StoredJobs):
             previous.apply(writes[0], writes[1], committed)
             state.jobs = previous
@@ -581,9 +587,15 @@ class Watcher:
         events = (event,) if event is not None else ()
         routed = self._route(events)
         inserted = self.store.commit_events(
-            name, events, routed.alerts, now=now, tracking=tracking.to_json()
+            name,
+            events,
+            routed.alerts,
+            now=now,
+            tracking=tracking.to_json(batches=False),
+            batches=batch_changes(self._saved_batches.get(name), tracking.batches),
         )
         self._trackings[name] = tracking
+        self._saved_batches[name] = tracking.batches
         self.store.record_source_poll(name, False, now, text)
         if event is not None:
             self.metrics.event(name, str(event.kind))

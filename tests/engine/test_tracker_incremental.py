@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from watcher.engine.diff import Overlay, count_by_state
-from watcher.engine.tracker import Step, Tracking, advance
+from watcher.engine.tracker import BatchMemory, Step, Tracking, advance, batch_changes
 from watcher.jobsets import StoredJobs
 from watcher.model import EventKind, Job, RuleConfig, Snapshot
 
@@ -227,3 +227,33 @@ def test_a_restart_rebuilds_the_index_from_the_rows_and_reads_only_watched_jobs(
     assert [e.kind for e in idle.events] == [EventKind.STUCK]  # `a` is AUDITING for 1h+
     assert sum(reads) == 1  # only the one job a stuck rule watches
     assert idle.tracking.index is not None and idle.counts == {"SUCCEED": 50, "AUDITING": 1}
+
+
+memory_of = st.builds(
+    BatchMemory,
+    st.sampled_from(["s1", "s2", "s3"]),
+    st.just(T0),
+    st.just(T0),
+    st.sampled_from([None, "s1"]),
+)
+batch_maps = st.dictionaries(st.sampled_from(["b1", "b2", "b3", "b4"]), memory_of)
+
+
+@settings(max_examples=200, deadline=None)
+@given(batch_maps, batch_maps, st.booleans())
+def test_batch_changes_written_onto_the_last_write_give_the_new_memory(
+    before: dict[str, BatchMemory], after: dict[str, BatchMemory], share: bool
+) -> None:
+    if share:  # an incremental step keeps unchanged memories as the very objects
+        after = {**after, **{k: v for k, v in before.items() if k not in after}}
+    stored = {k: v.to_json() for k, v in before.items()}
+    changed, removed, complete = batch_changes(before, after)
+    assert not complete
+    for name in removed:
+        del stored[name]
+    stored.update(changed)
+    assert stored == {k: v.to_json() for k, v in after.items()}
+    assert all(after[k] != before.get(k) for k in changed)  # nothing rewritten needlessly
+    # Nothing known to be written: all of it, as a replacement.
+    assert batch_changes(None, after) == ({k: v.to_json() for k, v in after.items()}, [], True)
+    assert batch_changes(after, after) == ({}, [], False)

@@ -104,8 +104,10 @@ class Tracking:
     # with one full pass); carried by `replace`, ignored by equality.
     index: _Index | None = field(default=None, compare=False, repr=False)
 
-    def to_json(self) -> dict[str, Any]:
-        return {
+    def to_json(self, *, batches: bool = True) -> dict[str, Any]:
+        """The memory as JSON values; without `batches` when the store keeps those apart
+        (a row each, see `batch_changes`): 5,000 batches are ~1 MB to write every cycle."""
+        out = {
             "missing": dict(self.missing),
             "entered": {k: v.isoformat() for k, v in self.entered.items()},
             "failures": {
@@ -121,6 +123,9 @@ class Tracking:
             "unhealthy": self.unhealthy,
             "last_scan_at": self.last_scan_at.isoformat() if self.last_scan_at else None,
         }
+        if not batches:
+            del out["batches"]
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Tracking:
@@ -144,6 +149,23 @@ class Tracking:
             unhealthy=bool(data.get("unhealthy", False)),
             last_scan_at=dt(data.get("last_scan_at")),
         )
+
+
+def batch_changes(
+    before: Mapping[str, BatchMemory] | None, after: Mapping[str, BatchMemory]
+) -> tuple[dict[str, list[Any]], list[str], bool]:
+    """What to write of `after`'s batch memory when `before` is what was last written (None:
+    nothing is known to be written, so all of it, replacing what is stored): the changed
+    memories as JSON values, the names gone, and whether that is all of it. An incremental
+    step keeps each unchanged memory as the very object, so this costs the changes."""
+    if before is None:
+        return {k: v.to_json() for k, v in after.items()}, [], True
+    if before is after:
+        return {}, [], False
+    changed = {
+        k: v.to_json() for k, v in after.items() if (old := before.get(k)) is not v and old != v
+    }
+    return changed, [k for k in before if k not in after], False
 
 
 @dataclass(frozen=True, slots=True)

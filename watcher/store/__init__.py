@@ -68,6 +68,10 @@ from watcher.store.silences import Silences
 from watcher.store.snapshots import Snapshots, changed_jobs
 from watcher.store.sources import Sources, SourceStatus
 
+# Batch memories to write: changed ones (JSON values by name), names to forget, and
+# whether the changed ones are all there are (then they replace every stored row).
+BatchWrites = tuple[Mapping[str, Any], Collection[str], bool]
+
 __all__ = [
     "FAILURE_DETAIL_DAYS",
     "SCHEMA_VERSION",
@@ -210,6 +214,7 @@ class Store:
         *,
         now: datetime,
         tracking: Mapping[str, Any],
+        batches: BatchWrites | None = None,
     ) -> int:
         """Store events that come without a snapshot (source health) and their alerts,
         with the engine's memory, in one transaction; return how many alerts were queued."""
@@ -219,6 +224,8 @@ class Store:
             Events.append(conn, events)
             queued = Outbox.enqueue(conn, alerts, stamp)
             Sources.save_tracking(conn, source, tracking)
+            if batches is not None:
+                Sources.save_batches(conn, source, *batches[:2], complete=batches[2])
         return queued
 
     def commit_cycle(
@@ -232,6 +239,7 @@ class Store:
         tracking: Mapping[str, Any] | None = None,
         previous: Mapping[str, Job] | None = None,
         writes: tuple[Mapping[str, Job], Collection[str]] | None = None,
+        batches: BatchWrites | None = None,
     ) -> int:
         """Store one poll cycle in one transaction; return how many alerts were newly queued.
 
@@ -241,7 +249,9 @@ class Store:
         the jobs that differ be written: at 100k jobs and a handful of changes per cycle,
         serialising every row would be most of the cycle's CPU. `writes`, when the engine
         knows exactly what changed (the jobs to write, the ids to delete), spares even the
-        comparison.
+        comparison. `batches`: the batch memories that changed (JSON values by name), the
+        names forgotten, and whether those are all of them; kept apart from `tracking` so a
+        cycle writes only what changed.
         """
         if snapshot.source != source:
             raise ValueError(f"snapshot of {snapshot.source!r} committed as {source!r}")
@@ -259,6 +269,8 @@ class Store:
             queued = Outbox.enqueue(conn, alerts, stamp)
             if tracking is not None:
                 Sources.save_tracking(conn, source, tracking)
+            if batches is not None:
+                Sources.save_batches(conn, source, *batches[:2], complete=batches[2])
         log.debug(
             "cycle_committed",
             source=source,

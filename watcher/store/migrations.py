@@ -221,6 +221,19 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # v9: a digest of each job as the API last sent it, so a full scan recognises the
     # unchanged jobs without parsing them or reading their rows (NULL: compare in full).
     ("ALTER TABLE jobs ADD COLUMN digest INTEGER",),
+    # v10: batch memory in a row per batch, written only when it changed: in the tracking
+    # blob, 5,000 batches made every cycle serialise and write ~1 MB (the blob keeps the rest;
+    # batches found in an older blob are read, then moved here by the first save).
+    (
+        """
+        CREATE TABLE batch_memory (
+            source TEXT NOT NULL,
+            name TEXT NOT NULL,
+            memory TEXT NOT NULL,
+            PRIMARY KEY (source, name)
+        ) WITHOUT ROWID
+        """,
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -46,10 +46,44 @@ class Sources:
         row = self._db.query_one(
             "read the source", "SELECT tracking FROM sources WHERE name = ?", (source,)
         )
-        if row is None or row[0] is None:
-            return None
-        value = json.loads(row[0])
-        return value if isinstance(value, dict) else None
+        rows = self._db.query_all(
+            "read the batch memory",
+            "SELECT name, memory FROM batch_memory WHERE source = ?",
+            (source,),
+        )
+        value = json.loads(row[0]) if row is not None and row[0] is not None else None
+        if not isinstance(value, dict):
+            if not rows:
+                return None
+            value = {}
+        if rows:
+            # An older blob's batches, if any, are overridden by the rows (see save_batches).
+            value["batches"] = {**value.get("batches", {}), **{n: json.loads(m) for n, m in rows}}
+        return value
+
+    @staticmethod
+    def save_batches(
+        conn: sqlite3.Connection,
+        source: str,
+        changed: Mapping[str, Any],
+        removed: Iterable[str],
+        *,
+        complete: bool,
+    ) -> None:
+        """Inside the caller's transaction: the batch memories that changed (`complete`:
+        these are all of them, replacing whatever rows the source had)."""
+        if complete:
+            conn.execute("DELETE FROM batch_memory WHERE source = ?", (source,))
+        else:
+            conn.executemany(
+                "DELETE FROM batch_memory WHERE source = ? AND name = ?",
+                [(source, name) for name in removed],
+            )
+        conn.executemany(
+            "INSERT INTO batch_memory (source, name, memory) VALUES (?, ?, ?) "
+            "ON CONFLICT (source, name) DO UPDATE SET memory = excluded.memory",
+            [(source, name, json.dumps(memory)) for name, memory in changed.items()],
+        )
 
     @staticmethod
     def ensure(conn: sqlite3.Connection, source: str) -> None:
