@@ -118,13 +118,12 @@ class Tracking:
                 k: [v.stay, v.fired, v.last_fired_at.isoformat()] for k, v in self.stuck.items()
             },
             "settled_batches": sorted(self.settled_batches),
-            "batches": {k: v.to_json() for k, v in self.batches.items()},
             "failing_since": self.failing_since.isoformat() if self.failing_since else None,
             "unhealthy": self.unhealthy,
             "last_scan_at": self.last_scan_at.isoformat() if self.last_scan_at else None,
         }
-        if not batches:
-            del out["batches"]
+        if batches:  # not even built otherwise: serialising them is the cost to avoid
+            out["batches"] = {k: v.to_json() for k, v in self.batches.items()}
         return out
 
     @classmethod
