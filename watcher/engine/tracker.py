@@ -394,17 +394,8 @@ class _Index:
                     open_batches.add(job.batch_name)
             if watched is not None and job.state not in watched:
                 continue
-            for i, rule in enumerate(stuck_rules):
-                when = _due(job_id, job, rule, entered, stuck, now)
-                if when is not None:
-                    index.due[(job_id, i)] = when
-        index.heap = [(when, job_id, i) for (job_id, i), when in index.due.items()]
-        heapq.heapify(index.heap)
-        for name in members:
-            mem = batches[name]
-            if name not in open_batches and mem.announced != mem.signature:
-                index.pending[name] = mem.changed_at
-        index.adopt(jobs, entered, stuck, batches)
+            index.add_due(job_id, job, stuck_rules, entered, stuck, now)
+        index.finish(open_batches, jobs, entered, stuck, batches)
         return index
 
     @classmethod
@@ -445,18 +436,42 @@ class _Index:
         now = tracking.last_scan_at
         entered, stuck = tracking.entered, tracking.stuck
         for job_id, job in previous.materialise(watch).items():
-            for i, rule in enumerate(stuck_rules):
-                when = _due(job_id, job, rule, entered, stuck, now)
-                if when is not None:
-                    index.due[(job_id, i)] = when
-        index.heap = [(when, job_id, i) for (job_id, i), when in index.due.items()]
-        heapq.heapify(index.heap)
-        for name in members:
+            index.add_due(job_id, job, stuck_rules, entered, stuck, now)
+        index.finish(open_batches, previous, entered, stuck, batches)
+        return index
+
+    def add_due(
+        self,
+        job_id: str,
+        job: Job,
+        stuck_rules: Sequence[RuleConfig],
+        entered: Mapping[str, datetime],
+        stuck: Mapping[str, StuckMemory],
+        now: datetime,
+    ) -> None:
+        """When each stuck rule next fires for `job` (before `finish` heaps them)."""
+        for i, rule in enumerate(stuck_rules):
+            when = _due(job_id, job, rule, entered, stuck, now)
+            if when is not None:
+                self.due[(job_id, i)] = when
+
+    def finish(
+        self,
+        open_batches: set[str],
+        jobs: Mapping[str, Job],
+        entered: Mapping[str, datetime],
+        stuck: Mapping[str, StuckMemory],
+        batches: Mapping[str, BatchMemory],
+    ) -> None:
+        """The heap of what is due, the settled batches still to announce, and the memory
+        this index describes: the common end of `build` and `rebuild`."""
+        self.heap = [(when, job_id, i) for (job_id, i), when in self.due.items()]
+        heapq.heapify(self.heap)
+        for name in self.members:
             mem = batches[name]
             if name not in open_batches and mem.announced != mem.signature:
-                index.pending[name] = mem.changed_at
-        index.adopt(previous, entered, stuck, batches)
-        return index
+                self.pending[name] = mem.changed_at
+        self.adopt(jobs, entered, stuck, batches)
 
     def serves(
         self,

@@ -187,34 +187,28 @@ def settled_states(source: SourceConfig) -> list[str]:
     )
 
 
-def _create_since(source: SourceConfig, bound: datetime) -> str:
-    """Our `create_since`, never earlier than the source's own (which it replaces)."""
-    for key, value in source.filters:
-        if key == "create_since":
+def _own_bound(source: SourceConfig, key: str) -> tuple[datetime, str] | None:
+    """The source's own `create_since`/`create_until` filter, parsed, and as written."""
+    for name, value in source.filters:
+        if name == key:
             try:
                 own = datetime.fromisoformat(value.replace("Z", "+00:00"))
             except ValueError:
-                break
-            if own.tzinfo is None:
-                own = own.replace(tzinfo=UTC)
-            if own > bound:
-                return value
-    return rfc3339(bound)
+                return None
+            return (own.replace(tzinfo=UTC) if own.tzinfo is None else own), value
+    return None
+
+
+def _create_since(source: SourceConfig, bound: datetime) -> str:
+    """Our `create_since`, never earlier than the source's own (which it replaces)."""
+    own = _own_bound(source, "create_since")
+    return own[1] if own is not None and own[0] > bound else rfc3339(bound)
 
 
 def _create_until(source: SourceConfig, bound: datetime) -> str:
     """Our `create_until`, never later than the source's own (which it replaces)."""
-    for key, value in source.filters:
-        if key == "create_until":
-            try:
-                own = datetime.fromisoformat(value.replace("Z", "+00:00"))
-            except ValueError:
-                break
-            if own.tzinfo is None:
-                own = own.replace(tzinfo=UTC)
-            if own < bound:
-                return value
-    return rfc3339(bound)
+    own = _own_bound(source, "create_until")
+    return own[1] if own is not None and own[0] < bound else rfc3339(bound)
 
 
 def created_until_check(until: datetime) -> PageCheck:
