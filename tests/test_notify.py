@@ -11,7 +11,15 @@ import pytest
 from tests.receivers import SmtpReceiver, WebhookReceiver, json_url, mailto_url
 from watcher.errors import DeliveryError
 from watcher.model import BodyFormat, NotifyType, Secret
-from watcher.notify import Notifier, SendResult, check_url, mask_url
+from watcher.notify import (
+    PLUGIN_MODULES,
+    Notifier,
+    SendResult,
+    check_url,
+    instantiate,
+    mask_url,
+    plugin_class,
+)
 
 SLACK = "slack://T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7FQ/#ops"
 SLACK_TOKENS = ("T1JJ3T3L2", "A1BRTD4JD", "TIiajkdnlazkcOXrIdevi7FQ")
@@ -336,3 +344,44 @@ def test_mask_url_hides_secrets_of_urls_apprise_rejects() -> None:
     assert masked.startswith("bogus://")
     for secret in ("hunter22", "PATHTOKEN99", "abcdef"):
         assert secret not in masked
+
+
+def test_the_one_plugin_table_matches_what_apprise_itself_maps() -> None:
+    """Each scheme watcher.notify loads from one module is the scheme apprise maps to that
+    module's class once it has loaded all of its plugins."""
+    from apprise.manager_plugins import NotificationManager
+
+    manager = NotificationManager()
+    for scheme, module in PLUGIN_MODULES.items():
+        plugin = manager[scheme]
+        assert (plugin.__module__ + ".").startswith(f"apprise.plugins.{module}."), scheme
+        assert plugin_class(scheme) is plugin, scheme
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "json://localhost:8080/hook/T0ken1234?method=POST",
+        "forms://user:pw@example.com/path",
+        "xml://localhost/x",
+        "mailto://user:pass@example.com?to=ops%40example.com",
+        SLACK,
+        "dingtalk://SeCrEtToKeN1/",
+        "wecombot://BoTkEy12345",
+        "feishu://TOKEN123456",
+        "tgram://123456789:ABCDEFG/12345",
+        "ntfys://ntfy.example.com/topic",
+        "https://hooks.slack.com/services/T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7FQ",
+        "slack://T1JJ3T3L2/A1BRTD4JD/",  # refused by the plugin: None both ways
+    ],
+)
+def test_instantiate_gives_what_apprise_gives(url: str) -> None:
+    import apprise
+
+    asset = apprise.AppriseAsset(storage_mode="memory")
+    ours = instantiate(url, asset)
+    theirs = apprise.Apprise.instantiate(url, asset=asset)
+    assert type(ours) is type(theirs)
+    if theirs is not None:
+        assert ours.url(privacy=True) == theirs.url(privacy=True)
+        assert ours.url() == theirs.url()

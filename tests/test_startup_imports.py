@@ -102,6 +102,10 @@ def test_a_cycle_that_sends_imports_apprise_then_and_the_message_arrives(
     assert servers.titles() == [f"AUDIT_FAILED: voice job {job['job_id']} ({job['voice_name']})"]
     assert servers.hook.requests[0].path == f"/hook/{HOOK_TOKEN}"
     assert loaded(modules, "apprise") and loaded(modules, "jinja2")
+    # Only the json:// plugin, not apprise's ~190 (watcher.notify.PLUGIN_MODULES).
+    plugins = {m for m in modules if m.startswith("apprise.plugins.") and m.count(".") == 2}
+    assert "apprise.plugins.custom_json" in plugins
+    assert not plugins & {"apprise.plugins.slack", "apprise.plugins.twitter"}, sorted(plugins)
     assert HOOK_TOKEN not in err
 
 

@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
+import importlib
 import logging
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -127,9 +128,7 @@ def _check_url(url: str) -> str | None:
 
 def mask_url(url: str) -> str:
     """The URL for display: passwords, tokens and webhook path secrets masked."""
-    import apprise
-
-    plugin: Any = apprise.Apprise.instantiate(url, asset=_asset())
+    plugin: Any = instantiate(url, _asset())
     shown = str(plugin.url(privacy=True)) if plugin is not None else url
     masked = _mask_leftovers(shown, mask_userinfo=plugin is None, mask_path=plugin is None)
     return _only_written_args(masked, url)
@@ -234,6 +233,86 @@ def _url_parts(url: str) -> set[str]:
 # --- sending -------------------------------------------------------------------------------
 
 
+# apprise imports all of its ~190 plugins the first time it parses a URL (0.2-0.3 s of CPU
+# and 11 MB, measured): a `once` from cron with one alert to send paid that on every run. For
+# the services this product is used with, the one plugin module is imported instead; any other
+# scheme, or a plugin that is not where this table says, takes apprise's own path.
+# tests/test_notify.py holds the table against what apprise itself maps.
+PLUGIN_MODULES: Mapping[str, str] = {
+    "json": "custom_json",
+    "jsons": "custom_json",
+    "form": "custom_form",
+    "forms": "custom_form",
+    "xml": "custom_xml",
+    "xmls": "custom_xml",
+    "mailto": "email",
+    "mailtos": "email",
+    "slack": "slack",
+    "dingtalk": "dingtalk",
+    "wecombot": "wecombot",
+    "feishu": "feishu",
+    "lark": "lark",
+    "discord": "discord",
+    "tgram": "telegram",
+    "ntfy": "ntfy",
+    "ntfys": "ntfy",
+    "pagerduty": "pagerduty",
+    "opsgenie": "opsgenie",
+    "mmost": "mattermost",
+    "mmosts": "mattermost",
+    "gchat": "google_chat",
+    "workflow": "workflows",
+    "workflows": "workflows",
+}
+
+
+def plugin_class(scheme: str) -> Any:
+    """The plugin class for `scheme` from its one module, or None (then apprise's own path)."""
+    module_name = PLUGIN_MODULES.get(scheme)
+    if module_name is None:
+        return None
+    try:
+        module = importlib.import_module(f"apprise.plugins.{module_name}")
+    except ImportError:
+        return None
+    for value in vars(module).values():
+        if not isinstance(value, type):
+            continue
+        schemas = getattr(value, "schemas", None)  # as apprise's own manager calls it
+        if (
+            (value.__module__ + ".").startswith(module.__name__ + ".")  # email: in .base
+            and callable(schemas)
+            and scheme in schemas(value)
+        ):
+            return value if getattr(value, "enabled", True) else None
+    return None
+
+
+def instantiate(url: str, asset: Any, *, suppress_exceptions: bool = True) -> Any:
+    """What `apprise.Apprise.instantiate(url, asset=asset)` returns, without importing every
+    plugin when the scheme's own one will do."""
+    import apprise
+
+    scheme = _scheme(url)
+    found = plugin_class(scheme) if scheme is not None else None
+    if found is None:
+        return apprise.Apprise.instantiate(
+            url, asset=asset, suppress_exceptions=suppress_exceptions
+        )
+    # As apprise.plugins.url_to_dict and Apprise.instantiate do it for one plugin.
+    results = found.parse_url(url.replace("/#", "/%23"))
+    if not results:
+        return None
+    results["tag"] = set()
+    results["asset"] = asset
+    if not suppress_exceptions:
+        return found(**results)
+    try:
+        return found(**results)
+    except Exception:  # apprise's own instantiate turns a plugin's refusal into None
+        return None
+
+
 def _asset() -> Any:
     import apprise
 
@@ -262,7 +341,7 @@ def _load_service(url: str, asset: Any, send_timeout: float) -> Any:
     """One apprise service set up for the outbox: no retries, bounded sockets, split overflow."""
     import apprise
 
-    plugin = apprise.Apprise.instantiate(url, asset=asset)
+    plugin = instantiate(url, asset)
     if plugin is None:
         return None
     # The outbox owns retries: an apprise retry would be invisible to it and double-count.
