@@ -5,6 +5,7 @@ Pure functions: the client signs with them and the simulator verifies with them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
@@ -35,7 +36,10 @@ class Authorization:
     signature: str
 
 
+@functools.lru_cache(maxsize=4096)
 def _encode(value: str) -> str:
+    # Cached: a scan signs a thousand requests whose names, path segments and most values
+    # repeat, and urllib's quote costs a tenth of the signing (profiled at 100k jobs).
     return quote(value, safe="~")
 
 
