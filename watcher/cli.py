@@ -10,14 +10,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import fnmatch
-import http.client
 import json
 import os
 import socket
 import sys
 import unicodedata
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,7 +23,7 @@ import structlog
 
 from watcher import __version__, statelock
 from watcher.advice import advice
-from watcher.app import Root
+from watcher.app import Root, tune_collector
 from watcher.config import (
     config_warnings,
     describe_credentials,
@@ -355,6 +352,7 @@ def _open_for_daemon(root: Root, config: Config) -> Store:
 
 
 def cmd_once(args: argparse.Namespace) -> int:
+    tune_collector()
     root: Root = args.root
     # Channel URLs are checked by apprise when a message goes (the notifier is deferred):
     # a cron cycle with nothing to send never imports it. `check` checks them all.
@@ -412,6 +410,7 @@ def cmd_once(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from watcher.daemon import serve
 
+    tune_collector()
     root: Root = args.root
     config = _load(args)
     store = _open_for_daemon(root, config)
@@ -434,6 +433,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from watcher.demo import run_demo  # the simulator is only imported when asked for
 
+    tune_collector()
     return asyncio.run(
         run_demo(
             jobs=args.jobs,
@@ -947,6 +947,11 @@ def _report_health(ok: bool, line: str, *, as_json: bool = False, via: str = "st
 
 def _health_over_http(listen: str) -> tuple[bool, str] | None:
     """The daemon's own readiness, or None when it cannot be asked (then the store decides)."""
+    # Here, not at import: every other command (`once` from cron first) goes without them.
+    import http.client
+    import urllib.error
+    import urllib.request
+
     try:
         host, port = parse_listen(listen)
     except ValueError:

@@ -39,7 +39,6 @@ from watcher.engine.tracker import BatchMemory, Tracking, batch_changes, health_
 from watcher.engine.why import detail_resource, failure_key, unavailable
 from watcher.errorcodes import with_explanation
 from watcher.errors import ApiError, AuthError, StoreError, WatcherError
-from watcher.http import Readiness, readiness, start_http
 from watcher.jobsets import Listed, Overlay, StoredJobs
 from watcher.metastudio.client import ListingRejected, MetaStudioClient, RetryPolicy, ScanProgress
 from watcher.metastudio.details import fetch_why
@@ -54,6 +53,7 @@ from watcher.model import (
     SourceConfig,
 )
 from watcher.notify import Notifier
+from watcher.readiness import Readiness, readiness
 from watcher.sdnotify import SystemdNotifier
 from watcher.store import Store
 from watcher.web.page import StatusPage, install
@@ -810,6 +810,9 @@ async def serve(
             app = root.build_app(config, store, session, process_metrics=True)
             retire[:] = [app]
             if config.http_listen:
+                # Here, not at import: `once` never serves, and aiohttp.web costs ~35 ms.
+                from watcher.http import start_http
+
                 page = StatusPage(lambda: current[0].config if current else config)
                 http_runner = await start_http(
                     config.http_listen, app.metrics, ready, lambda web: install(web, page)
