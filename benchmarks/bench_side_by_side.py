@@ -367,11 +367,38 @@ def kept_sections(old: str) -> dict[int, str]:
     return out
 
 
+CYCLE_HEAD = "Daemon cycle (one whole"
+
+
+def with_new_cycles(kept: str, res: dict[str, Any], command: str) -> str:
+    """A kept section with only its daemon-cycle part measured again (`--cycles-only`): the
+    `once` tables stay as measured then, and a line says when and how the cycles were."""
+    fresh = report_size(res, command).splitlines()
+    cycles = fresh[next(i for i, line in enumerate(fresh) if line.startswith(CYCLE_HEAD)) :]
+    lines = kept.rstrip().splitlines()
+    end = next((i for i, line in enumerate(lines) if line.startswith(CYCLE_HEAD)), len(lines))
+    head = [line for line in lines[:end] if not line.startswith("- daemon cycle measured:")]
+    at = max(i for i, line in enumerate(head) if line.startswith("- ")) + 1
+    note = (
+        f"- daemon cycle measured: {res['date']}, `{command}`, {res['elapsed_s'] / 60:.1f} min; "
+        f"machine: {bench_polling.machine()}; load average {res['load']} (the `once` tables "
+        "above are from the run measured before)"
+    )
+    body = [*head[:at], note, *head[at:]]
+    while body and not body[-1].strip():
+        body.pop()
+    return "\n".join([*body, "", *cycles]) + "\n"
+
+
 def report(results: list[dict[str, Any]], command: str, old: str = "") -> str:
     """The whole file: this run's sections and, for the sizes it did not run, the old ones."""
     sections = kept_sections(old)
     for res in results:
-        sections[res["jobs"]] = report_size(res, command)
+        n = res["jobs"]
+        if not res["behaviours"] and n in sections:
+            sections[n] = with_new_cycles(sections[n], res, command)
+        else:
+            sections[n] = report_size(res, command)
     return PREAMBLE + "".join("\n" + sections[n] for n in sorted(sections))
 
 
@@ -406,6 +433,12 @@ def main() -> None:
     )
     parser.add_argument("--change", type=float, default=0.001)
     parser.add_argument(
+        "--cycles-only",
+        action="store_true",
+        help="measure only the daemon cycle (5 or more, behaviour full) and replace that part "
+        "of the sizes' sections in RESULTS.md, keeping their `once` tables",
+    )
+    parser.add_argument(
         "--output",
         default=None,
         help="file to write (sections of other sizes kept); default benchmarks/RESULTS.md, "
@@ -416,7 +449,11 @@ def main() -> None:
     cycle_bhv = choices(args.cycle_behaviours, BEHAVIOURS, "--cycle-behaviours")
     sizes = [int(s) for s in args.sizes.split(",")]
     output = args.output
-    if output is None and complete(args.rounds, args.cycles, behaviours, cycle_bhv):
+    if args.cycles_only:
+        behaviours = []
+        if output is None and args.cycles >= 5 and "full" in cycle_bhv:
+            output = str(HERE / "RESULTS.md")
+    elif output is None and complete(args.rounds, args.cycles, behaviours, cycle_bhv):
         output = str(HERE / "RESULTS.md")
     command = " ".join(["python benchmarks/bench_side_by_side.py", *sys.argv[1:]])
     # Byte-compiled once, as any installed package is: with PYTHONDONTWRITEBYTECODE set (as

@@ -109,3 +109,21 @@ def test_only_a_complete_run_is_fit_for_results_md(
     rounds: int, cycles: int, behaviours: list[str], cycle_behaviours: list[str], fit: bool
 ) -> None:
     assert bench.complete(rounds, cycles, behaviours, cycle_behaviours) is fit
+
+
+def test_a_cycles_only_run_replaces_the_daemon_cycle_and_keeps_the_once_tables() -> None:
+    text = bench.report([result(1_000_000, idle_cpu=0.0624)], "cmd --sizes 1000000")
+    cycles_only = {**result(1_000_000, idle_cpu=0.004, date="2026-12-03T00:00:00+00:00")}
+    cycles_only["behaviours"] = {}
+    rerun = bench.report([cycles_only], "cmd --cycles-only", text)
+    section = bench.kept_sections(rerun)[1_000_000]
+    assert "- measured: 2026-12-02T01:00:00+00:00, `cmd --sizes 1000000`" in section
+    assert "- daemon cycle measured: 2026-12-03T00:00:00+00:00, `cmd --cycles-only`" in section
+    assert "| full | watcher full | 63.00 s |" in section  # the once table, as it was
+    assert "measured median 4.0 ms: met." in section
+    assert "62.4 ms" not in section
+    assert section.count(bench.CYCLE_HEAD) == 1
+    # And again: still one note and one cycle table.
+    again = bench.kept_sections(bench.report([cycles_only], "cmd --cycles-only", rerun))
+    assert again[1_000_000].count("- daemon cycle measured:") == 1
+    assert again[1_000_000].count(bench.CYCLE_HEAD) == 1
