@@ -288,7 +288,7 @@ def plugin_class(scheme: str) -> Any:
     return None
 
 
-def instantiate(url: str, asset: Any, *, suppress_exceptions: bool = True) -> Any:
+def instantiate(url: str, asset: Any) -> Any:
     """What `apprise.Apprise.instantiate(url, asset=asset)` returns, without importing every
     plugin when the scheme's own one will do."""
     import apprise
@@ -296,17 +296,13 @@ def instantiate(url: str, asset: Any, *, suppress_exceptions: bool = True) -> An
     scheme = _scheme(url)
     found = plugin_class(scheme) if scheme is not None else None
     if found is None:
-        return apprise.Apprise.instantiate(
-            url, asset=asset, suppress_exceptions=suppress_exceptions
-        )
+        return apprise.Apprise.instantiate(url, asset=asset)
     # As apprise.plugins.url_to_dict and Apprise.instantiate do it for one plugin.
     results = found.parse_url(url.replace("/#", "/%23"))
     if not results:
         return None
     results["tag"] = set()
     results["asset"] = asset
-    if not suppress_exceptions:
-        return found(**results)
     try:
         return found(**results)
     except Exception:  # apprise's own instantiate turns a plugin's refusal into None
