@@ -38,8 +38,9 @@ def dt_or_none(text: str | None) -> datetime | None:
 
 
 # msgspec writes the same JSON (UTF-8 as is) about five times as fast as json: a 100k-job
-# baseline encodes 100k of these. Keys sorted, by msgspec where it can (`order`, 0.19+),
-# else here (the oldest msgspec we support has no `order`).
+# baseline encodes 100k of these. Keys sorted, by msgspec where it can (`order`, 0.19+,
+# nested objects too), else here (the oldest msgspec we support has no `order`): either
+# text reads back as the same `extra`.
 try:
     _encode_sorted = msgspec.json.Encoder(order="sorted").encode
 except TypeError:
@@ -47,13 +48,6 @@ except TypeError:
 
     def _encode_sorted(obj: Any) -> bytes:
         return _plain(dict(sorted(obj.items())))
-
-
-def _time_text(value: datetime | None) -> str | None:
-    # ts() inlined for the common case (aware UTC): a baseline writes two per job.
-    if value is not None and value.tzinfo is UTC:
-        return value.isoformat(timespec="microseconds")
-    return ts_or_none(value)
 
 
 def job_to_row(job: Job) -> tuple[Any, ...]:
@@ -65,8 +59,8 @@ def job_to_row(job: Job) -> tuple[Any, ...]:
         job.job_id,
         job.state,
         job.reject_times,
-        _time_text(job.create_time),
-        _time_text(job.lastupdate_time),
+        ts_or_none(job.create_time),
+        ts_or_none(job.lastupdate_time),
         job.voice_name,
         job.job_type,
         job.batch_name,
