@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -432,6 +433,42 @@ async def test_a_full_scan_parses_and_writes_only_what_changed_even_after_a_rest
     stored = second.store.load_jobs("prod")
     assert stored is not None and stored[jobs[2]["job_id"]].state == "FAILED"
     assert all(job.digest is not None for job in stored.values())
+
+
+async def test_digests_of_an_older_scheme_are_rewritten_once_without_an_alert(
+    world: World,
+) -> None:
+    # v11 changed how digests are computed: a state file from before has digests that can
+    # never match. The upgrade clears them; the next scan compares in full, alerts on
+    # nothing (nothing changed), writes every job once with its new digest, then none.
+    jobs = [world.sim.add_job(state="AUDITING") for _ in range(12)]
+    source = replace(world.config.sources[0], full_scan_every=timedelta(0))
+    world.config = replace(world.config, sources=(source,))
+    await world.watcher().once()
+    world.close()
+    conn = sqlite3.connect(world.config.storage)
+    with conn:
+        conn.execute("UPDATE jobs SET digest = digest + 1")  # as the old scheme left them
+        conn.execute("PRAGMA user_version = 10")
+    conn.close()
+
+    def written(logs: list[dict[str, object]]) -> list[object]:
+        return [e["jobs_written"] for e in logs if e["event"] == "cycle_committed"]
+
+    upgraded = world.watcher()
+    before = upgraded.store.load_jobs("prod")
+    assert before is not None and all(job.digest is None for job in before.values())
+    with capture_logs() as logs:
+        (outcome,) = await upgraded.once()
+    assert outcome.ok and outcome.events == 0 and outcome.alerts == 0
+    assert written(logs) == [12]
+    stored = upgraded.store.load_jobs("prod")
+    assert stored is not None and sorted(stored) == sorted(j["job_id"] for j in jobs)
+    assert all(isinstance(job.digest, int) for job in stored.values())
+    with capture_logs() as logs:
+        await upgraded.once()
+    assert written(logs) == [0]  # the new digests match the listing: nothing parsed again
+    assert titles(world) == []
 
 
 async def test_batch_memory_is_written_only_for_batches_that_changed(world: World) -> None:

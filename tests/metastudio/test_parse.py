@@ -186,7 +186,7 @@ def test_the_digest_is_stable_and_leaves_out_personal_data_and_signed_links() ->
     # stored job read as changed once (harmless, but a full rewrite of the state file).
     plain = {"job_id": "j1", "state": "SUCCEED", "create_time": 1700000000000}
     assert job_digest(plain) == job_digest(dict(plain))
-    assert job_digest(plain) == -6558697996397533301
+    assert job_digest(plain) == -5629067869603727688  # XXH3-64, shifted (v11)
     with_secrets = {**plain, "phone": "13800000000", "voice_authorization_url": "https://x?sig=1"}
     resigned = {**with_secrets, "voice_authorization_url": "https://x?sig=2"}
     assert job_digest(with_secrets) == job_digest(resigned) == job_digest(plain)

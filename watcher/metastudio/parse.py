@@ -5,7 +5,6 @@ Pure: any malformed input becomes an `ApiError(retryable=True)` whose message ne
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from sys import intern
 from typing import Any
 
 import msgspec
+import xxhash
 
 from watcher.errors import ApiError
 from watcher.model import DROPPED_JOB_FIELDS, KNOWN_STATES, Job
@@ -75,14 +75,20 @@ _encode = msgspec.json.Encoder().encode
 _DROPPED = tuple(DROPPED_JOB_FIELDS)
 
 
+# XXH3-64 (python-xxhash): a well-tested 64-bit hash at ~0.05 µs per job against ~0.7 µs
+# for blake2b, which a full scan of 1M jobs pays once per job. Not a MAC: it only has to tell
+# the API's own job records apart, and the API is trusted for what it says anyway.
+_xxh3 = xxhash.xxh3_64_intdigest
+_SIGNED = 2**63  # XXH3 is unsigned; SQLite's INTEGER is signed 64-bit: shift, one to one
+
+
 def job_digest(obj: Mapping[str, Any]) -> int:
     """A stable 64-bit digest of one TrainingJobInfo as the API sent it, personal data and
     signed links left out (a fresh signature must not read as a change). Equal digests mean
     equal jobs; keys in another order only cost a full comparison."""
     if not DROPPED_JOB_FIELDS.isdisjoint(obj):
         obj = {k: v for k, v in obj.items() if k not in DROPPED_JOB_FIELDS}
-    raw = hashlib.blake2b(_encode(obj), digest_size=8).digest()
-    return int.from_bytes(raw, "big", signed=True)  # SQLite INTEGER is signed 64-bit
+    return _xxh3(_encode(obj)) - _SIGNED
 
 
 def _key_ms(value: object) -> float | None:
@@ -231,7 +237,7 @@ def parse_jobs_page(
     last: float | None = None
     unsorted = False
     # Written out (job_digest and _key_ms inlined): this runs once per job of every scan.
-    blake2b, encode, from_bytes = hashlib.blake2b, _encode, int.from_bytes
+    xxh3, encode, signed = _xxh3, _encode, _SIGNED
     for index, item in enumerate(jobs):
         if type(item) is not dict:
             raise ApiError(f"response jobs[{index}] is not an object", retryable=True)
@@ -239,7 +245,7 @@ def parse_jobs_page(
         pop = item.pop
         for dropped in _DROPPED:
             pop(dropped, None)
-        digest = from_bytes(blake2b(encode(item), digest_size=8).digest(), "big", signed=True)
+        digest = xxh3(encode(item)) - signed
         job_id = item.get("job_id")
         if known is not None and type(job_id) is str and job_id and known(job_id) == digest:
             same.append(job_id)

@@ -234,6 +234,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ) WITHOUT ROWID
         """,
     ),
+    # v11: job digests are XXH3-64 instead of blake2b (a tenth of the CPU per job). An old
+    # digest would only ever mismatch: NULL says "compare in full", and the next scan writes
+    # the new ones (once, like the first scan after v9).
+    ("UPDATE jobs SET digest = NULL",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
