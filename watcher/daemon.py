@@ -97,6 +97,9 @@ class _SourceState:
     cursor_loaded: bool = False
     # The last committed snapshot's jobs, so an incremental cycle need not re-read them.
     jobs: Mapping[str, Job] | None = None
+    # What a baseline or a full pass committed, made compact (`jobs`) only when a next cycle
+    # needs it: a `once` ends first, and 100k rows built for nobody are a tenth of its CPU.
+    committed: dict[str, Job] | None = None
 
 
 class Watcher:
@@ -276,12 +279,13 @@ class Watcher:
         )
         self._trackings[name] = decision.tracking
         self._saved_batches[name] = decision.tracking.batches
+        state.committed = None
         if writes is not None and isinstance(previous, StoredJobs):
             previous.apply(writes[0], writes[1], committed)
             state.jobs = previous
         elif isinstance(committed, dict):
-            # A baseline or a full pass: what was committed, compact, without reading back.
-            state.jobs = self.store.load_stored(name, committed)
+            # A baseline or a full pass: what was committed, made compact when next needed.
+            state.jobs, state.committed = None, committed
         else:
             state.jobs = None  # read back compact on the next cycle
         state.cursor = decision.cursor
@@ -352,7 +356,9 @@ class Watcher:
         """The last committed jobs: kept from the last cycle, read from the store after a
         (re)start. The store stays the truth; the copy only saves re-reading it."""
         if state.jobs is None:
-            state.jobs = self.store.load_stored(state.config.name)
+            # What was just committed, without reading it back; else the store's rows.
+            state.jobs = self.store.load_stored(state.config.name, state.committed)
+            state.committed = None
         return state.jobs
 
     async def _list(
