@@ -471,6 +471,39 @@ async def test_digests_of_an_older_scheme_are_rewritten_once_without_an_alert(
     assert titles(world) == []
 
 
+async def test_a_listing_in_another_order_is_said_once_per_state_file_not_per_run(
+    world: World,
+) -> None:
+    # Documented regions list newest first whatever sort_key says: normal, worth one line
+    # when first seen and one when it changes, not one per cron `once`.
+    for minutes in range(120):  # distinct create times: equal ones have no order to ignore
+        world.sim.add_job(state="AUDITING", now=world.now - timedelta(minutes=minutes))
+    source = replace(world.config.sources[0], full_scan_every=timedelta(0))
+    world.config = replace(world.config, sources=(source,))
+    world.sim.ignore_update_filters = True
+
+    def said(logs: list[dict[str, object]]) -> list[object]:
+        return [e["event"] for e in logs if str(e["event"]).startswith("sort_")]
+
+    with capture_logs() as logs:
+        for _ in range(3):  # three `once` processes on one state file
+            await world.watcher().once()
+            world.close()
+    assert said(logs) == ["sort_not_honoured"]
+    assert all(e["log_level"] == "info" for e in logs if e["event"] == "sort_not_honoured")
+    with Store.open(world.config.storage) as store:
+        cursor = store.load_cursor("prod")
+    assert cursor is not None and cursor["sort_ignored"] is True
+
+    world.sim.ignore_update_filters = False  # the region starts honouring it
+    with capture_logs() as logs:
+        for _ in range(2):
+            await world.watcher().once()
+            world.close()
+    assert said(logs) == ["sort_honoured"]
+    assert titles(world) == []
+
+
 async def test_batch_memory_is_written_only_for_batches_that_changed(world: World) -> None:
     jobs = [world.sim.add_job(state="AUDITING", batch_name=f"b{i % 3}") for i in range(9)]
     watcher = world.watcher()

@@ -288,6 +288,15 @@ class Watcher:
             state.jobs, state.committed = None, committed
         else:
             state.jobs = None  # read back compact on the next cycle
+        if decision.cursor.sort_ignored != state.cursor.sort_ignored:
+            # Once per state file (the cursor is stored): a cron `once` does not repeat it.
+            log.info(
+                "sort_not_honoured" if decision.cursor.sort_ignored else "sort_honoured",
+                source=name,
+                note="full scans rely on the duplicate, gap and count checks to see pages shift"
+                if decision.cursor.sort_ignored
+                else "full scans are listed oldest first, as asked",
+            )
         state.cursor = decision.cursor
         self.store.save_cursor(
             name, state.cursor.to_json(cursor_scope(state.config)), decision.strategy
@@ -410,6 +419,7 @@ class Watcher:
             count=scan.count,
             reverify=reverify,
             created_until=bound,
+            unsorted=scan.unsorted if scan.count >= 2 else None,
         )
 
     def _load_cursor(self, state: _SourceState) -> None:

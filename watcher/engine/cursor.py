@@ -64,6 +64,9 @@ class Cursor:
     # The API's clock minus ours, in seconds, as last seen (for a full scan's create_until);
     # None until a listing has shown it.
     server_offset: float | None = None
+    # Full scans come back in another order than asked (`sort_key`/`sort_dir` are not on the
+    # API page: documented regions list newest first). Kept so it is said once, not per run.
+    sort_ignored: bool = False
 
     def strategy_at(self, now: datetime) -> Strategy:
         """The cheapest strategy not demoted at `now`."""
@@ -121,6 +124,7 @@ class Cursor:
             "reasons": {str(k): v for k, v in sorted(self.reasons.items())},
             "noted": sorted(str(s) for s in self.noted),
             "server_offset": self.server_offset,
+            "sort_ignored": self.sort_ignored,
         }
 
     @classmethod
@@ -151,6 +155,7 @@ class Cursor:
                 if k in strategies
             },
             noted=frozenset(strategies[k] for k in data.get("noted") or () if k in strategies),
+            sort_ignored=data.get("sort_ignored") is True,
         )
 
 

@@ -64,6 +64,9 @@ class ScanResult:
     count: int
     requests: int
     server_time: datetime | None = None
+    # The listing came back in another order than `sort_key` ascending asked for (documented
+    # APIs list newest first): the caller remembers and reports it (see Cursor.sort_ignored).
+    unsorted: bool = False
 
 
 class ListingRejected(Exception):
@@ -250,7 +253,6 @@ class MetaStudioClient:
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._page_size = max(1, min(retry.page_size, MAX_PAGE_SIZE))
-        self._warned_unsorted = False
         self._path = f"/v1/{source.project_id}/voice-training-manage/user/jobs"
         self._concurrency = max(1, source.page_concurrency)
         self.bucket = TokenBucket(source.max_requests_per_second, monotonic=monotonic, sleep=sleep)
@@ -290,17 +292,9 @@ class MetaStudioClient:
         problem = ""
         for scan in range(1, MAX_SCANS + 1):
             state = await self._scan_once(tally, params, sort_key, check, known or {})
+            # An unsorted listing is not fatal: offsets may shift under it, and the duplicate,
+            # gap and count checks catch that. The caller says so once (its cursor is stored).
             problem = self._inconsistency(state)
-            if state.unsorted and not self._warned_unsorted:
-                # Not fatal: offsets may shift under an unsorted listing, and the duplicate,
-                # gap and count checks above catch that. Worth knowing once, though.
-                self._warned_unsorted = True
-                log.warning(
-                    "sort_not_honoured",
-                    source=self._source.name,
-                    sort_key=sort_key,
-                    note="relying on duplicate, gap and count checks to detect page shifts",
-                )
             if not problem:
                 log.debug(
                     "scan_finished",
@@ -318,6 +312,7 @@ class MetaStudioClient:
                     count=state.last_count,
                     requests=tally.requests,
                     server_time=tally.server_time,
+                    unsorted=state.unsorted,
                 )
             log.info("scan_inconsistent", source=self._source.name, scan=scan, problem=problem)
         raise ApiError(
