@@ -57,8 +57,12 @@ DOCUMENTED_STATES: frozenset[str] = KNOWN_STATES - {USER_RESULT_REVIEW, USER_REV
 FAILURE_STATES: frozenset[str] = frozenset({AUDIT_FAILED, SPLIT_FAILED, FAILED})
 SETTLED_STATES: frozenset[str] = frozenset({SUCCEED, FAILED})
 
-# Fields of a job we never keep, log or send: personal data and signed links.
-DROPPED_JOB_FIELDS: frozenset[str] = frozenset({"phone", "voice_authorization_url"})
+# Fields of a job we never keep, log or send: personal data and signed links. The SDK's
+# `training_input_source_url` ("the URL of the user's raw input data": their voice
+# recordings) is a bucket link of the same kind as the authorisation letter's.
+DROPPED_JOB_FIELDS: frozenset[str] = frozenset(
+    {"phone", "voice_authorization_url", "training_input_source_url"}
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ RAW_JOB: dict[str, Any] = {
     "create_time": 1733990400000,
     "lastupdate_time": 1733990400,
     "voice_authorization_url": "https://bucket/data",
+    "training_input_source_url": "https://bucket/input/abcdefg.zip?Signature=s1",
     "phone": "13800138000",
     "tag": "ECOMMERCE",
     "allocated_resource": {"resource_id": "r1", "charge_mode": "PERIODIC"},
@@ -70,6 +71,8 @@ def test_parse_job_types_known_fields_and_drops_personal_data() -> None:
     assert job.asset_id == "my_asset_id"
     assert "phone" not in job.extra
     assert "voice_authorization_url" not in job.extra
+    assert "training_input_source_url" not in job.extra  # the user's recordings: a link
+    assert "Signature" not in repr(job)
     assert job.extra["allocated_resource"] == {"resource_id": "r1", "charge_mode": "PERIODIC"}
     assert job.extra["sex"] == "FEMALE"
     assert "13800138000" not in repr(job)
@@ -190,6 +193,8 @@ def test_the_digest_is_stable_and_leaves_out_personal_data_and_signed_links() ->
     with_secrets = {**plain, "phone": "13800000000", "voice_authorization_url": "https://x?sig=1"}
     resigned = {**with_secrets, "voice_authorization_url": "https://x?sig=2"}
     assert job_digest(with_secrets) == job_digest(resigned) == job_digest(plain)
+    relinked = {**with_secrets, "training_input_source_url": "https://x/in.zip?Signature=2"}
+    assert job_digest(relinked) == job_digest(plain)
     assert job_digest({**plain, "state": "FAILED"}) != job_digest(plain)
     assert job_digest({**plain, "tag": "NEWS"}) != job_digest(plain)  # any field counts
     assert -(2**63) <= job_digest(plain) < 2**63  # fits SQLite's INTEGER

@@ -20,7 +20,16 @@ from watcher.engine.shorten import MAX_TEXT, shorten
 from watcher.engine.templates import render_group_templates
 from watcher.engine.why import why_lines
 from watcher.errorcodes import explain
-from watcher.model import FAILURE_STATES, Alert, BodyFormat, Event, Job, NotifyType, RuleConfig
+from watcher.model import (
+    DROPPED_JOB_FIELDS,
+    FAILURE_STATES,
+    Alert,
+    BodyFormat,
+    Event,
+    Job,
+    NotifyType,
+    RuleConfig,
+)
 
 DOCUMENT_VERSION = 1
 # How many alerts a grouped message lists: a chat window shows a screenful, an email all.
@@ -29,7 +38,7 @@ FULL_LIST_LIMIT = 200
 TOP_REASONS = 3
 _SEVERITY = [NotifyType.INFO, NotifyType.SUCCESS, NotifyType.WARNING, NotifyType.FAILURE]
 # Fields never put into a message or a document, whatever the API adds (signed links).
-_NEVER_SHOWN = frozenset({"phone", "voice_authorization_url", "attachment_url"})
+_NEVER_SHOWN = DROPPED_JOB_FIELDS | {"attachment_url"}
 
 
 def _plain(value: Any) -> Any:
