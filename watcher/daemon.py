@@ -419,7 +419,7 @@ class Watcher:
             count=scan.count,
             reverify=reverify,
             created_until=bound,
-            unsorted=scan.unsorted if scan.count >= 2 else None,
+            unsorted=scan.unsorted,
         )
 
     def _load_cursor(self, state: _SourceState) -> None:

@@ -18,6 +18,7 @@ from watcher.engine.cycle import (
     full_scan_bound,
     full_scan_reason,
     missing_after_partial_scan,
+    next_cursor,
     reverifies,
 )
 from watcher.engine.tracker import Tracking
@@ -272,3 +273,20 @@ def test_a_full_scan_advances_the_count_of_every_stored_job_it_did_not_list(
     vanished = {e.job.job_id for e in decision.events if e.kind is EventKind.VANISHED and e.job}
     assert vanished == {j for j in absent if missing.get(j, 0) + 1 >= 3}
     assert not any(j in after for j in listed)
+
+
+def test_a_full_scan_of_two_or_more_jobs_says_whether_the_order_was_honoured() -> None:
+    at = datetime(2026, 12, 2, tzinfo=UTC)
+
+    def after(cursor: Cursor, count: int, unsorted: bool) -> bool:
+        scan = Fetched({}, full=True, mode="full", count=count, unsorted=unsorted)
+        return next_cursor(cursor, scan, at).sort_ignored
+
+    assert after(Cursor(), 120, True) is True
+    assert after(Cursor(sort_ignored=True), 120, False) is False
+    # One job or none has no order: what was known stays.
+    assert after(Cursor(sort_ignored=True), 1, False) is True
+    assert after(Cursor(), 0, True) is False
+    # An increment never changes it.
+    increment = Fetched({}, full=False, mode="changed_since", unsorted=True)
+    assert next_cursor(Cursor(sort_ignored=True), increment, at).sort_ignored is True

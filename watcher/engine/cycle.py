@@ -33,8 +33,8 @@ class Fetched:
     reverify: bool = False  # a scheduled full scan: lifts strategy demotions once committed
     # A full scan's `create_until`: jobs created after it could not be listed.
     created_until: datetime | None = None
-    # A full scan's order: True, not as asked; False, as asked; None, too few jobs to tell.
-    unsorted: bool | None = None
+    # A full scan's order: True, not as asked; False, as asked or never seen (not a full scan).
+    unsorted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +214,7 @@ def next_cursor(cursor: Cursor, fetched: Fetched, cycle_at: datetime) -> Cursor:
         cursor = replace(cursor, server_offset=(server_time - cycle_at).total_seconds())
     watermark = server_time or cycle_at
     if fetched.full:
-        if fetched.unsorted is not None:
+        if fetched.count >= 2:  # one job or none has no order to honour or ignore
             cursor = replace(cursor, sort_ignored=fetched.unsorted)
         return cursor.after_full_scan(
             now=cycle_at, server_time=watermark, count=fetched.count, reverify=fetched.reverify
