@@ -173,6 +173,22 @@ def test_commit_replaces_the_snapshot_of_one_source_only(store: Store) -> None:
     assert store.load_jobs("eu") == {"x": job("x")}
 
 
+def test_stored_rows_for_a_full_scan_come_in_create_time_order(store: Store) -> None:
+    # Job ids in reverse of their create order: the primary key's order is not the scan's.
+    ids = [f"job-{9 - n}" for n in range(10)]
+    jobs = [job(j, create_time=T0 + timedelta(minutes=n)) for n, j in enumerate(ids)]
+    store.commit_cycle("cn", snapshot(*jobs), [], [], now=T0)
+
+    by_id = store.load_stored("cn")
+    in_order = store.load_stored("cn", in_scan_order=True)
+
+    assert by_id is not None and in_order is not None
+    assert list(by_id.rows()) == sorted(ids)
+    assert list(in_order.rows()) == ids
+    assert dict(in_order.rows()) == dict(by_id.rows())  # the same rows, laid out otherwise
+    assert in_order.materialise() == by_id.materialise() == {j.job_id: j for j in jobs}
+
+
 def test_commit_of_a_snapshot_from_another_source_is_refused(store: Store) -> None:
     with pytest.raises(ValueError, match="snapshot"):
         store.commit_cycle("cn", snapshot(job(), source="eu"), [], [], now=T0)

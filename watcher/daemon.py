@@ -178,8 +178,8 @@ class Watcher:
         state = self._sources[name]
         started = time.monotonic()
         cycle_at = self.clock()
-        previous = self._previous_jobs(state)
         self._load_cursor(state)
+        previous = self._previous_jobs(state, cycle_at)
         fetched = await self._fetch(state, previous, cycle_at)
         if isinstance(fetched, ApiError):
             self._poll_failed(state, fetched, time.monotonic() - started)
@@ -361,12 +361,16 @@ class Watcher:
         if inserted:
             self._wake_delivery.set()
 
-    def _previous_jobs(self, state: _SourceState) -> Mapping[str, Job] | None:
+    def _previous_jobs(self, state: _SourceState, now: datetime) -> Mapping[str, Job] | None:
         """The last committed jobs: kept from the last cycle, read from the store after a
         (re)start. The store stays the truth; the copy only saves re-reading it."""
         if state.jobs is None:
-            # What was just committed, without reading it back; else the store's rows.
-            state.jobs = self.store.load_stored(state.config.name, state.committed)
+            # What was just committed, without reading it back; else the store's rows, laid
+            # out for a full scan's lookups when this cycle will be one.
+            full = full_scan_reason(state.cursor, state.config, now=now, has_baseline=True)
+            state.jobs = self.store.load_stored(
+                state.config.name, state.committed, in_scan_order=full is not None
+            )
             state.committed = None
         return state.jobs
 
