@@ -25,6 +25,7 @@ from watcher.model import (
     BodyFormat,
     Event,
     EventKind,
+    ExtraFields,
     Job,
     NotifyType,
     OutboxStatus,
@@ -140,6 +141,10 @@ def test_any_job_round_trips(
     )
     store.commit_cycle("cn", snapshot(original), [], [], now=T0)
     assert store.load_jobs("cn") == {"j": original}
+    # As parse builds it (ExtraFields, not a dict): written and read back the same.
+    compact = dataclasses.replace(original, job_id="k", extra=ExtraFields.of(extra))
+    store.commit_cycle("cn", snapshot(original, compact), [], [], now=T0)
+    assert store.load_jobs("cn") == {"j": original, "k": compact}
 
 
 def test_store_has_a_column_for_every_job_field(store: Store) -> None:

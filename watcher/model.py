@@ -6,7 +6,7 @@ Only the standard library here; everything is frozen so the core can be pure.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from enum import StrEnum
@@ -63,6 +63,75 @@ SETTLED_STATES: frozenset[str] = frozenset({SUCCEED, FAILED})
 DROPPED_JOB_FIELDS: frozenset[str] = frozenset(
     {"phone", "voice_authorization_url", "training_input_source_url"}
 )
+
+
+class ExtraFields(Mapping[str, Any]):
+    """A job's other fields, read-only: the names in one tuple shared by every job of the
+    same shape, the values in another. 144 bytes for the seven fields a simulated job has
+    and 176 for the eleven a real one has, against 272 and 464 for a dict: the largest
+    part of a job held in memory, and a 1M-job baseline holds a million of them."""
+
+    __slots__ = ("_keys", "_values")
+
+    def __init__(self, fields: Mapping[str, Any]) -> None:
+        keys = tuple(fields)
+        # (Written out: this runs once per job parsed or read back.)
+        self._keys = _SHAPES.get(keys) or _shared_shape(keys)
+        self._values = tuple(fields.values())
+
+    @classmethod
+    def of(cls, fields: Mapping[str, Any]) -> ExtraFields:
+        """`fields` as ExtraFields (itself if it is one; one shared instance when empty)."""
+        if type(fields) is cls:
+            return fields
+        return cls(fields) if fields else NO_EXTRA_FIELDS
+
+    def __getitem__(self, key: str) -> Any:
+        # A linear search: a job has a dozen fields at most, and a lookup is rare (a rule's
+        # `where:` on an extra field); cheaper than a per-job hash table in memory and time.
+        try:
+            return self._values[self._keys.index(key)]
+        except ValueError:
+            raise KeyError(key) from None
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ExtraFields) and other._keys is self._keys:
+            return self._values == other._values
+        if isinstance(other, Mapping):
+            return dict(self.items()) == dict(other.items())
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # like the dict it stands for
+
+    def __repr__(self) -> str:
+        return repr(dict(self.items()))
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(zip(self._keys, self._values))  # noqa: B905 (equal lengths by construction)
+
+
+# One tuple of names per shape of job (a few per tenant). Bounded: an API sending ever new
+# field names would otherwise grow it without end; past the bound a job keeps its own.
+_SHAPES: dict[tuple[str, ...], tuple[str, ...]] = {}
+_MAX_SHAPES = 1024
+
+
+def _shared_shape(keys: tuple[str, ...]) -> tuple[str, ...]:
+    if len(_SHAPES) < _MAX_SHAPES:
+        return _SHAPES.setdefault(keys, keys)
+    return keys
+
+
+NO_EXTRA_FIELDS = ExtraFields({})
 
 
 @dataclass(frozen=True, slots=True)

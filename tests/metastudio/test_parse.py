@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from watcher.errors import ApiError
 from watcher.metastudio.parse import job_digest, parse_job, parse_jobs_page, parse_timestamp
+from watcher.model import NO_EXTRA_FIELDS, ExtraFields
 
 RAW_JOB: dict[str, Any] = {
     "job_type": "BASIC",
@@ -76,6 +77,18 @@ def test_parse_job_types_known_fields_and_drops_personal_data() -> None:
     assert job.extra["allocated_resource"] == {"resource_id": "r1", "charge_mode": "PERIODIC"}
     assert job.extra["sex"] == "FEMALE"
     assert "13800138000" not in repr(job)
+
+
+def test_jobs_of_a_page_share_their_field_names_and_repeated_values() -> None:
+    # Memory at 1M jobs: the other fields' names once per shape, short values interned.
+    first = parse_job({**RAW_JOB, "job_id": "a", "sex": "FEM" + "ALE"})
+    second = parse_job({**RAW_JOB, "job_id": "b", "sex": "".join(["FE", "MALE"])})
+
+    assert isinstance(first.extra, ExtraFields)
+    assert list(first.extra) == list(second.extra)
+    assert first.extra._keys is second.extra._keys
+    assert first.extra["sex"] is second.extra["sex"]
+    assert parse_job({"job_id": "j", "state": "W"}).extra is NO_EXTRA_FIELDS
 
 
 def test_parse_job_keeps_unknown_states_as_strings() -> None:

@@ -13,7 +13,17 @@ from typing import Any
 
 import msgspec
 
-from watcher.model import Alert, BodyFormat, Event, Job, NotifyType, OutboxItem, OutboxStatus
+from watcher.model import (
+    NO_EXTRA_FIELDS,
+    Alert,
+    BodyFormat,
+    Event,
+    ExtraFields,
+    Job,
+    NotifyType,
+    OutboxItem,
+    OutboxStatus,
+)
 
 
 def ts(value: datetime) -> str:
@@ -41,8 +51,14 @@ def dt_or_none(text: str | None) -> datetime | None:
 # baseline encodes 100k of these. Keys sorted, by msgspec where it can (`order`, 0.19+,
 # nested objects too), else here (the oldest msgspec we support has no `order`): either
 # text reads back as the same `extra`.
+def _as_dict(obj: Any) -> Any:
+    if isinstance(obj, ExtraFields):
+        return obj.as_dict()
+    raise TypeError(f"{type(obj).__name__} is not JSON-compatible")
+
+
 try:
-    _encode_sorted = msgspec.json.Encoder(order="sorted").encode
+    _encode_sorted = msgspec.json.Encoder(order="sorted", enc_hook=_as_dict).encode
 except TypeError:
     _plain = msgspec.json.Encoder().encode
 
@@ -95,16 +111,18 @@ def row_to_job(row: Sequence[Any]) -> Job:
 _decode_json = msgspec.json.Decoder().decode
 
 
-def _decode_extra(text: str) -> dict[str, Any]:
+def _decode_extra(text: str) -> ExtraFields:
     if text == "{}":
-        return {}
+        return NO_EXTRA_FIELDS
     value = _decode_json(text)
-    if not isinstance(value, dict):
-        return {}
+    if not isinstance(value, dict) or not value:
+        return NO_EXTRA_FIELDS
     intern = sys.intern
     # 100k jobs share a handful of values: one string object each, as parse does (keys are
     # already shared: msgspec caches short keys).
-    return {k: intern(v) if type(v) is str and len(v) <= 32 else v for k, v in value.items()}
+    return ExtraFields(
+        {k: intern(v) if type(v) is str and len(v) <= 32 else v for k, v in value.items()}
+    )
 
 
 def event_to_row(event: Event) -> tuple[Any, ...]:

@@ -1,0 +1,83 @@
+"""ExtraFields: a job's other fields in a compact form that reads as the dict it came from."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from watcher import model
+from watcher.model import NO_EXTRA_FIELDS, ExtraFields, Job
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=6,
+)
+fields = st.dictionaries(st.text(max_size=8), json_values, max_size=12)
+
+
+@given(fields)
+def test_extra_fields_read_exactly_as_the_dict_they_were_built_from(d: dict[str, Any]) -> None:
+    extra = ExtraFields.of(d)
+
+    assert extra == d and d == extra  # both ways round: Job equality compares either side
+    assert (extra != d) is False and (d != extra) is False
+    assert dict(extra) == d and extra.as_dict() == d
+    assert list(extra) == list(d) and list(extra.items()) == list(d.items())  # API order
+    assert len(extra) == len(d) and bool(extra) == bool(d)
+    for key, value in d.items():
+        assert key in extra and extra[key] == value and extra.get(key) == value
+    assert "\x00absent" not in extra and extra.get("\x00absent") is None
+    with pytest.raises(KeyError):
+        extra["\x00absent"]
+    assert repr(extra) == repr(d)
+
+
+@given(fields, fields)
+def test_extra_fields_are_equal_exactly_when_their_dicts_are(
+    a: dict[str, Any], b: dict[str, Any]
+) -> None:
+    assert (ExtraFields.of(a) == ExtraFields.of(b)) is (a == b)
+    assert (ExtraFields.of(a) == b) is (a == b)
+
+
+def test_jobs_of_one_shape_share_one_tuple_of_names() -> None:
+    first = ExtraFields({"sex": "FEMALE", "language": "CN", "tag": "LIVE"})
+    second = ExtraFields({"sex": "MALE", "language": "EN", "tag": "LIVE"})
+
+    assert first._keys is second._keys
+    # Smaller than the dict it stands for (the point of it): names shared, values in a tuple.
+    many = {f"field_{n}": n for n in range(11)}
+    compact = ExtraFields(many)
+    assert sys.getsizeof(compact) + sys.getsizeof(compact._values) < sys.getsizeof(many) / 2
+
+
+def test_the_shared_names_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(model, "_SHAPES", {})
+    monkeypatch.setattr(model, "_MAX_SHAPES", 3)
+    for n in range(10):
+        assert ExtraFields({f"new_{n}": n}) == {f"new_{n}": n}  # past the bound: still right
+
+    assert len(model._SHAPES) == 3
+
+
+def test_empty_and_existing_extra_fields_are_not_rebuilt() -> None:
+    extra = ExtraFields({"a": 1})
+
+    assert ExtraFields.of({}) is NO_EXTRA_FIELDS and not NO_EXTRA_FIELDS
+    assert ExtraFields.of(extra) is extra
+
+
+def test_a_job_with_extra_fields_equals_one_built_with_a_dict() -> None:
+    d = {"sex": "FEMALE", "tag": "LIVE"}
+    compact = Job(job_id="j", state="SUCCEED", extra=ExtraFields(d))
+    plain = Job(job_id="j", state="SUCCEED", extra=dict(d))
+
+    assert compact == plain
+    assert compact.field_value("tag") == "LIVE" and compact.field_value("absent") is None
+    assert compact.as_dict() == plain.as_dict()
+    assert compact != Job(job_id="j", state="SUCCEED", extra={"sex": "MALE", "tag": "LIVE"})
