@@ -63,11 +63,19 @@ def test_stored_jobs_read_a_job_only_when_asked_and_keep_only_those_in_flight() 
         reads.append(None if ids is None else sorted(ids))
         return dict(table) if ids is None else {j: table[j] for j in ids if j in table}
 
-    stored = StoredJobs({j: (job.digest, job.state, None, None) for j, job in table.items()}, load)
+    stored = StoredJobs(
+        {j: (job.digest, job.state, None, None, j) for j, job in table.items()}, load
+    )
     # Membership, length, ids, digests and states come from the rows: no read.
     assert len(stored) == 3 and "b" in stored and "x" not in stored
     assert stored.digest_of("c") == 3 and stored.state_of("a") == "PROCESSING"
     assert stored.digest_of("x") is None and stored.get("x") is None
+    # A listing's id is answered with the rows' own object, and only for an equal digest.
+    assert stored.unchanged("c", 3) == "c"
+    assert stored.unchanged("c", 4) is None and stored.unchanged("x", 3) is None
+    own = "".join(["jo", "b-7"])  # equal to the literal below, another object
+    one = StoredJobs({own: (9, "SUCCEED", None, None, own)}, load)
+    assert one.unchanged("job-7", 9) is own
     assert reads == []
     assert stored.materialise(["a", "b", "x"]) == {"a": table["a"], "b": table["b"]}
     assert reads == [["a", "b"]]

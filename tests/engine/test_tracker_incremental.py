@@ -218,7 +218,7 @@ def test_a_restart_rebuilds_the_index_from_the_rows_and_reads_only_watched_jobs(
         return {j: jobs[j] for j in wanted}
 
     stored = StoredJobs(
-        {j: (None, job.state, job.batch_name, None) for j, job in jobs.items()}, load
+        {j: (None, job.state, job.batch_name, None, j) for j, job in jobs.items()}, load
     )
     memory = Tracking.from_json(step.tracking.to_json())
     assert memory.index is None

@@ -426,7 +426,7 @@ class _Index:
         counts, members = index.counts, index.members
         open_batches: set[str] = set()
         watch: list[str] = []
-        for job_id, (_, state, batch, _) in previous.rows().items():
+        for job_id, (_, state, batch, _, _) in previous.rows().items():
             counts[state] = counts.get(state, 0) + 1
             if batch:
                 members.setdefault(batch, set()).add(job_id)

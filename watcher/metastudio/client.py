@@ -705,13 +705,13 @@ def _digests_of(known: Mapping[str, Job]) -> KnownDigests | None:
     if not known:
         return None
     if isinstance(known, StoredJobs):
-        return known.digest_of
+        return known.unchanged
 
-    def digest_of(job_id: str) -> int | None:
+    def unchanged(job_id: str, digest: int) -> str | None:
         job = known.get(job_id)
-        return None if job is None else job.digest
+        return job.job_id if job is not None and job.digest == digest else None
 
-    return digest_of
+    return unchanged
 
 
 def _reuse_known(page: JobsPage, known: Mapping[str, Job]) -> JobsPage:

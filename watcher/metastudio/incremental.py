@@ -247,7 +247,7 @@ def survey_stored(
     created: list[float] = []
     if isinstance(stored, StoredJobs):
         ids: list[str] = []
-        for job_id, (_, state, _, when) in stored.rows().items():
+        for job_id, (_, state, _, when, _) in stored.rows().items():
             if state not in settled:
                 ids.append(job_id)
             elif state in listed and when is not None:

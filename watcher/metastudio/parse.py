@@ -68,8 +68,9 @@ class JobsPage:
         return len(self.jobs) + len(self.same)
 
 
-# What the caller holds: the digest of a job by id (None: unknown, parse it).
-KnownDigests = Callable[[str], "int | None"]
+# What the caller holds: for a job id and the digest it is listed with, the caller's own id
+# object when it holds that job with that digest (unchanged: not parsed), else None.
+KnownDigests = Callable[[str, int], "str | None"]
 
 _encode = msgspec.json.Encoder().encode
 _DROPPED = tuple(DROPPED_JOB_FIELDS)
@@ -247,8 +248,12 @@ def parse_jobs_page(
             pop(dropped, None)
         digest = xxh3(encode(item)) - signed
         job_id = item.get("job_id")
-        if known is not None and type(job_id) is str and job_id and known(job_id) == digest:
-            same.append(job_id)
+        if (
+            known is not None
+            and type(job_id) is str
+            and (held := known(job_id, digest)) is not None
+        ):
+            same.append(held)
         else:
             parsed.append(parse_job(item, digest))
         value = item.get(field)

@@ -129,6 +129,7 @@ class Snapshots:
                         intern(state),
                         None if batch is None else intern(batch),
                         created,
+                        job_id,
                     )
 
         def load(ids: Collection[str] | None) -> dict[str, Job]:
