@@ -24,6 +24,7 @@ from structlog.testing import capture_logs
 from tests.receivers import SmtpReceiver, WebhookReceiver, json_url, mailto_url
 from watcher.config import load_config_text
 from watcher.daemon import Watcher
+from watcher.jobsets import StoredJobs
 from watcher.metastudio.client import RetryPolicy
 from watcher.model import Config, Event, EventKind, OutboxStatus
 from watcher.notify import Notifier, check_url
@@ -433,6 +434,37 @@ async def test_a_full_scan_parses_and_writes_only_what_changed_even_after_a_rest
     stored = second.store.load_jobs("prod")
     assert stored is not None and stored[jobs[2]["job_id"]].state == "FAILED"
     assert all(job.digest is not None for job in stored.values())
+
+
+async def test_a_fresh_process_lays_out_the_stored_rows_in_the_order_its_cycle_reads(
+    world: World,
+) -> None:
+    # Performance wiring: a full scan looks every listed id up in the stored rows, cheaper
+    # when they are in its listing's order (create time); an incremental cycle looks up a
+    # few and skips SQLite's sort (key order). Seen through the daemon's own state.
+    base = world.now - timedelta(days=1)
+    made = [world.sim.add_job(state="SUCCEED", now=base + timedelta(minutes=n)) for n in range(20)]
+    by_create = [job["job_id"] for job in made]
+    assert by_create != sorted(by_create)  # random ids: the two orders differ
+    hourly = world.config.sources[0]
+    assert hourly.full_scan_every > timedelta(0)
+    await world.watcher().once()  # the baseline, and a cursor that says when the next full is
+    world.close()
+
+    def rows_read_by_a_fresh_process(config: Config) -> list[str]:
+        world.config = config
+        fresh = world.watcher()
+        state = fresh._sources["prod"]
+        fresh._load_cursor(state)
+        stored = fresh._previous_jobs(state, world.now)
+        assert isinstance(stored, StoredJobs)
+        world.close()
+        return list(stored.rows())
+
+    incremental = rows_read_by_a_fresh_process(world.config)
+    always_full = replace(world.config, sources=(replace(hourly, full_scan_every=timedelta(0)),))
+    assert rows_read_by_a_fresh_process(always_full) == by_create
+    assert incremental == sorted(by_create)
 
 
 async def test_digests_of_an_older_scheme_are_rewritten_once_without_an_alert(
