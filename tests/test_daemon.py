@@ -8,6 +8,7 @@ in a SQLite file. The tests assert on what arrived.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import random
 import sqlite3
@@ -26,7 +27,7 @@ from watcher.config import load_config_text
 from watcher.daemon import Watcher
 from watcher.jobsets import StoredJobs
 from watcher.metastudio.client import RetryPolicy
-from watcher.model import Config, Event, EventKind, OutboxStatus
+from watcher.model import Config, Event, EventKind, Job, OutboxStatus
 from watcher.notify import Notifier, check_url
 from watcher.simulator.app import create_app
 from watcher.simulator.runner import serve_app
@@ -434,6 +435,26 @@ async def test_a_full_scan_parses_and_writes_only_what_changed_even_after_a_rest
     stored = second.store.load_jobs("prod")
     assert stored is not None and stored[jobs[2]["job_id"]].state == "FAILED"
     assert all(job.digest is not None for job in stored.values())
+
+
+async def test_after_a_baseline_the_daemon_holds_no_full_job_and_goes_on_from_the_rows(
+    world: World,
+) -> None:
+    # Memory at 1M jobs: a baseline's full `Job`s (~0.5 KB each) must not outlive its commit,
+    # or the compact rows the next cycle builds sit beside them (800 MB against 645 MB).
+    ids = {world.sim.add_job(state="SUCCEED")["job_id"] for _ in range(40)}
+    watcher = world.watcher()
+    (outcome,) = await watcher.once()
+    assert outcome.ok and outcome.baseline and outcome.jobs == 40
+    gc.collect()
+    assert [o for o in gc.get_objects() if type(o) is Job and o.job_id in ids] == []
+
+    changed = next(iter(sorted(ids)))
+    world.sim.set_state(changed, "FAILED")
+    (again,) = await watcher.once()  # from the rows read back, as after a restart
+    assert again.ok and again.jobs == 40
+    await world.hook.wait_for(1)
+    assert [t.split(":")[0] for t in titles(world)] == ["FAILED"]
 
 
 async def test_a_fresh_process_lays_out_the_stored_rows_in_the_order_its_cycle_reads(

@@ -97,9 +97,6 @@ class _SourceState:
     cursor_loaded: bool = False
     # The last committed snapshot's jobs, so an incremental cycle need not re-read them.
     jobs: Mapping[str, Job] | None = None
-    # What a baseline or a full pass committed, made compact (`jobs`) only when a next cycle
-    # needs it: a `once` ends first, and 100k rows built for nobody are a tenth of its CPU.
-    committed: dict[str, Job] | None = None
 
 
 class Watcher:
@@ -279,15 +276,19 @@ class Watcher:
         )
         self._trackings[name] = decision.tracking
         self._saved_batches[name] = decision.tracking.batches
-        state.committed = None
         if writes is not None and isinstance(previous, StoredJobs):
             previous.apply(writes[0], writes[1], committed)
             state.jobs = previous
-        elif isinstance(committed, dict):
-            # A baseline or a full pass: what was committed, made compact when next needed.
-            state.jobs, state.committed = None, committed
         else:
-            state.jobs = None  # read back compact on the next cycle
+            # Read back compact on the next cycle (a `once` ends first and never pays it).
+            state.jobs = None
+            if isinstance(committed, dict):
+                # A baseline or a full pass committed a full `Job` for every job, and the
+                # engine's index refers to them: let them all go now (the next cycle builds
+                # its index from the rows, as after a restart). Making the rows from these
+                # instead held both at once: a 1M-job daemon peaked at 800 MB against the
+                # baseline's own 645 MB.
+                self._trackings[name] = replace(decision.tracking, index=None)
         if decision.cursor.sort_ignored != state.cursor.sort_ignored:
             # Once per state file (the cursor is stored): a cron `once` does not repeat it.
             log.info(
@@ -365,13 +366,9 @@ class Watcher:
         """The last committed jobs: kept from the last cycle, read from the store after a
         (re)start. The store stays the truth; the copy only saves re-reading it."""
         if state.jobs is None:
-            # What was just committed, without reading it back; else the store's rows, laid
-            # out for a full scan's lookups when this cycle will be one.
+            # The store's rows, laid out for a full scan's lookups when this cycle is one.
             full = full_scan_reason(state.cursor, state.config, now=now, has_baseline=True)
-            state.jobs = self.store.load_stored(
-                state.config.name, state.committed, in_scan_order=full is not None
-            )
-            state.committed = None
+            state.jobs = self.store.load_stored(state.config.name, in_scan_order=full is not None)
         return state.jobs
 
     async def _list(

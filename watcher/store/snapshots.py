@@ -11,7 +11,7 @@ import sqlite3
 import sys
 from collections.abc import Collection, Iterable, Iterator, Mapping
 
-from watcher.jobsets import Row, StoredJobs, row_of
+from watcher.jobsets import Row, StoredJobs
 from watcher.model import Job, Snapshot
 from watcher.store.database import Database
 from watcher.store.rows import job_to_row, row_to_job
@@ -103,11 +103,8 @@ class Snapshots:
             cursor = conn.execute(_SELECT_JOBS, (source,))
             return {row[0]: row_to_job(row) for row in cursor}
 
-    def load_stored(
-        self, source: str, jobs: Mapping[str, Job] | None = None, *, in_scan_order: bool = False
-    ) -> StoredJobs:
-        """The jobs of `source` as compact rows, each `Job` read when first needed; from
-        `jobs` when the caller holds exactly what was just committed (no read back).
+    def load_stored(self, source: str, *, in_scan_order: bool = False) -> StoredJobs:
+        """The jobs of `source` as compact rows, each `Job` read when first needed.
 
         `in_scan_order`: read in create-time order, the order a full scan lists them in
         (oldest or newest first, whatever the API honours). A full scan looks up every
@@ -116,21 +113,18 @@ class Snapshots:
         against 0.58 µs in job-id order, a random one), more than the sort costs SQLite."""
         intern = sys.intern
         rows: dict[str, Row] = {}
-        if jobs is not None:
-            rows = {job_id: row_of(job) for job_id, job in jobs.items()}
-        else:
-            # Create times as epoch seconds, computed by SQLite (julianday: any version).
-            with self._db.reading("read the jobs") as conn:
-                for job_id, digest, state, batch, created in conn.execute(
-                    _SELECT_ROWS_IN_SCAN_ORDER if in_scan_order else _SELECT_ROWS, (source,)
-                ):
-                    rows[job_id] = (
-                        digest,
-                        intern(state),
-                        None if batch is None else intern(batch),
-                        created,
-                        job_id,
-                    )
+        # Create times as epoch seconds, computed by SQLite (julianday: any version).
+        with self._db.reading("read the jobs") as conn:
+            for job_id, digest, state, batch, created in conn.execute(
+                _SELECT_ROWS_IN_SCAN_ORDER if in_scan_order else _SELECT_ROWS, (source,)
+            ):
+                rows[job_id] = (
+                    digest,
+                    intern(state),
+                    None if batch is None else intern(batch),
+                    created,
+                    job_id,
+                )
 
         def load(ids: Collection[str] | None) -> dict[str, Job]:
             if ids is None:
@@ -148,10 +142,7 @@ class Snapshots:
                         out[row[0]] = row_to_job(row)
             return out
 
-        stored = StoredJobs(rows, load)
-        if jobs is not None:
-            stored.applied = jobs  # what the engine's last step describes
-        return stored
+        return StoredJobs(rows, load)
 
     def write(
         self,
