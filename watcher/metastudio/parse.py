@@ -16,7 +16,7 @@ import msgspec
 import xxhash
 
 from watcher.errors import ApiError
-from watcher.model import DROPPED_JOB_FIELDS, KNOWN_STATES, NO_EXTRA_FIELDS, ExtraFields, Job
+from watcher.model import DROPPED_JOB_FIELDS, KNOWN_STATES, ExtraFields, Job
 
 # Above this a timestamp is in milliseconds: 10**11 s is the year 5138, 10**11 ms is 1973.
 _MS_THRESHOLD = 10**11
@@ -170,7 +170,7 @@ def parse_job(obj: Mapping[str, Any], digest: int | None = None) -> Job:
         job_failed_code=_short_str(get("job_failed_code")),
         job_failed_reason=_short_str(get("job_failed_reason")),
         asset_id=_short_str(get("asset_id")),
-        extra=ExtraFields(extra) if extra else NO_EXTRA_FIELDS,
+        extra=ExtraFields.of(extra),
         digest=job_digest(obj) if digest is None else digest,
     )
 

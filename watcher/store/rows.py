@@ -116,12 +116,12 @@ def _decode_extra(text: str) -> ExtraFields:
     if text == "{}":
         return NO_EXTRA_FIELDS
     value = _decode_json(text)
-    if not isinstance(value, dict) or not value:
+    if not isinstance(value, dict):
         return NO_EXTRA_FIELDS
     intern = sys.intern
     # 100k jobs share a handful of values: one string object each, as parse does (keys are
     # already shared: msgspec caches short keys).
-    return ExtraFields(
+    return ExtraFields.of(
         {k: intern(v) if type(v) is str and len(v) <= 32 else v for k, v in value.items()}
     )
 
