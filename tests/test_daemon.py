@@ -12,10 +12,12 @@ import gc
 import json
 import random
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import aiohttp
 import pytest
@@ -23,6 +25,7 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from tests.receivers import SmtpReceiver, WebhookReceiver, json_url, mailto_url
+from watcher import daemon
 from watcher.config import load_config_text
 from watcher.daemon import Watcher
 from watcher.jobsets import StoredJobs
@@ -35,6 +38,7 @@ from watcher.simulator.state import SimulatorState
 from watcher.store import Store
 
 AK, SK, PROJECT = "TESTAKTESTAKTESTAK01", "test-secret-key-0123456789abcdef", "proj-e2e"
+T = TypeVar("T")
 FAST = RetryPolicy(attempts=3, initial_backoff=0.01, max_backoff=0.02, max_retry_after=0.05)
 
 CONFIG = """
@@ -453,6 +457,64 @@ async def test_after_a_baseline_the_daemon_holds_no_full_job_and_goes_on_from_th
     world.sim.set_state(changed, "FAILED")
     (again,) = await watcher.once()  # from the rows read back, as after a restart
     assert again.ok and again.jobs == 40
+    await world.hook.wait_for(1)
+    assert [t.split(":")[0] for t in titles(world)] == ["FAILED"]
+
+
+class LoopProbe:
+    """Wraps steps so each blocks its thread until the event loop has run meanwhile: called
+    on the loop's own thread, a step could never go on (and fails after five seconds)."""
+
+    def __init__(self) -> None:
+        self.waiting: list[threading.Event] = []
+        self.passed: list[str] = []
+
+    def around(self, name: str, fn: Callable[..., T]) -> Callable[..., T]:
+        def gated(*args: object, **kwargs: object) -> T:
+            turn = threading.Event()
+            self.waiting.append(turn)
+            if not turn.wait(5):
+                raise AssertionError(f"{name} ran on the event loop and stalled it")
+            self.passed.append(name)
+            return fn(*args, **kwargs)
+
+        return gated
+
+    async def run(self) -> None:
+        while True:
+            while self.waiting:
+                self.waiting.pop().set()
+            await asyncio.sleep(0.001)
+
+
+async def test_reading_deciding_and_committing_a_cycle_leave_the_event_loop_free(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # At 1M jobs a baseline's engine pass and commit take tens of seconds and reading the
+    # rows back a few: on the loop, /healthz, /readyz, /metrics, delivery and every other
+    # source would stand still that long (a liveness probe restarts such a sidecar).
+    jobs = [world.sim.add_job(state="AUDITING") for _ in range(5)]
+    watcher = world.watcher()
+    probe = LoopProbe()
+    monkeypatch.setattr(daemon, "decide", probe.around("decide", daemon.decide))
+
+    def gated(store: Store) -> None:
+        monkeypatch.setattr(store, "load_stored", probe.around("read", store.load_stored))
+        monkeypatch.setattr(store, "commit_cycle", probe.around("commit", store.commit_cycle))
+
+    gated(watcher.store)
+    loop_side = asyncio.create_task(probe.run())
+    try:
+        (first,) = await watcher.once()
+        world.close()  # a fresh process: the rows are read back
+        world.sim.set_state(jobs[0]["job_id"], "FAILED")
+        second = world.watcher()
+        gated(second.store)
+        (again,) = await second.once()
+    finally:
+        loop_side.cancel()
+    assert first.ok and first.baseline and again.ok and not again.baseline
+    assert probe.passed == ["read", "decide", "commit"] * 2
     await world.hook.wait_for(1)
     assert [t.split(":")[0] for t in titles(world)] == ["FAILED"]
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import structlog
@@ -63,6 +63,18 @@ log = structlog.get_logger(__name__)
 Clock = Callable[[], datetime]
 # How often a scan in flight reports its progress (metrics, /readyz, the store for `status`).
 _PROGRESS_REPORT_EVERY = 2.0
+T = TypeVar("T")
+
+
+async def _off_loop(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` in a worker thread. A 1M-job baseline's engine pass and commit take tens
+    of seconds: on the event loop they stalled /healthz, /readyz and /metrics all that time
+    (a liveness probe then restarts the sidecar, whose next baseline starts over) and every
+    other source's poll and delivery. A thread cannot be stopped: a cancelled poll leaves it
+    to finish, which is safe because each step is whole (a transaction, a pure decision)
+    and a cancelled Watcher is retired and its memory dropped (a reload reads the store).
+    """
+    return await asyncio.to_thread(fn, *args)
 
 
 def utc_now() -> datetime:
@@ -176,34 +188,24 @@ class Watcher:
         started = time.monotonic()
         cycle_at = self.clock()
         self._load_cursor(state)
-        previous = self._previous_jobs(state, cycle_at)
+        # What the cycle reads, decides and writes in bulk runs in a worker thread (see
+        # `_off_loop`); the fetch is the loop's own work.
+        previous = state.jobs
+        if previous is None:
+            previous = await _off_loop(self._previous_jobs, state, cycle_at)
         fetched = await self._fetch(state, previous, cycle_at)
         if isinstance(fetched, ApiError):
             self._poll_failed(state, fetched, time.monotonic() - started)
             return PollOutcome(name, False, error=fetched)
-        now = self.clock()
-        # Only what was parsed: a job recognised by its digest was looked at when it changed.
-        listed = fetched.jobs
-        self._note_novelties(
-            name, listed.changed.values() if isinstance(listed, Listed) else listed.values()
-        )
-        decision = decide(
-            state.config,
-            self.config,
-            previous,
-            self._tracking(name),
-            fetched,
-            state.cursor,
-            cycle_at=cycle_at,
-            now=now,
-            vanish_after=self.vanish_after,
+        decision = await _off_loop(
+            self._decide, state, previous, self._tracking(name), fetched, cycle_at, self.clock()
         )
         # Why a job failed takes a detail call (I/O, bounded by enrich_timeout): the shell
         # makes it, the core routes the explained events again.
         events = await self._explain_failures(state, decision.events)
         if events is not decision.events:
             decision = explained(decision, events, self.config)
-        inserted = self._commit(state, decision, previous)
+        inserted = await _off_loop(self._commit, state, decision, previous)
         self._report(state, decision, fetched, inserted, time.monotonic() - started)
         return PollOutcome(
             name,
@@ -215,6 +217,35 @@ class Watcher:
             requests=fetched.requests,
             mode=fetched.mode,
             misses=len(decision.misses),
+        )
+
+    def _decide(
+        self,
+        state: _SourceState,
+        previous: Mapping[str, Job] | None,
+        tracking: Tracking,
+        fetched: Fetched,
+        cycle_at: datetime,
+        now: datetime,
+    ) -> Decision:
+        """What the cycle means (the pure core's decision), after a word on anything new the
+        API sent; in a worker thread (a baseline's is every job, a million of each)."""
+        # Only what was parsed: a job recognised by its digest was looked at when it changed.
+        listed = fetched.jobs
+        self._note_novelties(
+            state.config.name,
+            listed.changed.values() if isinstance(listed, Listed) else listed.values(),
+        )
+        return decide(
+            state.config,
+            self.config,
+            previous,
+            tracking,
+            fetched,
+            state.cursor,
+            cycle_at=cycle_at,
+            now=now,
+            vanish_after=self.vanish_after,
         )
 
     async def _fetch(
@@ -249,7 +280,19 @@ class Watcher:
         previous: Mapping[str, Job] | None,
     ) -> int:
         """Store the decision (one transaction, then the cursor) and take it as the shell's
-        memory; returns how many alerts were queued."""
+        memory; returns how many alerts were queued. Runs in a worker thread: it holds the
+        store for all its writes, so nothing (a reload closing the store, another source's
+        commit) comes between them, and only this source's own poll, which awaits it, reads
+        the memory it sets."""
+        with self.store.held():
+            return self._commit_held(state, decision, previous)
+
+    def _commit_held(
+        self,
+        state: _SourceState,
+        decision: Decision,
+        previous: Mapping[str, Job] | None,
+    ) -> int:
         name = state.config.name
         now = decision.committed.taken_at
         committed = decision.committed.jobs

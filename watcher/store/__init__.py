@@ -33,8 +33,9 @@ spanning aggregates opens one `self._transaction(...)` here and calls each part 
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from types import TracebackType
@@ -140,6 +141,14 @@ class Store:
             if self._lock is not None:
                 self._lock.release()
                 self._lock = None
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """The store to the calling thread alone for several calls in a row (re-entrant):
+        a cycle committed from a worker thread keeps `close`, and every other writer, from
+        coming between its transaction and the cursor saved after it."""
+        with self._db.mutex:
+            yield
 
     def file_problem(self) -> str | None:
         """For the daemon: why its state file is no longer the one at its path (deleted,
