@@ -28,6 +28,7 @@ from tests.receivers import SmtpReceiver, WebhookReceiver, json_url, mailto_url
 from watcher import daemon
 from watcher.config import load_config_text
 from watcher.daemon import Watcher
+from watcher.engine import cycle
 from watcher.jobsets import StoredJobs
 from watcher.metastudio.client import RetryPolicy
 from watcher.model import Config, Event, EventKind, Job, OutboxStatus
@@ -496,7 +497,7 @@ async def test_reading_deciding_and_committing_a_cycle_leave_the_event_loop_free
     jobs = [world.sim.add_job(state="AUDITING") for _ in range(5)]
     watcher = world.watcher()
     probe = LoopProbe()
-    monkeypatch.setattr(daemon, "decide", probe.around("decide", daemon.decide))
+    monkeypatch.setattr(daemon, "decide", probe.around("decide", cycle.decide))
 
     def gated(store: Store) -> None:
         monkeypatch.setattr(store, "load_stored", probe.around("read", store.load_stored))
