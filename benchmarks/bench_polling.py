@@ -203,14 +203,14 @@ async def run_daemon(
     """A baseline, then `idle` cycles with nothing changed, then `cycles` cycles after
     `changes` changes each; each cycle is one whole `Watcher.poll` (fetch, decide, commit,
     report), its CPU (`process_time`, every thread of this process) and wall time measured."""
-    from watcher.app import tune_collector
+    from watcher.app import tune_memory
     from watcher.config import load_config_text
     from watcher.daemon import Watcher
     from watcher.model import OutboxStatus
     from watcher.notify import Notifier, check_url
     from watcher.store import Store
 
-    tune_collector()  # as `run` does
+    tune_memory()  # as `run` does
     out: dict[str, Any] = {"mode": mode}
     with tempfile.TemporaryDirectory() as tmp:
         hook = url.removeprefix("http://")

@@ -10,6 +10,7 @@ on first use and the message arrives.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -31,9 +32,31 @@ import atexit, gc, json, runpy, sys
 out = sys.argv.pop(1)
 
 
+def arenas():  # glibc's malloc arenas, as its malloc_info reports them (None: not glibc)
+    import ctypes, os, tempfile
+
+    libc = ctypes.CDLL(None)
+    if not hasattr(libc, "malloc_info") or not hasattr(libc, "gnu_get_libc_version"):
+        return None
+    libc.fopen.restype = ctypes.c_void_p
+    libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    libc.fclose.argtypes = [ctypes.c_void_p]
+    fd, path = tempfile.mkstemp()
+    os.close(fd)
+    stream = libc.fopen(path.encode(), b"w")
+    libc.malloc_info(0, stream)
+    libc.fclose(stream)
+    with open(path) as f:
+        text = f.read()
+    os.remove(path)
+    return text.count("<heap nr=")
+
+
 def dump():
     with open(out, "w") as f:
-        json.dump({"modules": sorted(sys.modules), "gc": gc.get_threshold()}, f)
+        json.dump(
+            {"modules": sorted(sys.modules), "gc": gc.get_threshold(), "arenas": arenas()}, f
+        )
 
 
 atexit.register(dump)
@@ -69,13 +92,16 @@ def run_once(servers: Servers, config: str) -> tuple[int, str, set[str]]:
         capture_output=True,
         text=True,
         timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"},
     )
     seen = json.loads(modules.read_text())
     THRESHOLDS[:] = seen["gc"]
+    ARENAS[:] = [seen["arenas"]]
     return done.returncode, done.stderr, set(seen["modules"])
 
 
 THRESHOLDS: list[int] = []  # the collector's, as the last run_once's child had them
+ARENAS: list[int | None] = []  # glibc's malloc arenas in it at exit (None: not glibc)
 
 
 def loaded(modules: set[str], package: str) -> bool:
@@ -143,3 +169,30 @@ def test_a_url_apprise_refuses_fails_its_sends_in_once_and_the_alert_stays_queue
     assert "bogus:// is not a service apprise knows" in pending.last_error
     assert "BogusSecretPath77" not in err + pending.last_error
     assert "Traceback" not in err
+
+
+def test_a_polling_process_keeps_one_malloc_arena_with_its_worker_thread(
+    servers: Servers,
+) -> None:
+    # A cycle decides and commits in a worker thread; glibc would give that thread an arena
+    # of its own (+45 MB at a 1M-job daemon's peak). The control: a thread, untuned.
+    for _ in range(150):
+        servers.add_job(state="AUDITING")
+    config = servers.config()
+    assert run_once(servers, config)[0] == EX_OK
+    if ARENAS[0] is None:
+        pytest.skip("not glibc: its own allocator, nothing to tune")
+    assert ARENAS == [1]
+    control = WRAPPER.replace(
+        'runpy.run_module("watcher", run_name="__main__", alter_sys=True)',
+        "import threading\n"
+        "t = threading.Thread(target=lambda: [bytearray(700) for _ in range(10_000)])\n"
+        "t.start(); t.join()",
+    )
+    (servers.tmp_path / "control.py").write_text(control)
+    out = servers.tmp_path / "control.json"
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    subprocess.run(  # noqa: S603 - our own interpreter
+        [sys.executable, str(servers.tmp_path / "control.py"), str(out)], check=True, env=env
+    )
+    assert json.loads(out.read_text())["arenas"] >= 2  # untuned, a thread gets its own

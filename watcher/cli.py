@@ -23,7 +23,7 @@ import structlog
 
 from watcher import __version__, statelock
 from watcher.advice import advice
-from watcher.app import Root, tune_collector
+from watcher.app import Root, tune_memory
 from watcher.config import (
     config_warnings,
     describe_credentials,
@@ -352,7 +352,7 @@ def _open_for_daemon(root: Root, config: Config) -> Store:
 
 
 def cmd_once(args: argparse.Namespace) -> int:
-    tune_collector()
+    tune_memory()
     root: Root = args.root
     # Channel URLs are checked by apprise when a message goes (the notifier is deferred):
     # a cron cycle with nothing to send never imports it. `check` checks them all.
@@ -410,7 +410,7 @@ def cmd_once(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from watcher.daemon import serve
 
-    tune_collector()
+    tune_memory()
     root: Root = args.root
     config = _load(args)
     store = _open_for_daemon(root, config)
@@ -433,7 +433,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from watcher.demo import run_demo  # the simulator is only imported when asked for
 
-    tune_collector()
+    tune_memory()
     return asyncio.run(
         run_demo(
             jobs=args.jobs,
