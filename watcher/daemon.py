@@ -192,7 +192,7 @@ class Watcher:
         # `_off_loop`); the fetch is the loop's own work.
         previous = state.jobs
         if previous is None:
-            previous = await _off_loop(self._previous_jobs, state, cycle_at)
+            previous = await _off_loop(self._previous_jobs, state)
         fetched = await self._fetch(state, previous, cycle_at)
         if isinstance(fetched, ApiError):
             self._poll_failed(state, fetched, time.monotonic() - started)
@@ -405,13 +405,11 @@ class Watcher:
         if inserted:
             self._wake_delivery.set()
 
-    def _previous_jobs(self, state: _SourceState, now: datetime) -> Mapping[str, Job] | None:
+    def _previous_jobs(self, state: _SourceState) -> Mapping[str, Job] | None:
         """The last committed jobs: kept from the last cycle, read from the store after a
         (re)start. The store stays the truth; the copy only saves re-reading it."""
         if state.jobs is None:
-            # The store's rows, laid out for a full scan's lookups when this cycle is one.
-            full = full_scan_reason(state.cursor, state.config, now=now, has_baseline=True)
-            state.jobs = self.store.load_stored(state.config.name, in_scan_order=full is not None)
+            state.jobs = self.store.load_stored(state.config.name)
         return state.jobs
 
     async def _list(

@@ -202,12 +202,12 @@ class Store:
             return None
         return self._snapshots.load(source)
 
-    def load_stored(self, source: str, *, in_scan_order: bool = False) -> StoredJobs | None:
-        """`load_jobs` as compact rows, each job read on first access (see StoredJobs);
-        `in_scan_order`: laid out for a full scan's lookups (see Snapshots.load_stored)."""
+    def load_stored(self, source: str) -> StoredJobs | None:
+        """`load_jobs` as compact rows, each job read on first access (see StoredJobs),
+        laid out for a full scan's lookups (see Snapshots.load_stored)."""
         if not self.has_baseline(source):
             return None
-        return self._snapshots.load_stored(source, in_scan_order=in_scan_order)
+        return self._snapshots.load_stored(source)
 
     def load_tracking(self, source: str) -> dict[str, Any] | None:
         """The engine's memory for `source` as last committed (None if never stored)."""

