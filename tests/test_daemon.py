@@ -520,6 +520,41 @@ async def test_reading_deciding_and_committing_a_cycle_leave_the_event_loop_free
     assert [t.split(":")[0] for t in titles(world)] == ["FAILED"]
 
 
+async def test_a_poll_cancelled_while_its_commit_runs_loses_and_doubles_nothing(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stop or a reload cancels polls; a commit already in its worker thread cannot be
+    # stopped and finishes whole (cycle, then cursor): the next Watcher goes on from it.
+    jobs = [world.sim.add_job(state="AUDITING") for _ in range(3)]
+    watcher = world.watcher()
+    await watcher.once()
+    world.sim.set_state(jobs[1]["job_id"], "FAILED")
+    entered, release = threading.Event(), threading.Event()
+    real = watcher.store.commit_cycle
+
+    def held_commit(*args: object, **kwargs: object) -> int:
+        entered.set()
+        assert release.wait(5)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(watcher.store, "commit_cycle", held_commit)
+    poll = asyncio.create_task(watcher.poll("prod"))
+    assert await asyncio.to_thread(entered.wait, 5)
+    poll.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await poll
+    release.set()
+    world.close()  # waits for the store: the commit in the thread finishes first
+
+    after = world.watcher()
+    (outcome,) = await after.once()
+    assert outcome.ok and outcome.events == 0  # the change was committed, not seen again
+    await world.hook.wait_for(1)
+    (outcome,) = await after.once()
+    assert outcome.ok and outcome.events == 0
+    assert titles(world) == [f"FAILED: voice job {jobs[1]['job_id']} ({jobs[1]['voice_name']})"]
+
+
 async def test_a_fresh_process_lays_out_the_stored_rows_in_the_order_a_scan_lists(
     world: World,
 ) -> None:
