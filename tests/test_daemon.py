@@ -11,8 +11,10 @@ import asyncio
 import gc
 import json
 import random
+import re
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -553,6 +555,61 @@ async def test_a_poll_cancelled_while_its_commit_runs_loses_and_doubles_nothing(
     (outcome,) = await after.once()
     assert outcome.ok and outcome.events == 0
     assert titles(world) == [f"FAILED: voice job {jobs[1]['job_id']} ({jobs[1]['voice_name']})"]
+
+
+async def test_loop_side_store_calls_wait_for_a_commit_in_a_thread_not_on_the_loop(
+    world: World,
+) -> None:
+    # A 1M-job baseline's commit holds the store from its thread for seconds. Meanwhile the
+    # delivery pass, the watchdog's status line, retention and another poll's record all
+    # need the store: waiting for it on the loop would stop /healthz and every send too.
+    jobs = [world.sim.add_job(state="AUDITING") for _ in range(3)]
+    watcher = world.watcher()
+    await watcher.once()
+    world.sim.set_state(jobs[0]["job_id"], "FAILED")
+    assert (await watcher.poll("prod")).alerts == 2  # queued (webhook, mail), not yet sent
+    held, release = threading.Event(), threading.Event()
+    span: list[float] = []
+
+    def big_commit() -> None:
+        with watcher.store.held():
+            held.set()
+            span.append(time.monotonic())
+            release.wait(5)
+            span.append(time.monotonic())
+
+    ticks: list[float] = []
+
+    async def ticker() -> None:
+        while True:
+            ticks.append(time.monotonic())
+            await asyncio.sleep(0.002)
+
+    holder = asyncio.create_task(asyncio.to_thread(big_commit))
+    assert await asyncio.to_thread(held.wait, 5)
+    beat = asyncio.create_task(ticker())
+    world.sim.faults.extend([{"kind": "status", "status": 503}] * FAST.attempts)
+    calls = asyncio.gather(
+        watcher.deliver(),
+        watcher.status_line(),
+        daemon.prune_history(watcher.store, world.now - timedelta(days=3650)),
+        watcher.poll("prod"),  # fails: its record waits for the store too
+    )
+    await asyncio.sleep(0.3)
+    assert not calls.done()  # every one is waiting for the store...
+    release.set()
+    delivered, status, pruned, failed = await calls
+    await holder
+    beat.cancel()
+    # ...and the loop kept turning all the while.
+    during = [t for t in ticks if span[0] < t < span[1]]
+    assert len(during) >= 20, f"the loop turned {len(during)} times in the hold"
+    assert delivered.sent == 2 and pruned == 0
+    # (Read while the delivery pass ran: before its sends or after.)
+    assert re.fullmatch(r"1 source\(s\), [02] alert\(s\) pending, 0 dead(; failing: prod)?", status)
+    assert not failed.ok
+    assert titles(world) == [f"FAILED: voice job {jobs[0]['job_id']} ({jobs[0]['voice_name']})"]
+    assert watcher.store.source_status()[0].last_error is not None  # the failure was recorded
 
 
 async def test_a_fresh_process_lays_out_the_stored_rows_in_the_order_a_scan_lists(

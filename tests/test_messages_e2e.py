@@ -309,7 +309,7 @@ async def test_crashing_polls_count_towards_source_unhealthy(world: World) -> No
     await watcher.once()
     for minutes in (1, 2, 4):  # a bug in every poll for 3 minutes (3 poll intervals)
         world.now += timedelta(minutes=minutes)
-        assert watcher._poll_crashed("prod", KeyError("job_id"), 0.5)
+        assert await watcher._poll_crashed("prod", KeyError("job_id"), 0.5)
     await watcher.deliver()
     (post,) = world.posts("/batches")
     assert str(post["title"]).startswith("source prod has failed to poll for 6m")

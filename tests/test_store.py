@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
@@ -10,6 +11,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -830,3 +832,36 @@ def test_an_older_blob_with_batches_is_still_read(store: Store) -> None:
     old = {"missing": {}, "batches": {"x": ["sig", "t", "t", None, {}, []]}}
     store.commit_cycle("cn", snapshot(job("a")), [], [], now=T0, tracking=old)
     assert store.load_tracking("cn") == old
+
+
+async def test_call_runs_inline_while_the_store_is_free_and_in_a_thread_while_it_is_held(
+    store: Store,
+) -> None:
+    # From the event loop: a free store costs no thread hop; a held one (a large commit in
+    # its worker thread) is waited for in a thread, never on the loop.
+    loop_thread = threading.get_ident()
+    ran_on: list[int] = []
+
+    def counts() -> dict[OutboxStatus, int]:
+        ran_on.append(threading.get_ident())
+        return store.outbox_counts()
+
+    assert (await store.call(counts))[OutboxStatus.PENDING] == 0
+    assert ran_on == [loop_thread]
+
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with store.held():
+            held.set()
+            release.wait(5)
+
+    holder = asyncio.get_running_loop().run_in_executor(None, hold)
+    assert await asyncio.to_thread(held.wait, 5)
+    waiting = asyncio.ensure_future(store.call(counts))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # it waits for the holder, and the loop goes on meanwhile
+    release.set()
+    assert (await waiting)[OutboxStatus.PENDING] == 0
+    await holder
+    assert ran_on[1] != loop_thread

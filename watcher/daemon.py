@@ -46,6 +46,7 @@ from watcher.metastudio.incremental import IncrementalPoller, rfc3339
 from watcher.metastudio.parse import novelties
 from watcher.metrics import Metrics
 from watcher.model import (
+    Alert,
     Config,
     Event,
     Job,
@@ -188,7 +189,7 @@ class Watcher:
         state = self._sources[name]
         started = time.monotonic()
         cycle_at = self.clock()
-        self._load_cursor(state)
+        await self._load_cursor(state)
         # What the cycle reads, decides and writes in bulk runs in a worker thread (see
         # `_off_loop`); the fetch is the loop's own work.
         previous = state.jobs
@@ -196,10 +197,11 @@ class Watcher:
             previous = await _off_loop(self._previous_jobs, state)
         fetched = await self._fetch(state, previous, cycle_at)
         if isinstance(fetched, ApiError):
-            self._poll_failed(state, fetched, time.monotonic() - started)
+            await self._poll_failed(state, fetched, time.monotonic() - started)
             return PollOutcome(name, False, error=fetched)
+        tracking = await self._tracking(name)
         decision = await _off_loop(
-            self._decide, state, previous, self._tracking(name), fetched, cycle_at, self.clock()
+            self._decide, state, previous, tracking, fetched, cycle_at, self.clock()
         )
         # Why a job failed takes a detail call (I/O, bounded by enrich_timeout): the shell
         # makes it, the core routes the explained events again.
@@ -465,12 +467,12 @@ class Watcher:
             unsorted=scan.unsorted,
         )
 
-    def _load_cursor(self, state: _SourceState) -> None:
+    async def _load_cursor(self, state: _SourceState) -> None:
         """The cursor the last committed cycle saved, once per process (cron `once` too)."""
         if state.cursor_loaded:
             return
+        stored = await self.store.call(self.store.load_cursor, state.config.name)
         state.cursor_loaded = True
-        stored = self.store.load_cursor(state.config.name)
         state.cursor = Cursor.from_json(stored, cursor_scope(state.config))
 
     async def _while_progressing(
@@ -501,7 +503,8 @@ class Watcher:
                     self.metrics.scan_progress(
                         name, progress.pages_done, progress.pages_total, baseline=baseline
                     )
-                    self.store.save_scan_progress(
+                    await self.store.call(
+                        self.store.save_scan_progress,
                         name,
                         progress.pages_done,
                         progress.pages_total,
@@ -526,9 +529,9 @@ class Watcher:
                     self._seen_novelties.add(name)
                     log.info("unknown_field_seen", source=source, job_id=job.job_id, field=name)
 
-    def _tracking(self, name: str) -> Tracking:
+    async def _tracking(self, name: str) -> Tracking:
         if name not in self._trackings:
-            stored = self.store.load_tracking(name)
+            stored = await self.store.call(self.store.load_tracking, name)
             self._trackings[name] = Tracking.from_json(stored) if stored else Tracking()
         return self._trackings[name]
 
@@ -572,7 +575,7 @@ class Watcher:
         name = state.config.name
         found: dict[str, dict[str, Any]] = {}
         for key in wanted:
-            cached = self.store.failure_detail(name, key)
+            cached = await self.store.call(self.store.failure_detail, name, key)
             if cached is not None:
                 found[key] = cached
         asks = {
@@ -597,7 +600,7 @@ class Watcher:
                 found[key] = unavailable(resource, problem)
             else:
                 found[key] = task.result()
-                self.store.save_failure_detail(name, key, found[key], now)
+                await self.store.call(self.store.save_failure_detail, name, key, found[key], now)
                 continue
             log.warning(
                 "failure_detail_unavailable",
@@ -616,7 +619,7 @@ class Watcher:
     def _routed_anywhere(self, event: Event) -> bool:
         return any(rule.notify for rule in matching_rules(self.config.rules, event))
 
-    def _poll_failed(self, state: _SourceState, err: ApiError, seconds: float) -> None:
+    async def _poll_failed(self, state: _SourceState, err: ApiError, seconds: float) -> None:
         name = state.config.name
         now = self.clock()
         text = str(err)
@@ -635,7 +638,7 @@ class Watcher:
             )
         state.last_error = text
         event, tracking = health_step(
-            self._tracking(name),
+            await self._tracking(name),
             name,
             ok=False,
             now=now,
@@ -645,24 +648,41 @@ class Watcher:
         )
         events = (event,) if event is not None else ()
         routed = self._route(events)
-        inserted = self.store.commit_events(
-            name,
-            events,
-            routed.alerts,
-            now=now,
-            tracking=tracking.to_json(batches=False),
-            batches=batch_changes(self._saved_batches.get(name), tracking.batches),
+        inserted = await self.store.call(
+            self._commit_failed, name, events, routed.alerts, now, tracking, text
         )
-        self._trackings[name] = tracking
-        self._saved_batches[name] = tracking.batches
-        self.store.record_source_poll(name, False, now, text)
         if event is not None:
             self.metrics.event(name, str(event.kind))
             log.error("source_unhealthy", source=name, reason=event.reason)
         if inserted:
             self._wake_delivery.set()
 
-    def _poll_crashed(self, name: str, err: Exception, seconds: float) -> bool:
+    def _commit_failed(
+        self,
+        name: str,
+        events: tuple[Event, ...],
+        alerts: Sequence[Alert],
+        now: datetime,
+        tracking: Tracking,
+        error: str,
+    ) -> int:
+        """A failed poll's record: its health event and alerts (one transaction), then the
+        poll; held together, as a cycle's commit is."""
+        with self.store.held():
+            inserted = self.store.commit_events(
+                name,
+                events,
+                alerts,
+                now=now,
+                tracking=tracking.to_json(batches=False),
+                batches=batch_changes(self._saved_batches.get(name), tracking.batches),
+            )
+            self._trackings[name] = tracking
+            self._saved_batches[name] = tracking.batches
+            self.store.record_source_poll(name, False, now, error)
+        return inserted
+
+    async def _poll_crashed(self, name: str, err: Exception, seconds: float) -> bool:
         """A poll that crashed is a failed poll: it counts towards `source_unhealthy`, so a bug
         cannot blind the watcher silently. The alert names the log entry, not the exception
         text (which may carry anything)."""
@@ -672,7 +692,7 @@ class Watcher:
             retryable=True,
         )
         try:
-            self._poll_failed(self._sources[name], failure, seconds)
+            await self._poll_failed(self._sources[name], failure, seconds)
         except StoreError as store_err:
             log.error("store_failed", source=name, error=str(store_err))
             self.failure = str(store_err)
@@ -736,7 +756,7 @@ class Watcher:
             except Exception as err:
                 # A bug must not silence every later poll of this source: log it and go on.
                 log.exception("poll_crashed", source=name)
-                if not self._poll_crashed(name, err, time.monotonic() - started):
+                if not await self._poll_crashed(name, err, time.monotonic() - started):
                     stop.set()
                     return
             # A little jitter so that many watchers (or sources) do not poll in lockstep.
@@ -775,10 +795,10 @@ class Watcher:
     def last_ok(self) -> dict[str, datetime | None]:
         return {name: state.last_ok for name, state in self._sources.items()}
 
-    def status_line(self) -> str:
+    async def status_line(self) -> str:
         """One line for systemd's STATUS= and `status`: what is watched, what is stuck."""
         down = [n for n, s in self._sources.items() if s.last_error is not None]
-        counts = self.store.outbox_counts()
+        counts = await self.store.call(self.store.outbox_counts)
         text = (
             f"{len(self._sources)} source(s), {counts.get(OutboxStatus.PENDING, 0)} alert(s) "
             f"pending, {counts.get(OutboxStatus.DEAD, 0)} dead"
@@ -794,7 +814,7 @@ async def prune_history(store: Store, before: datetime, *, batch: int = PRUNE_BA
     """Prune in small transactions, yielding to the loop between them; return rows removed."""
     total = 0
     while True:
-        removed = store.prune(before, batch=batch)
+        removed = await store.call(store.prune, before, batch=batch)
         total += removed
         if removed == 0:
             return total
@@ -965,5 +985,5 @@ async def _watchdog(
         if current and running and not running[0].done():
             sd.watchdog()
             with contextlib.suppress(StoreError):
-                sd.status(current[0].status_line())
+                sd.status(await current[0].status_line())
         await _wait(stop, interval)

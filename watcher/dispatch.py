@@ -123,19 +123,24 @@ class Dispatcher:
         recorded, so a reload or stop neither loses nor repeats a send.
         """
         now = self.clock()
-        pending = self.store.list_outbox([OutboxStatus.PENDING])
+        # Every store call goes through `store.call`: never waits on the loop for a large
+        # cycle committing in its thread.
+        store = self.store
+        pending = await store.call(store.list_outbox, [OutboxStatus.PENDING])
+        silences = await store.call(store.list_silences, active_at=now) if pending else ()
+        sent = await store.call(store.send_log, now - self._log_span) if pending else ()
         decided = plan(
             pending,
             now,
             rules=self._rules,
             policies=self.config.channel_policies,
-            silences=self.store.list_silences(active_at=now) if pending else (),
-            sent=self.store.send_log(now - self._log_span) if pending else (),
+            silences=silences,
+            sent=sent,
             waits=self.memory.waits(pending, now),
         )
         for silenced in decided.silenced:
             alert = silenced.item.alert
-            self.store.mark_silenced(silenced.item.id, silenced.silence.id, now)
+            await store.call(store.mark_silenced, silenced.item.id, silenced.silence.id, now)
             log.info(
                 "alert_silenced",
                 source=alert.source,
@@ -156,8 +161,9 @@ class Dispatcher:
         results = await asyncio.gather(
             *(self._deliver_channel(batch, stopping) for batch in by_channel.values())
         )
+        counts = await store.call(store.outbox_counts)
         self.metrics.outbox_depth(
-            {str(k): v for k, v in self.store.outbox_counts().items()},
+            {str(k): v for k, v in counts.items()},
             held=len({h.item_id for h in decided.held}),
         )
         return DeliveryOutcome(
@@ -186,7 +192,8 @@ class Dispatcher:
             )
             now = self.clock()
             if result.ok:
-                self.store.mark_sent_many(
+                await self.store.call(
+                    self.store.mark_sent_many,
                     [i.id for i in message.items],
                     now,
                     channel=message.channel,
@@ -213,13 +220,16 @@ class Dispatcher:
                 elapsed = self.memory.attempted(item, now, started)
                 decision = after_failure(item, elapsed, self.config.delivery, self.rng)
                 if decision.delay is None:
-                    self.store.mark_dead(item.id, now, error, elapsed=elapsed)
+                    await self.store.call(
+                        self.store.mark_dead, item.id, now, error, elapsed=elapsed
+                    )
                     self.metrics.alert(alert.channel, "dead")
                     dead += 1
                     bound.error("alert_dead_lettered", error=error, reason=decision.reason)
                     continue
                 self.memory.retry_in(item.id, decision.delay)
-                self.store.mark_failed(
+                await self.store.call(
+                    self.store.mark_failed,
                     item.id,
                     now,
                     error,

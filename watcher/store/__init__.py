@@ -33,13 +33,14 @@ spanning aggregates opens one `self._transaction(...)` here and calls each part 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import structlog
 
@@ -83,6 +84,9 @@ __all__ = [
     "SourceStatus",
     "Store",
 ]
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 log = structlog.get_logger()
 
@@ -149,6 +153,20 @@ class Store:
         coming between its transaction and the cursor saved after it."""
         with self._db.mutex:
             yield
+
+    async def call(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """`fn(*args, **kwargs)`, a call on this store from the event loop: made there and then
+        when the store is free (the usual case: no thread, no wait), else in a worker thread.
+        A large cycle's commit holds the store from a worker thread for seconds (a 1M-job
+        baseline's); a delivery mark, a watchdog status or another source's cursor waiting
+        for it on the loop would stop /healthz, /metrics and every send all that time."""
+        mutex = self._db.mutex
+        if mutex.acquire(blocking=False):
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                mutex.release()
+        return await asyncio.to_thread(fn, *args, **kwargs)
 
     def file_problem(self) -> str | None:
         """For the daemon: why its state file is no longer the one at its path (deleted,
