@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -865,3 +867,35 @@ async def test_call_runs_inline_while_the_store_is_free_and_in_a_thread_while_it
     assert (await waiting)[OutboxStatus.PENDING] == 0
     await holder
     assert ran_on[1] != loop_thread
+
+
+async def test_a_call_whose_caller_is_cancelled_still_lands_and_close_waits_for_it(
+    db_path: str,
+) -> None:
+    # A stop cancels the delivery pass; a sent mark already waiting for the store (behind a
+    # large commit) must still be written, or the alert goes again after the restart.
+    store = Store.open(db_path)
+    (item,) = queue(store, ("a", "FAILED"))
+    loop = asyncio.get_running_loop()
+    held = asyncio.Event()
+
+    def commit_for_a_while() -> None:
+        with store.held():
+            loop.call_soon_threadsafe(held.set)
+            time.sleep(0.3)  # the "commit": releases on its own while close() waits
+
+    # The commit runs in the loop's executor, as the daemon's does; with its one worker
+    # busy, a call queued there behind it would be dropped by the cancel.
+    loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=1))
+    holder = loop.run_in_executor(None, commit_for_a_while)
+    await asyncio.wait_for(held.wait(), 5)
+    mark = asyncio.ensure_future(store.call(store.mark_sent_many, [item], T0))
+    await asyncio.sleep(0.05)
+    mark.cancel()  # the stop
+    with pytest.raises(asyncio.CancelledError):
+        await mark
+    store.close()  # waits for the holder, then for the mark
+    await holder
+    with Store.open(db_path) as reopened:
+        assert reopened.list_outbox([OutboxStatus.PENDING]) == []
+        assert [i.id for i in reopened.list_outbox([OutboxStatus.SENT])] == [item]

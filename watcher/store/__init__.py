@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
+import threading
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
@@ -88,6 +90,17 @@ __all__ = [
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
+
+def _settle(answer: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    """On the loop: `Store.call`'s answer, unless its caller was cancelled meanwhile."""
+    if answer.done():
+        return
+    if error is not None:
+        answer.set_exception(error)
+    else:
+        answer.set_result(result)
+
+
 log = structlog.get_logger()
 
 
@@ -107,6 +120,9 @@ class Store:
         self._send_log = SendLog(db)
         self._silences = Silences(db)
         self._failures = FailureDetails(db)
+        # `call`s waiting in their own thread for the store, which `close` waits for.
+        self._in_flight = threading.Condition()
+        self._calls = 0
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -139,7 +155,10 @@ class Store:
         return store
 
     def close(self) -> None:
-        """Close the database and release the daemon lock. Safe to call twice."""
+        """Close the database and release the daemon lock, after every `call` still on its
+        way (each waits only for the commit holding the store). Safe to call twice."""
+        with self._in_flight:
+            self._in_flight.wait_for(lambda: self._calls == 0)
         with self._db.mutex:
             self._db.close()
             if self._lock is not None:
@@ -156,17 +175,46 @@ class Store:
 
     async def call(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """`fn(*args, **kwargs)`, a call on this store from the event loop: made there and then
-        when the store is free (the usual case: no thread, no wait), else in a worker thread.
-        A large cycle's commit holds the store from a worker thread for seconds (a 1M-job
-        baseline's); a delivery mark, a watchdog status or another source's cursor waiting
-        for it on the loop would stop /healthz, /metrics and every send all that time."""
+        when the store is free (the usual case: no thread, no wait), else in a thread of its
+        own. A large cycle's commit holds the store from a worker thread for seconds (a
+        1M-job baseline's); a delivery mark, a watchdog status or another source's cursor
+        waiting for it on the loop would stop /healthz, /metrics and every send all that time.
+
+        A call once made is made whole: cancelling the caller (a stop) does not stop it, and
+        `close` waits for it, so a sent mark waiting for the store is never dropped."""
         mutex = self._db.mutex
         if mutex.acquire(blocking=False):
             try:
                 return fn(*args, **kwargs)
             finally:
                 mutex.release()
-        return await asyncio.to_thread(fn, *args, **kwargs)
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[_T] = loop.create_future()
+
+        def run() -> None:
+            try:
+                outcome = functools.partial(_settle, answer, fn(*args, **kwargs), None)
+            except BaseException as err:
+                outcome = functools.partial(_settle, answer, None, err)
+            finally:
+                with self._in_flight:
+                    self._calls -= 1
+                    self._in_flight.notify_all()
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody to tell
+                loop.call_soon_threadsafe(outcome)
+
+        # A thread of its own, not the loop's executor: a queued executor job is dropped
+        # when its caller is cancelled, and this call must happen (and `close` wait for it).
+        with self._in_flight:
+            self._calls += 1
+        try:
+            threading.Thread(target=run, name="store-call", daemon=True).start()
+        except BaseException:
+            with self._in_flight:
+                self._calls -= 1
+                self._in_flight.notify_all()
+            raise
+        return await answer
 
     def file_problem(self) -> str | None:
         """For the daemon: why its state file is no longer the one at its path (deleted,
