@@ -197,9 +197,7 @@ class Store:
             except BaseException as err:
                 outcome = functools.partial(_settle, answer, None, err)
             finally:
-                with self._in_flight:
-                    self._calls -= 1
-                    self._in_flight.notify_all()
+                self._call_finished()
             with contextlib.suppress(RuntimeError):  # the loop is gone: nobody to tell
                 loop.call_soon_threadsafe(outcome)
 
@@ -210,11 +208,14 @@ class Store:
         try:
             threading.Thread(target=run, name="store-call", daemon=True).start()
         except BaseException:
-            with self._in_flight:
-                self._calls -= 1
-                self._in_flight.notify_all()
+            self._call_finished()
             raise
         return await answer
+
+    def _call_finished(self) -> None:
+        with self._in_flight:
+            self._calls -= 1
+            self._in_flight.notify_all()
 
     def file_problem(self) -> str | None:
         """For the daemon: why its state file is no longer the one at its path (deleted,
