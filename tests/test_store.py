@@ -37,6 +37,7 @@ from watcher.model import (
     Snapshot,
 )
 from watcher.store import SCHEMA_VERSION, Store
+from watcher.store.rows import from_micros, micros, ts
 from watcher.store.snapshots import _SELECT_ROWS
 
 T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
@@ -632,6 +633,74 @@ def test_v1_file_is_upgraded_keeping_its_data(tmp_path: Path) -> None:
         assert item.alert.title == "t"
         # v3 backfills queued_at so give_up_after still has a start for old alerts.
         assert item.queued_at == T0
+
+
+def test_v12_file_with_text_times_is_upgraded_to_the_same_instants(tmp_path: Path) -> None:
+    # Up to v12 job times were ISO text as ts() wrote it; v13 makes them integers. Every
+    # instant, to the microsecond, before and after the epoch, must come through unchanged,
+    # with the baseline, and a later scan must find nothing changed.
+    path = tmp_path / "watcher.db"
+    times = [
+        datetime(2024, 12, 23, 11, 37, 44, 784000, tzinfo=UTC),
+        datetime(1969, 12, 31, 23, 59, 59, 500000, tzinfo=UTC),
+        datetime(2099, 1, 1, 0, 0, 0, 1, tzinfo=UTC),
+        datetime(2026, 3, 1, 8, 0, tzinfo=timezone(timedelta(hours=8))),
+    ]
+    conn = sqlite3.connect(path)
+    for step in store_module._MIGRATIONS[:12]:
+        for statement in step:
+            conn.execute(statement)
+    conn.execute("INSERT INTO sources (name, baseline_at) VALUES ('cn', ?)", (T0.isoformat(),))
+    conn.executemany(
+        "INSERT INTO jobs (source, job_id, state, create_time, lastupdate_time, batch_name, "
+        "digest) VALUES ('cn', ?, 'AUDITING', ?, ?, 'b', 7)",
+        [(f"j{i}", ts(t), ts(t + timedelta(seconds=1))) for i, t in enumerate(times)]
+        + [("none", None, None)],
+    )
+    conn.execute("PRAGMA user_version = 12")
+    conn.commit()
+    conn.close()
+
+    with Store.open(str(path)) as s:
+        assert s.schema_version == SCHEMA_VERSION
+        loaded = s.load_jobs("cn")
+        assert loaded is not None
+        for i, t in enumerate(times):
+            assert loaded[f"j{i}"].create_time == t
+            assert loaded[f"j{i}"].lastupdate_time == t + timedelta(seconds=1)
+        assert loaded["none"].create_time is None
+        kinds = s._conn.execute(
+            "SELECT DISTINCT typeof(create_time) FROM jobs WHERE job_id != 'none'"
+        ).fetchall()
+        assert kinds == [("integer",)]
+        indexes = {row[0] for row in s._conn.execute("SELECT name FROM sqlite_master")}
+        assert {"jobs_by_state", "jobs_by_batch", "jobs_by_create"} <= indexes
+        stored = s.load_stored("cn")
+        assert stored is not None
+        assert stored.rows()["j0"][3] == times[0].timestamp()
+        assert s.has_baseline("cn")
+
+
+@settings(max_examples=300)
+@given(
+    st.datetimes(
+        min_value=datetime(1, 1, 2),
+        max_value=datetime(9999, 12, 30),
+        timezones=st.sampled_from([UTC, timezone(timedelta(hours=14)), timezone.min]),
+    )
+)
+def test_job_times_are_stored_as_microseconds_exactly_and_in_order(when: datetime) -> None:
+    # Far from the epoch a float of seconds is off by microseconds: the whole range must
+    # come back exact, as UTC, and one microsecond later must store one more.
+    stored = micros(when)
+    assert from_micros(stored) == when
+    assert from_micros(stored).utcoffset() == timedelta(0)
+    assert micros(when + timedelta(microseconds=1)) == stored + 1
+
+
+def test_a_naive_job_time_is_refused_by_the_store() -> None:
+    with pytest.raises(ValueError, match="naive datetime"):
+        micros(datetime(2024, 1, 1))
 
 
 def test_failed_migration_leaves_the_old_version(tmp_path: Path, monkeypatch: Any) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -47,6 +47,40 @@ def dt_or_none(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+# Within ±2**33 s of the epoch (the years 1697 to 2242) a float of seconds is exact to well
+# under half a microsecond, so `fromtimestamp` gives the very instant back; beyond, the exact
+# (and slower) timedelta sum.
+_FLOAT_EXACT_US = 2**33 * 10**6
+
+
+def micros(value: datetime) -> int:
+    """A job's time as the store keeps it: integer microseconds since the epoch, exact.
+
+    Job times are the one kind of time the store writes once per job (a million for a 1M-job
+    baseline), and three indexes hold them: as integers a 100k-job baseline costs ~0.5 s
+    less CPU than ISO text (`isoformat` is ~1.9 µs a time on a slow core) and the file is a
+    quarter smaller. Integer order is time order, as the text's was."""
+    if value.tzinfo is not UTC and (value.tzinfo is None or value.utcoffset() is None):
+        raise ValueError(f"naive datetime {value.isoformat()} given to the store; use UTC")
+    return (value - _EPOCH) // _MICROSECOND
+
+
+def micros_or_none(value: datetime | None) -> int | None:
+    return None if value is None else micros(value)
+
+
+def from_micros(value: int) -> datetime:
+    if -_FLOAT_EXACT_US < value < _FLOAT_EXACT_US:
+        return datetime.fromtimestamp(value / 1e6, UTC)
+    return _EPOCH + timedelta(microseconds=value)
+
+
+def from_micros_or_none(value: int | None) -> datetime | None:
+    return None if value is None else from_micros(value)
+
+
 def _as_dict(obj: Any) -> Any:
     """msgspec's hook for what it does not know: a job's ExtraFields, written as its dict."""
     if isinstance(obj, ExtraFields):
@@ -76,8 +110,8 @@ def job_to_row(job: Job) -> tuple[Any, ...]:
         job.job_id,
         job.state,
         job.reject_times,
-        ts_or_none(job.create_time),
-        ts_or_none(job.lastupdate_time),
+        micros_or_none(job.create_time),
+        micros_or_none(job.lastupdate_time),
         job.voice_name,
         job.job_type,
         job.batch_name,
@@ -94,8 +128,8 @@ def row_to_job(row: Sequence[Any]) -> Job:
         job_id=row[0],
         state=sys.intern(row[1]),
         reject_times=row[2],
-        create_time=dt_or_none(row[3]),
-        lastupdate_time=dt_or_none(row[4]),
+        create_time=from_micros_or_none(row[3]),
+        lastupdate_time=from_micros_or_none(row[4]),
         voice_name=row[5],
         job_type=row[6],
         batch_name=row[7],

@@ -21,8 +21,7 @@ _COLUMNS = """job_id, state, reject_times, create_time, lastupdate_time, voice_n
 _SELECT_JOBS = f"SELECT {_COLUMNS} FROM jobs WHERE source = ? ORDER BY job_id"  # noqa: S608
 # Served by the covering index jobs_by_create (migration v12): in its order, with no sort.
 _SELECT_ROWS = (
-    "SELECT job_id, digest, state, batch_name, "
-    "(julianday(create_time) - 2440587.5) * 86400.0 FROM jobs WHERE source = ? "
+    "SELECT job_id, digest, state, batch_name, create_time / 1000000.0 FROM jobs WHERE source = ? "
     "ORDER BY create_time"
 )
 # SQLite's default limit on bound parameters is 32766 (999 before 3.32): stay well under.
@@ -114,7 +113,7 @@ class Snapshots:
         order, a random one). The covering index gives that order for free."""
         intern = sys.intern
         rows: dict[str, Row] = {}
-        # Create times as epoch seconds, computed by SQLite (julianday: any version).
+        # Create times as epoch seconds, computed by SQLite (the column holds microseconds).
         with self._db.reading("read the jobs") as conn:
             for job_id, digest, state, batch, created in conn.execute(_SELECT_ROWS, (source,)):
                 rows[job_id] = (

@@ -19,6 +19,7 @@ from urllib.parse import quote
 from watcher.engine.why import failure_key_of
 from watcher.errors import StoreError
 from watcher.model import FAILURE_STATES, SETTLED_STATES, SUCCEED
+from watcher.store.rows import from_micros_or_none
 
 __all__ = [
     "AlertRow",
@@ -355,8 +356,8 @@ class ReadModel:
                 source=r[0],
                 name=r[1],
                 by_state=dict(sorted(json.loads(r[2]).items())),
-                started_at=_dt(r[3]),
-                updated_at=_dt(r[4]),
+                started_at=from_micros_or_none(r[3]),
+                updated_at=from_micros_or_none(r[4]),
             )
             for r in rows
         ]
@@ -572,8 +573,8 @@ def _job(r: Sequence[Any]) -> JobRow:
         job_id=r[1],
         state=r[2],
         reject_times=r[3],
-        create_time=_dt(r[4]),
-        lastupdate_time=_dt(r[5]),
+        create_time=from_micros_or_none(r[4]),
+        lastupdate_time=from_micros_or_none(r[5]),
         voice_name=r[6],
         job_type=r[7],
         batch_name=r[8],
