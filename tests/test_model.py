@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import sys
 from typing import Any
 
@@ -81,3 +83,32 @@ def test_a_job_with_extra_fields_equals_one_built_with_a_dict() -> None:
     assert compact.field_value("tag") == "LIVE" and compact.field_value("absent") is None
     assert compact.as_dict() == plain.as_dict()
     assert compact != Job(job_id="j", state="SUCCEED", extra={"sex": "MALE", "tag": "LIVE"})
+
+
+# --- Job's own __init__ ----------------------------------------------------------------
+
+
+def test_jobs_init_takes_every_field_by_name_in_order_with_its_default() -> None:
+    # Job's __init__ is written out (for speed): it must stay the one dataclass would write.
+    params = list(inspect.signature(Job.__init__).parameters.values())[1:]
+    declared = dataclasses.fields(Job)
+    assert [p.name for p in params] == [f.name for f in declared]
+    for param, f in zip(params, declared, strict=True):
+        if f.default is not dataclasses.MISSING:
+            assert param.default == f.default, f.name
+        elif f.default_factory is not dataclasses.MISSING:
+            assert param.default is None and getattr(Job("j", "S"), f.name) == f.default_factory()
+        else:
+            assert param.default is inspect.Parameter.empty, f.name
+
+
+def test_jobs_init_sets_each_field_to_its_own_value_and_the_job_stays_frozen() -> None:
+    values = {f.name: object() for f in dataclasses.fields(Job)}
+    built = Job(**values)  # type: ignore[arg-type]
+    assert {name: getattr(built, name) for name in values} == values
+    positional = Job(*values.values())  # type: ignore[arg-type]
+    assert all(getattr(positional, name) is value for name, value in values.items())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.state = "FAILED"  # type: ignore[misc]
+    changed = dataclasses.replace(Job("j", "AUDITING", digest=5), state="FAILED")
+    assert (changed.job_id, changed.state, changed.digest) == ("j", "FAILED", 5)
