@@ -118,6 +118,11 @@ class ExtraFields(Mapping[str, Any]):
     def as_dict(self) -> dict[str, Any]:
         return dict(zip(self._keys, self._values))  # noqa: B905 (equal lengths by construction)
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The field names in order: one tuple shared by every job of this shape."""
+        return self._keys
+
 
 # One tuple of names per shape of job (a few per tenant). Bounded: an API sending ever new
 # field names would otherwise grow it without end; past the bound a job keeps its own.

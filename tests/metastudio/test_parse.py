@@ -15,8 +15,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from watcher.errors import ApiError
-from watcher.metastudio.parse import job_digest, parse_job, parse_jobs_page, parse_timestamp
-from watcher.model import NO_EXTRA_FIELDS, ExtraFields
+from watcher.metastudio.parse import (
+    job_digest,
+    novelties,
+    parse_job,
+    parse_jobs_page,
+    parse_timestamp,
+)
+from watcher.model import NO_EXTRA_FIELDS, ExtraFields, Job
 
 RAW_JOB: dict[str, Any] = {
     "job_type": "BASIC",
@@ -256,3 +262,25 @@ def test_a_page_reports_its_order_from_the_raw_times_parsed_or_not() -> None:
         # Seconds and milliseconds compare as the same instant.
         assert page([1700000000, 1700000001000], known).unsorted is False
         assert page([1700000002000, 1700000001000], known).unsorted is True
+
+
+@settings(max_examples=60)
+@given(
+    st.dictionaries(
+        st.sampled_from(["sex", "tag", "brand_new", "zz_other", "language", "phone_v2", "x"]),
+        st.text(max_size=4),
+        max_size=6,
+    ),
+    st.sampled_from(["AUDITING", "SUCCEED", "BRAND_NEW_STATE"]),
+)
+def test_novelties_of_a_parsed_job_are_those_of_its_fields_whatever_shape_came_first(
+    fields: dict[str, str], state: str
+) -> None:
+    # Names are remembered per shape of `extra`: the answer must be the job's own, for the
+    # first job of a shape and every later one, and the same as for a plain dict.
+    expected = tuple(sorted(k for k in fields if k in {"brand_new", "zz_other", "phone_v2", "x"}))
+    new_state = None if state != "BRAND_NEW_STATE" else state
+    for _ in range(2):
+        job = parse_job({"job_id": "j", "state": state, **fields})
+        assert novelties(job) == (new_state, expected)
+    assert novelties(Job(job_id="j", state=state, extra=dict(fields))) == (new_state, expected)

@@ -6,7 +6,7 @@ Pure: any malformed input becomes an `ApiError(retryable=True)` whose message ne
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from sys import intern
@@ -40,10 +40,29 @@ DOCUMENTED_FIELDS = _TYPED_FIELDS | {
 }  # fmt: skip
 
 
+# The undocumented names of each shape of `extra` (a handful per tenant): asked for every job
+# parsed, a whole baseline's, where sorting each job's names was a third of its engine pass.
+_NOVEL_NAMES: dict[tuple[str, ...], tuple[str, ...]] = {}
+_MAX_NOVEL_SHAPES = 1024
+
+
 def novelties(job: Job) -> tuple[str | None, tuple[str, ...]]:
     """The job's state if no documented one, and the names of undocumented fields it has."""
     state = job.state if job.state not in KNOWN_STATES else None
-    return state, tuple(sorted(k for k in job.extra if k not in DOCUMENTED_FIELDS))
+    extra = job.extra
+    if type(extra) is not ExtraFields:
+        return state, _undocumented(extra)
+    shape = extra.names
+    names = _NOVEL_NAMES.get(shape)
+    if names is None:
+        names = _undocumented(shape)
+        if len(_NOVEL_NAMES) < _MAX_NOVEL_SHAPES:
+            _NOVEL_NAMES[shape] = names
+    return state, names
+
+
+def _undocumented(names: Iterable[str]) -> tuple[str, ...]:
+    return tuple(sorted(k for k in names if k not in DOCUMENTED_FIELDS))
 
 
 @dataclass(frozen=True, slots=True)
