@@ -35,10 +35,6 @@ def ts(value: datetime) -> str:
     return value.isoformat(timespec="microseconds")
 
 
-def ts_or_none(value: datetime | None) -> str | None:
-    return None if value is None else ts(value)
-
-
 def dt(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
