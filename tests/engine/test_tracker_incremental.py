@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from watcher.engine.diff import Overlay, count_by_state
 from watcher.engine.tracker import BatchMemory, Step, Tracking, advance, batch_changes
 from watcher.jobsets import StoredJobs
-from watcher.model import EventKind, Job, RuleConfig, Snapshot
+from watcher.model import EventKind, FirstRun, Job, RuleConfig, Snapshot
 
 T0 = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 RULES = [
@@ -167,8 +167,11 @@ def test_steps_on_stored_rows_give_exactly_what_a_full_recomputation_gives(
     now = T0
     baseline = Snapshot("prod", now, {c[0]: make(c, now) for c in first})
     slow = advance(None, Tracking(), baseline, rules, batch_quiet=quiet)
-    stored = StoredJobs.of(slow.jobs)
-    tracking = Tracking.from_json(slow.tracking.to_json())
+    # The daemon's baseline keeps no index: the first cycle rebuilds it from the rows.
+    lean = advance(None, Tracking(), baseline, rules, batch_quiet=quiet, keep_index=False)
+    assert lean.tracking.index is None and lean.counts is None
+    stored = StoredJobs.of(lean.jobs)
+    tracking = lean.tracking
     for (minutes, changes, listed), restart in cycles:
         now += timedelta(minutes=minutes)
         fetched = {c[0]: make(c, now) for c in changes}
@@ -201,6 +204,26 @@ def test_steps_on_stored_rows_give_exactly_what_a_full_recomputation_gives(
             stored = StoredJobs.of(dict(fast.jobs.items()))
         assert dict(stored.items()) == dict(slow.jobs)
         tracking = Tracking.from_json(fast.tracking.to_json()) if restart else fast.tracking
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(job_change, min_size=1, max_size=8),
+    st.sampled_from([RULES, RULES_WATCHING]),
+    st.sampled_from(list(FirstRun)),
+)
+def test_a_step_that_keeps_no_index_is_the_same_step_without_one(
+    first: list[tuple[str, str, str | None, str, int]],
+    rules: list[RuleConfig],
+    first_run: FirstRun,
+) -> None:
+    baseline = Snapshot("prod", T0 + timedelta(hours=6), {c[0]: make(c, T0) for c in first})
+    kept = advance(None, Tracking(), baseline, rules, first_run=first_run)
+    lean = advance(None, Tracking(), baseline, rules, first_run=first_run, keep_index=False)
+    assert lean.events == kept.events and dict(lean.jobs) == dict(kept.jobs)
+    assert lean.tracking == kept.tracking  # the index is not part of the memory's value
+    assert lean.tracking.index is None and lean.counts is None
+    assert kept.tracking.index is not None and kept.counts == count_by_state(kept.jobs.values())
 
 
 def test_a_restart_rebuilds_the_index_from_the_rows_and_reads_only_watched_jobs() -> None:

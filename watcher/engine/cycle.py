@@ -165,6 +165,10 @@ def decide(
         vanish_after=vanish_after,
         expected_interval=source.poll_interval,
         batch_quiet=source.batch_quiet,
+        # A baseline's step holds a full `Job` for every job; the shell lets them go once
+        # they are committed and reads the next cycle's previous as compact rows, which
+        # rebuild the index (see `Watcher._commit_held`): one built here is never used.
+        keep_index=previous is not None,
     )
     after = step.tracking
     if not complete:
