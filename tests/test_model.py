@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import sys
 from typing import Any
+from unittest import mock
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from watcher import model
@@ -72,6 +74,52 @@ def test_empty_and_existing_extra_fields_are_not_rebuilt() -> None:
 
     assert ExtraFields.of({}) is NO_EXTRA_FIELDS and not NO_EXTRA_FIELDS
     assert ExtraFields.of(extra) is extra
+
+
+# Values that are equal across types (1, 1.0, True; 0, 0.0, False) as well as strings.
+scalars = st.none() | st.booleans() | st.sampled_from([0, 1, 0.0, 1.0, "1", "CN", ""])
+flat_fields = st.dictionaries(
+    st.sampled_from(["sex", "tag", "n"]), scalars | st.lists(scalars, max_size=2), max_size=3
+)
+
+
+@settings(max_examples=300)
+@given(st.lists(flat_fields, min_size=1, max_size=12))
+def test_shared_extra_fields_keep_each_jobs_own_values_down_to_their_type(
+    many: list[dict[str, Any]],
+) -> None:
+    with mock.patch.object(model, "_SHARED", {}):
+        made = [ExtraFields.of(d) for d in many]
+        for d, extra in zip(many, made, strict=True):
+            # JSON tells 1 from 1.0 and true: what the store writes is what the API sent.
+            assert json.dumps(extra.as_dict()) == json.dumps(d)
+            again = ExtraFields.of(dict(d))
+            if d and all(type(v) is str for v in d.values()):
+                assert again is extra  # one instance per combination of strings
+            else:
+                assert json.dumps(again.as_dict()) == json.dumps(d)
+
+
+def test_values_equal_across_types_are_never_shared(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(model, "_SHARED", {})
+    for value in (1, True, 1.0, "1", 0, False, 0.0, 1, True):  # 1 == True == 1.0 as keys
+        assert json.dumps(ExtraFields.of({"n": value}).as_dict()) == json.dumps({"n": value})
+
+
+def test_jobs_with_the_same_string_values_share_one_instance_and_it_is_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(model, "_SHARED", {})
+    monkeypatch.setattr(model, "_MAX_SHARED", 2)
+    first = ExtraFields.of({"sex": "FEMALE", "tag": "LIVE"})
+
+    assert ExtraFields.of({"sex": "FEMALE", "tag": "LIVE"}) is first
+    assert ExtraFields.of({"tag": "LIVE", "sex": "FEMALE"}) is not first  # another order
+    resource = {"resource": {"id": "r1"}}
+    assert ExtraFields.of(resource) == resource  # unhashable: the job's own, not shared
+    for n in range(5):
+        assert ExtraFields.of({"user": f"u{n}"}) == {"user": f"u{n}"}  # past the bound
+    assert len(model._SHARED) == 2
 
 
 def test_a_job_with_extra_fields_equals_one_built_with_a_dict() -> None:
