@@ -88,7 +88,11 @@ flat_fields = st.dictionaries(
 def test_shared_extra_fields_keep_each_jobs_own_values_down_to_their_type(
     many: list[dict[str, Any]],
 ) -> None:
-    with mock.patch.object(model, "_SHARED", {}):
+    with (
+        mock.patch.object(model, "_SHARED", {}),
+        mock.patch.object(model, "_MAX_SHARED", 65536),
+        mock.patch.object(model, "_shared_hits", 0),
+    ):
         made = [ExtraFields.of(d) for d in many]
         for d, extra in zip(many, made, strict=True):
             # JSON tells 1 from 1.0 and true: what the store writes is what the API sent.
@@ -102,6 +106,7 @@ def test_shared_extra_fields_keep_each_jobs_own_values_down_to_their_type(
 
 def test_values_equal_across_types_are_never_shared(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(model, "_SHARED", {})
+    monkeypatch.setattr(model, "_MAX_SHARED", 65536)
     for value in (1, True, 1.0, "1", 0, False, 0.0, 1, True):  # 1 == True == 1.0 as keys
         assert json.dumps(ExtraFields.of({"n": value}).as_dict()) == json.dumps({"n": value})
 
@@ -111,15 +116,30 @@ def test_jobs_with_the_same_string_values_share_one_instance_and_it_is_bounded(
 ) -> None:
     monkeypatch.setattr(model, "_SHARED", {})
     monkeypatch.setattr(model, "_MAX_SHARED", 2)
+    monkeypatch.setattr(model, "_shared_hits", 0)
     first = ExtraFields.of({"sex": "FEMALE", "tag": "LIVE"})
 
-    assert ExtraFields.of({"sex": "FEMALE", "tag": "LIVE"}) is first
+    for _ in range(3):
+        assert ExtraFields.of({"sex": "FEMALE", "tag": "LIVE"}) is first
     assert ExtraFields.of({"tag": "LIVE", "sex": "FEMALE"}) is not first  # another order
     resource = {"resource": {"id": "r1"}}
     assert ExtraFields.of(resource) == resource  # unhashable: the job's own, not shared
     for n in range(5):
         assert ExtraFields.of({"user": f"u{n}"}) == {"user": f"u{n}"}  # past the bound
-    assert len(model._SHARED) == 2
+    assert len(model._SHARED) == 2  # full, and it has served more jobs than it holds: kept
+    assert ExtraFields.of({"sex": "FEMALE", "tag": "LIVE"}) is first
+
+
+def test_a_table_of_values_that_never_repeat_is_let_go(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(model, "_SHARED", {})
+    monkeypatch.setattr(model, "_MAX_SHARED", 3)
+    monkeypatch.setattr(model, "_shared_hits", 0)
+    for n in range(10):  # a field unique to each job: nothing to share
+        assert ExtraFields.of({"linked": f"job-{n}"}) == {"linked": f"job-{n}"}
+
+    assert model._SHARED == {} and model._MAX_SHARED == 0
+    again = ExtraFields.of({"linked": "job-1"})
+    assert again == {"linked": "job-1"} and ExtraFields.of({"linked": "job-1"}) is not again
 
 
 def test_a_job_with_extra_fields_equals_one_built_with_a_dict() -> None:

@@ -88,16 +88,24 @@ class ExtraFields(Mapping[str, Any]):
             return fields
         if not fields:
             return NO_EXTRA_FIELDS
+        global _shared_hits, _MAX_SHARED  # the process-wide table's state (see _SHARED)
         key = (tuple(fields), tuple(fields.values()))
         try:
             shared = _SHARED.get(key)
         except TypeError:  # a list or an object among the values: this job's own
             return cls(fields)
         if shared is not None:
+            _shared_hits += 1
             return shared
         made = cls(fields)
-        if len(_SHARED) < _MAX_SHARED and all(type(v) is str for v in key[1]):
-            _SHARED[key] = made
+        if all(type(v) is str for v in key[1]):
+            if len(_SHARED) < _MAX_SHARED:
+                _SHARED[key] = made
+            elif _shared_hits < len(_SHARED):
+                # Full, and it served fewer jobs than it holds: these values do not repeat
+                # (a field unique to each job), so it is only memory. Let it go for good.
+                _SHARED.clear()
+                _MAX_SHARED = 0
         return made
 
     def __getitem__(self, key: str) -> Any:
@@ -154,12 +162,15 @@ NO_EXTRA_FIELDS = ExtraFields({})
 
 # The jobs of a tenant share a few combinations of these values (its users, sex, language,
 # tag...), so one instance serves each, as one string object serves each repeated value: at
-# a 1M-job baseline that was 19 MB of the peak. Only combinations of strings are kept: 1,
+# a 1M-job baseline that was 107 MB of the peak. Only combinations of strings are kept: 1,
 # 1.0 and True are equal keys, and each job's stored `extra` must say what the API sent (a
-# value of another type never equals a string, so looking one up is safe). Bounded: a field
-# unique to each job (a linked job's id) would otherwise grow it without end.
+# value of another type never equals a string, so looking one up is safe). Bounded, at
+# ~0.45 KB an entry with its strings: a field unique to each job (a linked job's id, a
+# user per job) would otherwise grow it without end; and once full, dropped if it has
+# served fewer jobs than it holds. The simulator's jobs have 16,000 combinations.
 _SHARED: dict[tuple[tuple[str, ...], tuple[Any, ...]], ExtraFields] = {}
-_MAX_SHARED = 4096
+_MAX_SHARED = 65536
+_shared_hits = 0
 
 
 @dataclass(frozen=True, slots=True, init=False)
