@@ -330,6 +330,7 @@ class Store:
         if snapshot.source != source:
             raise ValueError(f"snapshot of {snapshot.source!r} committed as {source!r}")
         stamp = ts(now)
+        # A fresh list either way: `replace` sorts it in place.
         changed = (
             list(writes[0].values()) if writes is not None else changed_jobs(snapshot, previous)
         )

@@ -180,7 +180,9 @@ class Snapshots:
         )
         # A generator: a 100k-job baseline never holds all its rows in memory at once. In
         # key order: appending to the table's B-tree costs a fraction of random inserts.
-        changed = sorted(changed, key=_job_id) if len(changed) > 1 else changed
+        # In place (the list is the caller's own, made for this write): a sorted copy was
+        # 8 MB more at the peak of a 1M-job baseline.
+        changed.sort(key=_job_id)
         with _indexes_rebuilt_if_cheaper(conn, len(changed)):
             conn.executemany(_UPSERT_JOB, ((source, *job_to_row(job)) for job in changed))
 
