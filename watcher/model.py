@@ -97,7 +97,11 @@ class ExtraFields(Mapping[str, Any]):
         if shared is not None:
             _shared_hits += 1
             return shared
-        made = cls(fields)
+        # Built from the key's own tuples: `cls(fields)` would make both again, and a kept
+        # entry then holds one values tuple, not two.
+        made = cls.__new__(cls)
+        made._keys = _SHAPES.get(key[0]) or _shared_shape(key[0])
+        made._values = key[1]
         if all(type(v) is str for v in key[1]):
             if len(_SHARED) < _MAX_SHARED:
                 _SHARED[key] = made
