@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 
     from watcher.daemon import Watcher
     from watcher.dispatch import DeliveryMemory
-    from watcher.metrics import Metrics
     from watcher.notify import Notifier
+    from watcher.recorder import Recorder
 
 
 # Python's cyclic collector by default starts a collection every 700 net allocations and a
@@ -127,12 +127,12 @@ class Root:
         store: Store,
         session: aiohttp.ClientSession,
         *,
-        process_metrics: bool = False,
+        metrics: Recorder,
     ) -> App:
-        """The app for `config`: a new notifier (raises WatcherError if a channel has no URLs),
-        metrics (with process_* ones for the daemon's /metrics) and retry memory."""
+        """The app for `config`: a new notifier (raises WatcherError if a channel has no URLs)
+        and retry memory, reporting to `metrics` (the daemon's, behind /metrics; `once`'s,
+        `Unrecorded`, since nothing scrapes it)."""
         from watcher.dispatch import DeliveryMemory
-        from watcher.metrics import Metrics
 
         self.register(config)
         notifier = self.notifier(config)
@@ -142,7 +142,7 @@ class Root:
             store=store,
             session=session,
             notifier=notifier,
-            metrics=Metrics(process=process_metrics),
+            metrics=metrics,
             memory=DeliveryMemory(),
         )
 
@@ -157,7 +157,7 @@ class App:
     store: Store
     session: aiohttp.ClientSession
     notifier: Notifier
-    metrics: Metrics
+    metrics: Recorder
     memory: DeliveryMemory
     _closed: bool = field(default=False, repr=False)
 

@@ -53,6 +53,7 @@ from watcher.model import (
     OutboxStatus,
 )
 from watcher.readiness import readiness
+from watcher.recorder import Unrecorded
 from watcher.store import HistoryEntry, PollStrategy, SourceStatus, Store
 
 # aiohttp, apprise (watcher.notify) and the daemon are imported by the commands that use
@@ -361,7 +362,8 @@ def cmd_once(args: argparse.Namespace) -> int:
 
     async def go() -> int:
         async with root.session(config) as session:
-            app = root.build_app(config, store, session)
+            # Nothing scrapes a cron cycle: what it would count is never read (see recorder).
+            app = root.build_app(config, store, session, metrics=Unrecorded())
             try:
                 watcher = app.watcher
                 # Watcher.once(), keeping the delivery pass's outcome for the exit code.

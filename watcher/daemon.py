@@ -44,7 +44,6 @@ from watcher.metastudio.client import ListingRejected, MetaStudioClient, RetryPo
 from watcher.metastudio.details import fetch_why
 from watcher.metastudio.incremental import IncrementalPoller, rfc3339
 from watcher.metastudio.parse import novelties
-from watcher.metrics import Metrics
 from watcher.model import (
     Alert,
     Config,
@@ -55,6 +54,7 @@ from watcher.model import (
 )
 from watcher.notify import Notifier
 from watcher.readiness import Readiness, readiness
+from watcher.recorder import Recorder
 from watcher.sdnotify import SystemdNotifier
 from watcher.store import Store
 from watcher.web.page import StatusPage, install
@@ -127,7 +127,7 @@ class Watcher:
         rng: random.Random | None = None,
         retry: RetryPolicy | None = None,
         vanish_after: int = 3,
-        metrics: Metrics | None = None,
+        metrics: Recorder | None = None,
         memory: DeliveryMemory | None = None,
         monotonic: Callable[[], float] | None = None,
         stall_limit: float | None = None,
@@ -158,7 +158,11 @@ class Watcher:
         self._saved_batches: dict[str, Mapping[str, BatchMemory]] = {}
         self._seen_novelties: set[str] = set()
         self.failure: str | None = None  # why run() stopped by itself, if it did
-        self.metrics = metrics or Metrics(process=False)
+        if metrics is None:  # a Watcher of its own (tests): metrics to read, none served
+            from watcher.metrics import Metrics
+
+            metrics = Metrics(process=False)
+        self.metrics: Recorder = metrics
         self.metrics.add_sources(self._sources)
         self.metrics.add_channels(config.channels)
         # Delivery: rate limits and group intervals come from the store's send log; retry
@@ -886,7 +890,10 @@ async def serve(
         async with root.session(config) as session:
             # Metrics and the retry memory (on the monotonic clock) live as long as the daemon:
             # each reload's app is rebuilt from this one and hands them on.
-            app = root.build_app(config, store, session, process_metrics=True)
+            from watcher.metrics import Metrics  # `once` serves none: it never imports them
+
+            metrics = Metrics(process=True)
+            app = root.build_app(config, store, session, metrics=metrics)
             retire[:] = [app]
             if config.http_listen:
                 # Here, not at import: `once` never serves, and aiohttp.web costs ~35 ms.
@@ -894,7 +901,7 @@ async def serve(
 
                 page = StatusPage(lambda: current[0].config if current else config)
                 http_runner = await start_http(
-                    config.http_listen, app.metrics, ready, lambda web: install(web, page)
+                    config.http_listen, metrics, ready, lambda web: install(web, page)
                 )
             watcher = app.watcher
             current[:] = [watcher]

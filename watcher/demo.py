@@ -22,6 +22,7 @@ from aiohttp import web
 
 from watcher.app import Root
 from watcher.logs import configure
+from watcher.recorder import Unrecorded
 from watcher.simulator.runner import start_simulator
 
 log = structlog.get_logger(__name__)
@@ -154,7 +155,7 @@ async def run_demo(
             loop.call_later(duration, stop.set)
         try:
             async with root.session(config) as session:
-                app = root.build_app(config, store, session)
+                app = root.build_app(config, store, session, metrics=Unrecorded())  # none served
                 try:
                     await app.watcher.run(stop)
                 finally:

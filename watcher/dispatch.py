@@ -19,9 +19,9 @@ import structlog
 from watcher.engine.delivery import after_failure, first_wait, gap_since_last_attempt
 from watcher.engine.noise import Message
 from watcher.engine.pipeline import RATE_WINDOW, Held, job_order, plan
-from watcher.metrics import Metrics
 from watcher.model import Config, OutboxItem, OutboxStatus
 from watcher.notify import Notifier
+from watcher.recorder import Recorder
 from watcher.store import Store
 
 log = structlog.get_logger("watcher.daemon")
@@ -102,7 +102,7 @@ class Dispatcher:
         *,
         clock: Clock,
         rng: random.Random,
-        metrics: Metrics,
+        metrics: Recorder,
         memory: DeliveryMemory,
     ) -> None:
         self.config = config

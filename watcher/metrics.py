@@ -22,13 +22,13 @@ from prometheus_client import (
 from prometheus_client.process_collector import ProcessCollector
 
 from watcher.model import KNOWN_STATES, EventKind, OutboxStatus
+from watcher.recorder import ALERT_OUTCOMES, check_outcome
 
 __all__ = ["ALERT_OUTCOMES", "CONTENT_TYPE", "Metrics"]
 
 # The classic text format: every name here is a legal legacy name, and every Prometheus
 # version accepts it without negotiation.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-ALERT_OUTCOMES = frozenset({"sent", "failed", "dead"})
 POLL_OUTCOMES = ("ok", "error")
 # The API errors an operator acts on (README, "Troubleshooting"), created at 0 per source so
 # that increase() works from the first one; others appear when they happen.
@@ -44,7 +44,8 @@ _POLL_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
 class Metrics:
-    """What the daemon reports, in plain arguments; `render()` gives the text exposition."""
+    """What the daemon reports, in plain arguments (a `watcher.recorder.Recorder`); `render()`
+    gives the text exposition."""
 
     content_type = CONTENT_TYPE
 
@@ -165,8 +166,7 @@ class Metrics:
         self._events.labels(source=source, kind=str(kind)).inc()
 
     def alert(self, channel: str, outcome: str) -> None:
-        if outcome not in ALERT_OUTCOMES:
-            raise ValueError(f"alert outcome must be one of sent, failed, dead (got {outcome!r})")
+        check_outcome(outcome)
         self._alerts.labels(channel=channel, outcome=outcome).inc()
 
     def outbox_depth(self, counts: Mapping[str, int], held: int = 0) -> None:
