@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit systemd bench bench-1m bench-1m-cycles bench-all bench-cycles bench-web soak clean lock min-deps pythons install nspawn
+.PHONY: demo test lint typecheck unit systemd bench bench-1m bench-1m-cycles bench-all bench-cycles bench-web bench-baseline soak clean lock min-deps pythons install nspawn
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -80,6 +80,10 @@ bench-cycles: $(VENV)/.installed
 # Status page and API latency with 100k jobs and 1M events in the store: prints a table.
 bench-web: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_status_page.py
+
+# Where a first baseline's CPU goes at 100k jobs, part by part, in one process (~15 s): prints a table.
+bench-baseline: $(VENV)/.installed
+	$(BIN)/python benchmarks/bench_baseline_parts.py
 
 # --- dependency floors, Python versions, the lock ---------------------------------------------
 # The declared minimum versions (pyproject's >= bounds, made ==), installed on the oldest
