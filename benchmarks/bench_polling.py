@@ -108,7 +108,9 @@ async def serve_simulator(jobs: int, active_fraction: float, spread: str = "rece
 
     async def churn(request: web.Request) -> web.Response:
         """Advance the clock, then change `changes` jobs (settling ones are replaced by new
-        active jobs, so the active share stays put) or fail `fail` active jobs at once."""
+        active jobs, so the active share stays put) or fail `fail` active jobs at once.
+        `order`: `uniform` picks the jobs to change at random from all in flight (the
+        default); `oldest` moves the oldest in flight on first, as a training queue does."""
         body = await request.json()
         offset[0] += float(body.get("advance", 0))
         now = _offset_clock(offset) - timedelta(seconds=1)
@@ -118,7 +120,12 @@ async def serve_simulator(jobs: int, active_fraction: float, spread: str = "rece
             for job_id in active[:fail]:
                 state.set_state(job_id, "FAILED", now=now)
                 changed += 1
-        for job_id in rng.sample(active, k=min(int(body.get("changes", 0)), len(active))):
+        wanted = min(int(body.get("changes", 0)), len(active))
+        if body.get("order", "uniform") == "oldest":
+            picked = sorted(active, key=lambda j: state.jobs[j]["create_time"])[:wanted]
+        else:
+            picked = rng.sample(active, k=wanted)
+        for job_id in picked:
             job = state.jobs[job_id]
             new = state.next_state(job["state"], int(job["reject_times"]))
             if new is None:

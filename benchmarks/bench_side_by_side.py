@@ -131,6 +131,7 @@ def bench_size(
     behaviours: list[str],
     cycles: int,
     cycle_behaviours: list[str],
+    order: str = "uniform",
 ) -> dict[str, Any]:
     began = time.perf_counter()
     sim = bench_polling.start_simulator(n, 0.01)
@@ -142,6 +143,7 @@ def bench_size(
         "behaviours": {},
         "cycles": {},
         "populate_s": sim.started,
+        "order": order,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     try:
@@ -173,7 +175,8 @@ def bench_size(
                 requests: list[int] = []
                 for r in range(rounds):
                     post(
-                        f"{url}/_bench/churn", {"advance": 0, "changes": max(1, round(n * change))}
+                        f"{url}/_bench/churn",
+                        {"advance": 0, "changes": max(1, round(n * change)), "order": order},
                     )
                     names = list(tools)
                     names = names[r % len(names) :] + names[: r % len(names)]
@@ -224,6 +227,11 @@ def ratio(runs: dict[str, list[Run]], a: str, b: str, what: str) -> float:
 # Issue 11, point 7: peak RSS of `once` in absolute form, where the issue gives one.
 RSS_TARGET_MB = {100_000: 100, 1_000_000: 500}
 CYCLE_TARGET_MS = 50.0  # a daemon cycle in (a) with nothing changed, at 1M jobs
+# How a round picks the jobs it changes (bench_polling's churn `order`).
+CHURN = {
+    "uniform": "at random among those in flight",
+    "oldest": "the oldest in flight first, as a training queue moves",
+}
 SECTION = re.compile(r"^## ([\d,]+) jobs\s*$")
 PREAMBLE = """\
 # Benchmark: the watcher's `once` side by side with a naive SDK poller and a minimal loop
@@ -264,7 +272,8 @@ def report_size(res: dict[str, Any], command: str) -> str:
         f"- measured: {res['date']}, `{command}`, {res['elapsed_s'] / 60:.1f} min in all",
         f"- machine: {bench_polling.machine()}; load average {res['load']}",
         f"- rounds: {res['rounds']} per behaviour; simulator populated in "
-        f"{res['populate_s']:.1f} s, its peak RSS {res['simulator_rss_mb']:.0f} MB",
+        f"{res['populate_s']:.1f} s, its peak RSS {res['simulator_rss_mb']:.0f} MB; "
+        f"the jobs each round changes: {CHURN[res.get('order', 'uniform')]}",
         "",
     ]
     if res["behaviours"]:
@@ -452,6 +461,12 @@ def main() -> None:
     )
     parser.add_argument("--change", type=float, default=0.001)
     parser.add_argument(
+        "--churn",
+        choices=sorted(CHURN),
+        default="uniform",
+        help="which jobs a round changes; RESULTS.md is written only with the default",
+    )
+    parser.add_argument(
         "--cycles-only",
         action="store_true",
         help="measure only the daemon cycle (5 or more, behaviour full) and replace that part "
@@ -472,7 +487,11 @@ def main() -> None:
         behaviours = []
         if output is None and args.cycles >= 5 and "full" in cycle_bhv:
             output = str(HERE / "RESULTS.md")
-    elif output is None and complete(args.rounds, args.cycles, behaviours, cycle_bhv):
+    elif (
+        output is None
+        and args.churn == "uniform"
+        and complete(args.rounds, args.cycles, behaviours, cycle_bhv)
+    ):
         output = str(HERE / "RESULTS.md")
     command = " ".join(["python benchmarks/bench_side_by_side.py", *sys.argv[1:]])
     # Byte-compiled once, as any installed package is: with PYTHONDONTWRITEBYTECODE set (as
@@ -482,7 +501,9 @@ def main() -> None:
     results = []
     for n in sizes:
         before = loadavg()
-        res = bench_size(n, args.rounds, args.change, behaviours, args.cycles, cycle_bhv)
+        res = bench_size(
+            n, args.rounds, args.change, behaviours, args.cycles, cycle_bhv, args.churn
+        )
         results.append({**res, "load": f"{before} before, {loadavg()} after"})
     if output is None:
         print(report(results, command))

@@ -135,3 +135,10 @@ def test_a_cycles_only_run_replaces_the_daemon_cycle_and_keeps_the_once_tables()
     again = bench.kept_sections(bench.report([cycles_only], "cmd --cycles-only", rerun))
     assert again[1_000_000].count("- daemon cycle measured:") == 1
     assert again[1_000_000].count(bench.CYCLE_HEAD) == 1
+
+
+def test_a_section_says_which_jobs_its_rounds_changed() -> None:
+    uniform = bench.report_size(result(100_000, idle_cpu=0.01), "cmd")
+    assert "the jobs each round changes: at random among those in flight" in uniform
+    fifo = bench.report_size({**result(100_000, idle_cpu=0.01), "order": "oldest"}, "cmd")
+    assert "the jobs each round changes: the oldest in flight first" in fifo
