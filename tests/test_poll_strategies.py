@@ -223,6 +223,35 @@ async def test_once_in_a_documented_region_costs_the_active_pages_plus_three(sim
     assert sim.state.requests_by_kind["list?update_since"] == 1
 
 
+async def test_jobs_created_since_the_last_cycle_are_listed_once_not_twice(sim: Sim) -> None:
+    """The active listing stops where the created-since one starts: 150 new jobs in flight
+    cost the created-since listing's two pages, not two more of the active listing too."""
+    populate(sim, 1_000, active_every=10)  # 100 in flight: one page
+    sim.state.api_behaviour = ApiBehaviour.DOCUMENTED
+    full = sim.watcher("full", "0")
+    await poll(full)
+    await poll(sim.watcher("cron", "1h"))
+    sim.tick()
+    await poll(sim.watcher("cron", "1h"))  # finds update_since ignored, remembers it
+    sim.tick()
+    for _ in range(150):
+        sim.state.add_job(now=sim.clock() - timedelta(seconds=20), state="CREATING")
+    moving = active_ids(sim)[:3]
+    for job_id in moving:  # older jobs moving on, and one settling
+        sim.state.set_state(job_id, "WAITING", now=sim.clock())
+    sim.state.set_state(moving[0], "SUCCEED", now=sim.clock())
+    before = dict(sim.state.requests_by_kind)
+    outcome = await poll(sim.watcher("cron", "1h"))
+    spent = {k: v - before.get(k, 0) for k, v in sim.state.requests_by_kind.items()}
+    assert outcome.mode == "active_set"
+    assert spent["list?create_since"] == 2  # the 150 new ones, in any state
+    assert spent["list?create_until&state"] == 1  # the 100 in flight before them, not 250
+    await poll(full)
+    assert events(sim.watcher("cron", "1h")) == events(full)  # nothing lost, nothing false
+    new = [e for e in events(full) if e[0] == "new"]
+    assert len(new) == 150
+
+
 def populate_in_flight(sim: Sim, n: int, spread: str) -> None:
     """`n` jobs over two years, 1 % in flight: `recent`, among the newest (nineteen in twenty
     of the newest jobs, plus one old one waiting for its user), or `uniform`, spread evenly
@@ -291,7 +320,7 @@ async def test_a_documented_cycle_resolves_settled_jobs_cheaply_and_loses_none(
         settled = {e[1] for e in events(full) if e[0] == "transition" and e[3] in SETTLED_STATES}
         assert set(moving[:6]) <= settled
     for round_, (active, spent) in enumerate(costs):
-        listings = spent["list?state"] + spent["list?create_since"]
+        listings = spent["list?create_until&state"] + spent["list?create_since"]
         if spread == "recent":
             # The settled jobs, among the newest, found by one bounded settled listing (and
             # the old one by its own lookup): the cost the issue sets, whatever else.

@@ -21,9 +21,10 @@ Why it is safe (the engine's contract is unchanged: `advance()` always gets ever
   that starts honouring a parameter is used again. The cursor (with its demotions) is
   stored after each committed cycle, so `once` from cron continues where the last run was.
 * Strategy 2, active-set: settled states (`settled_states`, default SUCCEED and FAILED) are
-  assumed final. One listing of every other documented state (only the 14 values the page
-  lists are sent; a job in another unsettled state is looked up by id each cycle), one of
-  jobs created since the last cycle (a job created and settled between two polls), and for
+  assumed final. One listing of jobs created since the last cycle, in any state (a job
+  created and settled between two polls, or in a state that cannot be asked for), one of
+  every other documented state created before that (only the 14 values the page lists are
+  sent; a job in another unsettled state is looked up by id each cycle), and for
   the jobs that were active but are in neither (they settled), `plan_resolution` picks per
   cluster of their create times either one settled listing bounded on both sides
   (`state=<settled>&create_since=..&create_until=..`) or a lookup by id each, whichever is
@@ -488,10 +489,18 @@ class IncrementalPoller:
             )
         ]
         if states:
+            # Bounded by create time where the other listing starts (a second past it, so
+            # no reading of either bound can leave a gap): a job created since is listed
+            # once, not in both, and a job created during this listing cannot shift its
+            # pages (newest first, where the API ignores `sort_key`). An API that ignores
+            # the bound only lists those twice, so nothing here checks it.
+            until = _create_until(source, since + _SECOND)
             tasks.append(
                 asyncio.ensure_future(
                     self.client.list_jobs(
-                        [("state", ",".join(states))], check=state_check(states), known=stored
+                        [("state", ",".join(states)), ("create_until", until)],
+                        check=state_check(states),
+                        known=stored,
                     )
                 )
             )
