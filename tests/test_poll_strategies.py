@@ -223,16 +223,24 @@ async def test_once_in_a_documented_region_costs_the_active_pages_plus_three(sim
     assert sim.state.requests_by_kind["list?update_since"] == 1
 
 
-async def test_jobs_created_since_the_last_cycle_are_listed_once_not_twice(sim: Sim) -> None:
-    """The active listing stops where the created-since one starts: 150 new jobs in flight
-    cost the created-since listing's two pages, not two more of the active listing too."""
-    populate(sim, 1_000, active_every=10)  # 100 in flight: one page
+async def documented_region(sim: Sim) -> daemon.Watcher:
+    """The simulator acting as a region that honours only what the page documents, with the
+    baselines taken and update_since found ignored by `once` (and remembered): the
+    full-scan watcher every cycle is compared with."""
     sim.state.api_behaviour = ApiBehaviour.DOCUMENTED
     full = sim.watcher("full", "0")
     await poll(full)
     await poll(sim.watcher("cron", "1h"))
     sim.tick()
     await poll(sim.watcher("cron", "1h"))  # finds update_since ignored, remembers it
+    return full
+
+
+async def test_jobs_created_since_the_last_cycle_are_listed_once_not_twice(sim: Sim) -> None:
+    """The active listing stops where the created-since one starts: 150 new jobs in flight
+    cost the created-since listing's two pages, not two more of the active listing too."""
+    populate(sim, 1_000, active_every=10)  # 100 in flight: one page
+    full = await documented_region(sim)
     sim.tick()
     for _ in range(150):
         sim.state.add_job(now=sim.clock() - timedelta(seconds=20), state="CREATING")
@@ -281,12 +289,7 @@ async def test_a_documented_cycle_resolves_settled_jobs_cheaply_and_loses_none(
     sim: Sim, spread: str
 ) -> None:
     populate_in_flight(sim, 10_000, spread)
-    sim.state.api_behaviour = ApiBehaviour.DOCUMENTED
-    full = sim.watcher("full", "0")
-    await poll(full)
-    await poll(sim.watcher("cron", "1h"))
-    sim.tick()
-    await poll(sim.watcher("cron", "1h"))  # finds update_since ignored, remembers it
+    full = await documented_region(sim)
     rng = random.Random(9)
     costs = []
     for round_ in range(4):
