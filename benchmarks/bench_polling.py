@@ -135,7 +135,10 @@ async def serve_simulator(jobs: int, active_fraction: float, spread: str = "rece
             if new in model.SETTLED_STATES:
                 state.add_job(now=now, state="CREATING")
                 changed += 1
-        return web.json_response({"changed": changed, "offset": offset[0]})
+        # In flight now: what a documented-behaviour cycle's bound (⌈active/100⌉ + 3) is of.
+        settled = model.SETTLED_STATES
+        in_flight = sum(1 for job in state.jobs.values() if job["state"] not in settled)
+        return web.json_response({"changed": changed, "offset": offset[0], "active": in_flight})
 
     async def stats(request: web.Request) -> web.Response:
         return web.json_response(

@@ -142,3 +142,34 @@ def test_a_section_says_which_jobs_its_rounds_changed() -> None:
     assert "the jobs each round changes: at random among those in flight" in uniform
     fifo = bench.report_size({**result(100_000, idle_cpu=0.01), "order": "oldest"}, "cmd")
     assert "the jobs each round changes: the oldest in flight first" in fifo
+
+
+def test_polling_requests_are_told_from_the_detail_calls_behind_failure_alerts() -> None:
+    before = {"list?create_since": 10, "show": 1, "op-logs": 4, "audit-result": 2}
+    after = {
+        "list?create_since": 12,
+        "list?create_until&state": 97,
+        "show": 2,
+        "op-logs": 11,
+        "audit-result": 3,
+    }
+    assert bench.split_requests(before, after) == (2 + 97 + 1, 7 + 1)
+
+
+def test_the_documented_rows_say_polling_plus_details_and_the_bound_each_round() -> None:
+    res = result(1_000_000, idle_cpu=0.04)
+    res["behaviours"]["documented"] = {
+        **res["behaviours"]["full"],
+        "once_requests": [102, 104],
+        "once_details": [9, 7],
+        # ⌈10,000/100⌉ + 3 = 103 and ⌈10,050/100⌉ + 3 = 104: each round its own bound.
+        "active": [10_000, 10_050],
+    }
+    section = bench.report_size(res, "cmd")
+    assert "| documented | watcher once | 31.50 s | 21.00 s | 480 MB | 103 + 8 details |" in section
+    assert "≤ ⌈in flight/100⌉ + 3 = 103–104; measured 102–104 (median 103)" in section
+    assert "within it in 2 of 2 rounds: met." in section
+    res["behaviours"]["documented"]["once_requests"] = [102, 105]
+    assert "within it in 1 of 2 rounds: NOT met." in bench.report_size(res, "cmd")
+    # The full behaviour's run has no bound, and an old result without details still reads.
+    assert "| full | watcher once | 31.50 s | 21.00 s | 480 MB | 2 |" in section
