@@ -192,9 +192,16 @@ def bench_size(
                         runs[name].append(measure(tools[name]))
                         progress(n, behaviour, f"round {r + 1} {name}", runs[name][-1])
                         if name == "watcher_once":
-                            polling, why = split_requests(before, stats(url)["requests_by_kind"])
+                            after = stats(url)["requests_by_kind"]
+                            polling, why = split_requests(before, after)
                             requests.append(polling)
                             details.append(why)
+                            spent = {k: v - before.get(k, 0) for k, v in after.items()}
+                            print(
+                                f"  {active[-1]} in flight; requests by kind:",
+                                {k: v for k, v in sorted(spent.items()) if v},
+                                flush=True,
+                            )
                 results["behaviours"][behaviour] = {
                     "runs": runs,
                     "once_requests": requests,
