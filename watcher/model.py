@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from enum import StrEnum
+from sys import intern
 from typing import Any
 
 # MetaStudio's states are an open set: the API may add values, so they stay strings.
@@ -88,21 +89,33 @@ class ExtraFields(Mapping[str, Any]):
             return fields
         if not fields:
             return NO_EXTRA_FIELDS
+        return cls.shared(tuple(fields), tuple(fields.values()))
+
+    @classmethod
+    def shared(cls, keys: tuple[str, ...], values: tuple[Any, ...]) -> ExtraFields:
+        """The fields `keys` = `values` (as sent: short strings are interned here, and only
+        when no shared instance has them already, which is the usual case of a job parsed
+        or read back: its values are then looked up, not copied or interned)."""
+        if not keys:
+            return NO_EXTRA_FIELDS
         global _shared_hits, _MAX_SHARED  # the process-wide table's state (see _SHARED)
-        key = (tuple(fields), tuple(fields.values()))
         try:
-            shared = _SHARED.get(key)
+            shared = _SHARED.get((keys, values))
         except TypeError:  # a list or an object among the values: this job's own
-            return cls(fields)
-        if shared is not None:
-            _shared_hits += 1
-            return shared
-        # Built from the key's own tuples: `cls(fields)` would make both again, and a kept
-        # entry then holds one values tuple, not two.
+            shared = None
+            hashable = False
+        else:
+            hashable = True
+            if shared is not None:
+                _shared_hits += 1
+                return shared
+        # 100k jobs share a handful of values: one string object each, not 100k copies.
+        values = tuple(intern(v) if type(v) is str and len(v) <= 32 else v for v in values)
         made = cls.__new__(cls)
-        made._keys = _SHAPES.get(key[0]) or _shared_shape(key[0])
-        made._values = key[1]
-        if all(type(v) is str for v in key[1]):
+        made._keys = _SHAPES.get(keys) or _shared_shape(keys)
+        made._values = values
+        if hashable and all(type(v) is str for v in values):
+            key = (made._keys, values)  # the shape's one tuple of names, not this job's
             if len(_SHARED) < _MAX_SHARED:
                 _SHARED[key] = made
             elif _shared_hits < len(_SHARED):

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from watcher.errors import ApiError
+from watcher.metastudio import parse
 from watcher.metastudio.parse import (
     job_digest,
     novelties,
@@ -22,7 +23,7 @@ from watcher.metastudio.parse import (
     parse_jobs_page,
     parse_timestamp,
 )
-from watcher.model import NO_EXTRA_FIELDS, ExtraFields, Job
+from watcher.model import DROPPED_JOB_FIELDS, NO_EXTRA_FIELDS, ExtraFields, Job
 
 RAW_JOB: dict[str, Any] = {
     "job_type": "BASIC",
@@ -95,6 +96,51 @@ def test_jobs_of_a_page_share_their_field_names_and_repeated_values() -> None:
     assert first.extra._keys is second.extra._keys
     assert first.extra["sex"] is second.extra["sex"]
     assert parse_job({"job_id": "j", "state": "W"}).extra is NO_EXTRA_FIELDS
+
+
+_TYPED = {
+    "job_id", "state", "reject_times", "create_time", "lastupdate_time", "voice_name",
+    "job_type", "batch_name", "job_failed_code", "job_failed_reason", "asset_id",
+}  # fmt: skip
+_field_values = (
+    st.none() | st.integers() | st.text(max_size=40) | st.lists(st.integers(), max_size=2)
+)
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(
+        st.dictionaries(
+            st.sampled_from(["sex", "tag", "phone", "voice_name", "x_new", "language", "n"]),
+            _field_values,
+            max_size=5,
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_extra_is_every_other_field_as_sent_in_api_order_for_any_shape(
+    fields: list[dict[str, Any]],
+) -> None:
+    # Each shape's plan is made once and reused: jobs of one shape, of another, with one
+    # other field, with none, with values no table can share (lists), in any order.
+    for n, extra_fields in enumerate(fields):
+        obj = {"job_id": f"j{n}", "state": "WAITING", **extra_fields}
+        expected = {k: v for k, v in obj.items() if k not in _TYPED and k not in DROPPED_JOB_FIELDS}
+        extra = parse_job(obj).extra
+        assert list(extra.items()) == list(expected.items())
+        assert json.dumps(dict(extra)) == json.dumps(expected)  # 1 is not True, types kept
+        assert (extra is NO_EXTRA_FIELDS) is (not expected)
+
+
+def test_the_plans_for_shapes_of_jobs_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(parse, "_EXTRA_PLANS", {})
+    monkeypatch.setattr(parse, "_MAX_EXTRA_PLANS", 3)
+    for n in range(10):  # an API sending ever new field names: still right, and bounded
+        job = parse_job({"job_id": "j", "state": "WAITING", f"new_{n}": n, "sex": "MALE"})
+        assert dict(job.extra) == {f"new_{n}": n, "sex": "MALE"}
+
+    assert len(parse._EXTRA_PLANS) == 3
 
 
 def test_parse_job_keeps_unknown_states_as_strings() -> None:

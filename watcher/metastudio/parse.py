@@ -9,6 +9,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import itemgetter
 from sys import intern
 from typing import Any
 
@@ -16,7 +17,7 @@ import msgspec
 import xxhash
 
 from watcher.errors import ApiError
-from watcher.model import DROPPED_JOB_FIELDS, KNOWN_STATES, ExtraFields, Job
+from watcher.model import DROPPED_JOB_FIELDS, KNOWN_STATES, NO_EXTRA_FIELDS, ExtraFields, Job
 
 # Above this a timestamp is in milliseconds: 10**11 s is the year 5138, 10**11 ms is 1973.
 _MS_THRESHOLD = 10**11
@@ -167,15 +168,10 @@ def parse_job(obj: Mapping[str, Any], digest: int | None = None) -> Job:
         raise ApiError("a job in the response has no job_id", retryable=True)
     if not isinstance(state, str) or not state:
         raise ApiError(f"job {job_id} in the response has no state", retryable=True)
-    # Interned: 100k jobs share a handful of values (CN, FEMALE, PACKAGE, BASIC...), and one
-    # string object each instead of 100k copies is most of a large snapshot's memory.
-    # (Written out rather than through helpers: this runs once per job of every scan.)
-    # (Keys need no interning: msgspec hands out one cached object per short key.)
-    extra = {
-        key: intern(value) if type(value) is str and len(value) <= 32 else value
-        for key, value in obj.items()
-        if key not in _NOT_EXTRA
-    }
+    # Interned (here and in `extra`): 100k jobs share a handful of values (CN, FEMALE,
+    # PACKAGE, BASIC...), and one string object each instead of 100k copies is most of a
+    # large snapshot's memory. (Keys need no interning: msgspec hands out one cached object
+    # per short key.)
     get = obj.get
     return Job(
         job_id=job_id,
@@ -189,9 +185,43 @@ def parse_job(obj: Mapping[str, Any], digest: int | None = None) -> Job:
         job_failed_code=_short_str(get("job_failed_code")),
         job_failed_reason=_short_str(get("job_failed_reason")),
         asset_id=_short_str(get("asset_id")),
-        extra=ExtraFields.of(extra),
+        extra=_extra_of(obj),
         digest=job_digest(obj) if digest is None else digest,
     )
+
+
+# For each shape of job object (its field names in order: a handful per tenant), the names
+# of its other fields and a getter of their values: a job's `extra` is then one C call and
+# one lookup of an instance shared by the jobs with the same values (see ExtraFields), not a
+# dict built, interned and copied per job (2.0 µs against 0.6 µs a job, a third of a parse).
+_Values = Callable[[Mapping[str, Any]], tuple[Any, ...]]
+_EXTRA_PLANS: dict[tuple[str, ...], tuple[tuple[str, ...], _Values] | None] = {}
+_MAX_EXTRA_PLANS = 1024
+
+
+def _extra_of(obj: Mapping[str, Any]) -> ExtraFields:
+    shape = tuple(obj)
+    try:
+        plan = _EXTRA_PLANS[shape]
+    except KeyError:
+        plan = _plan_extra(shape)
+    if plan is None:
+        return NO_EXTRA_FIELDS
+    names, values_of = plan
+    return ExtraFields.shared(names, values_of(obj))
+
+
+def _plan_extra(shape: tuple[str, ...]) -> tuple[tuple[str, ...], _Values] | None:
+    names = tuple(key for key in shape if key not in _NOT_EXTRA)
+    plan: tuple[tuple[str, ...], _Values] | None = None
+    if len(names) == 1:
+        only = names[0]
+        plan = (names, lambda obj: (obj[only],))
+    elif names:
+        plan = (names, itemgetter(*names))  # a tuple of the values, in one C call
+    if len(_EXTRA_PLANS) < _MAX_EXTRA_PLANS:
+        _EXTRA_PLANS[shape] = plan
+    return plan
 
 
 def _short_str(value: object) -> str | None:

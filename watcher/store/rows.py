@@ -148,12 +148,9 @@ def _decode_extra(text: str) -> ExtraFields:
     value = _decode_json(text)
     if not isinstance(value, dict):
         return NO_EXTRA_FIELDS
-    intern = sys.intern
-    # 100k jobs share a handful of values: one string object each, as parse does (keys are
+    # One instance per combination of values, interned where new, as parse does (keys are
     # already shared: msgspec caches short keys).
-    return ExtraFields.of(
-        {k: intern(v) if type(v) is str and len(v) <= 32 else v for k, v in value.items()}
-    )
+    return ExtraFields.shared(tuple(value), tuple(value.values()))
 
 
 def event_to_row(event: Event) -> tuple[Any, ...]:
